@@ -1,0 +1,1047 @@
+//! The sans-IO peer: one member's side of decentralized learning, driven by the node or the
+//! simulator.
+//!
+//! A [`Peer`] never touches a socket, a file, a clock or the OS random number generator. A driver
+//! feeds it inputs and carries out what it asks for:
+//!
+//! | input | when |
+//! |---|---|
+//! | [`Peer::handle_message`] | gossip bytes arrived from another peer; returns the [`Verdict`] for gossip validation |
+//! | [`Peer::handle_payload`] | a payload the peer asked for with [`Action::Fetch`] arrived (or failed) |
+//! | [`Peer::handle_trained`] | local training that [`Action::Train`] asked for finished |
+//! | [`Peer::handle_timeout`] | the time [`Peer::poll_timeout`] named has passed |
+//! | [`Peer::handle_command`] | the operator asked for something (publish a report, a roster update) |
+//!
+//! After every input the driver drains [`Peer::poll_action`] and re-reads [`Peer::poll_timeout`].
+//! Time is a [`Duration`] since an epoch the driver picks; randomness comes from the seed in
+//! [`Config`].
+//!
+//! A round: train locally → announce a signed [`Version`] by gossip → pull the payloads of
+//! `fanout` sampled members' versions of the same round (Epidemic-Learning style), or of every
+//! fixed neighbour → merge with the configured [`aggregate::Rule`] → next round. There is no global
+//! barrier: a round closes when its pulls are done or at its timeout, whichever comes first, and
+//! a peer that finds others ahead uses their newest versions and jumps to their round.
+//!
+//! Hostile input is a [`Verdict::Reject`] with a [`Reason`] and an [`Event::Rejected`], never a
+//! panic: forged signatures, non-members, replays of older rounds, two different versions for one
+//! author and round (equivocation: the author is flagged and excluded), payloads that do not
+//! match their announcement, reports on unknown models, and roster forks and rollbacks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::seq::IteratorRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{self, Contribution};
+use crate::identity::{self, ContentId, Digest, Keypair, MemberId, Signed, Verified};
+use crate::roster::{self, SignedRoster};
+use crate::update::{self, Version};
+use crate::validation::{self, Report};
+use crate::wire::{self, Message};
+
+/// How many recent rounds per author are remembered to tell duplicates, replays and
+/// equivocations apart.
+const AUTHOR_WINDOW: u64 = 16;
+/// How many versions per author at or above the current round are kept as candidates.
+const CANDIDATES_PER_AUTHOR: usize = 2;
+/// How many recent content ids of versions are remembered so reports can name them.
+const KNOWN_VERSIONS: usize = 65_536;
+/// How many rounds of own payloads are kept to serve to others.
+const SERVED_ROUNDS: usize = 4;
+
+/// What a peer needs to know to take part in an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of the experiment; versions of other experiments are ignored.
+    pub experiment: String,
+    /// Digest of the model spec every member trains; versions of another spec are refused.
+    pub model: Digest,
+    /// How versions are merged.
+    pub rule: aggregate::Rule,
+    /// How many other members' versions are pulled per round when no fixed neighbours are set.
+    pub fanout: usize,
+    /// Fixed neighbours (a topology); when set, every neighbour's version is pulled each round.
+    pub neighbours: Option<Vec<MemberId>>,
+    /// A round closes at this time after the own version was announced, whatever was pulled.
+    #[serde(with = "millis")]
+    pub round_timeout: Duration,
+    /// A payload pull that has not answered by then is given up and another member is tried.
+    #[serde(with = "millis")]
+    pub fetch_timeout: Duration,
+    /// Stop after this many rounds (`None`: run until stopped).
+    pub max_rounds: Option<u64>,
+    /// Seed of the peer's random choices (which members to pull from).
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            experiment: "default".into(),
+            model: Digest::default(),
+            rule: aggregate::Rule::default(),
+            fanout: 3,
+            neighbours: None,
+            round_timeout: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            max_rounds: None,
+            seed: 0,
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Why a peer cannot be built from a config.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// A field is out of range.
+    #[error("invalid peer config: {0}")]
+    Invalid(String),
+    /// The aggregation rule's parameters are invalid.
+    #[error("invalid aggregation rule: {0}")]
+    Rule(#[from] aggregate::Error),
+    /// This peer's key is not on the roster.
+    #[error("this peer ({0}) is not a member of the roster")]
+    NotMember(MemberId),
+}
+
+impl Config {
+    /// Checks the rules that span fields.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.rule.check()?;
+        if self.experiment.is_empty() || self.experiment.len() > update::MAX_EXPERIMENT_LEN {
+            return Err(ConfigError::Invalid(
+                "experiment name must be 1 to 64 bytes".into(),
+            ));
+        }
+        if self.neighbours.is_none() && self.fanout == 0 {
+            return Err(ConfigError::Invalid("fanout must be at least 1".into()));
+        }
+        if self.round_timeout.is_zero() || self.fetch_timeout.is_zero() {
+            return Err(ConfigError::Invalid("timeouts must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The verdict on a gossip message, for the transport's validation hook (gossipsub forwards only
+/// accepted messages and penalizes the sender of rejected ones).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Valid: forward it.
+    Accept,
+    /// Harmless but not worth forwarding (duplicate, other experiment).
+    Ignore(Reason),
+    /// Invalid: drop it and penalize the sender.
+    Reject(Reason),
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Reason {
+    /// Not a valid encoding.
+    #[error("malformed: {0}")]
+    Malformed(#[from] wire::DecodeError),
+    /// Request or payload bytes arrived on the gossip path.
+    #[error("a {0} message cannot arrive by gossip")]
+    WrongChannel(&'static str),
+    /// The signature does not verify.
+    #[error("signature: {0}")]
+    Signature(#[from] identity::Error),
+    /// The signer is not on the current roster.
+    #[error("{0} is not a member")]
+    NotMember(MemberId),
+    /// The signer's role does not allow this message.
+    #[error("{0}'s role does not allow this")]
+    NotPermitted(MemberId),
+    /// A version of another experiment.
+    #[error("other experiment {0:?}")]
+    OtherExperiment(String),
+    /// A version of this experiment with another model spec or parameter count.
+    #[error("model spec or shape differs from this peer's")]
+    WrongModel,
+    /// The version breaks a rule.
+    #[error("invalid version: {0}")]
+    Version(#[from] update::Error),
+    /// The report breaks a rule.
+    #[error("invalid report: {0}")]
+    Report(#[from] validation::Error),
+    /// Seen before.
+    #[error("duplicate")]
+    Duplicate,
+    /// A version this peer already has, from a round older than the author's latest.
+    #[error("replay of an older round")]
+    Replay,
+    /// A version this peer has not seen, from a round older than the author's latest.
+    #[error("stale: older than the author's latest round")]
+    Stale,
+    /// A second, different version for an author and round.
+    #[error("equivocation: two versions for one author and round")]
+    Equivocation,
+    /// The author was flagged earlier and is excluded.
+    #[error("author is flagged")]
+    Flagged,
+    /// A payload nobody asked for.
+    #[error("unexpected payload")]
+    UnexpectedPayload,
+    /// A report on a model version this peer does not know.
+    #[error("report on unknown model {0:?}")]
+    UnknownModel(ContentId),
+    /// A roster update that does not extend the chain.
+    #[error("roster: {0}")]
+    Roster(#[from] roster::Error),
+}
+
+impl Reason {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Malformed(_) => "malformed",
+            Reason::WrongChannel(_) => "wrong_channel",
+            Reason::Signature(_) => "bad_signature",
+            Reason::NotMember(_) => "not_member",
+            Reason::NotPermitted(_) => "not_permitted",
+            Reason::OtherExperiment(_) => "other_experiment",
+            Reason::WrongModel => "wrong_model",
+            Reason::Version(update::Error::PayloadDigest | update::Error::PayloadLength { .. }) => {
+                "payload_mismatch"
+            }
+            Reason::Version(update::Error::NotFinite { .. }) => "payload_not_finite",
+            Reason::Version(_) => "invalid_version",
+            Reason::Report(_) => "invalid_report",
+            Reason::Duplicate => "duplicate",
+            Reason::Replay => "replay",
+            Reason::Stale => "stale",
+            Reason::Equivocation => "equivocation",
+            Reason::Flagged => "flagged",
+            Reason::UnexpectedPayload => "unexpected_payload",
+            Reason::UnknownModel(_) => "unknown_model",
+            Reason::Roster(_) => "roster",
+        }
+    }
+}
+
+/// Something the peer wants stored durably (the node writes it; the simulator may drop it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A verified model version (own or accepted).
+    Version(Signed<Version>),
+    /// The payload of a version, checked against its digest.
+    Payload {
+        /// The version it belongs to.
+        id: ContentId,
+        /// Little-endian payload bytes.
+        bytes: Bytes,
+    },
+    /// A verified validation report.
+    Report(Signed<Report>),
+    /// A roster version that extended the chain.
+    Roster(SignedRoster),
+}
+
+/// What happened, for logs, metrics and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A message was accepted.
+    Accepted {
+        /// Its kind (`announce`, `report`, `roster`).
+        kind: &'static str,
+        /// Who signed it.
+        signer: MemberId,
+        /// Its content id.
+        id: ContentId,
+    },
+    /// A message or payload was refused.
+    Rejected {
+        /// The peer that delivered it.
+        from: MemberId,
+        /// Why.
+        reason: Reason,
+    },
+    /// An author was caught misbehaving and is excluded from now on.
+    Flagged {
+        /// The author.
+        author: MemberId,
+        /// What it did.
+        reason: Reason,
+    },
+    /// This peer announced its version of a round.
+    Announced {
+        /// The round.
+        round: u64,
+        /// The version's content id.
+        id: ContentId,
+    },
+    /// A round closed and the model was merged.
+    RoundCompleted {
+        /// The round that closed.
+        round: u64,
+        /// Authors merged, this peer first.
+        contributors: Vec<MemberId>,
+        /// What the rule did.
+        summary: aggregate::Summary,
+        /// Whether it closed on its timeout rather than on completed pulls.
+        timed_out: bool,
+    },
+    /// The roster advanced.
+    RosterChanged {
+        /// The new version.
+        version: u64,
+    },
+    /// The configured number of rounds is done.
+    Finished {
+        /// Last round.
+        round: u64,
+    },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Train the model from these parameters for one round, then call [`Peer::handle_trained`].
+    Train {
+        /// Round being trained.
+        round: u64,
+        /// Parameters to start from.
+        params: Vec<f32>,
+    },
+    /// Publish a gossip message to the mesh.
+    Broadcast(Message),
+    /// Pull the payload of a version from a member, then call [`Peer::handle_payload`].
+    Fetch {
+        /// Whom to ask.
+        from: MemberId,
+        /// Which version.
+        id: ContentId,
+    },
+    /// Store an item durably.
+    Persist(Item),
+    /// Report an event.
+    Event(Event),
+}
+
+/// Operator requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Sign and publish a validation report as this peer.
+    PublishReport(Report),
+    /// Apply a roster update locally and publish it.
+    Roster(SignedRoster),
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    /// The report breaks a rule or its model is unknown.
+    #[error("report refused: {0}")]
+    Report(Reason),
+    /// The roster update does not extend the chain.
+    #[error("roster update refused: {0}")]
+    Roster(#[from] roster::Error),
+}
+
+/// Why a training result was refused (a bug in the driver or a diverged trainer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrainedError {
+    /// No [`Action::Train`] is outstanding.
+    #[error("no training was asked for")]
+    NotTraining,
+    /// The trainer returned a vector of another length.
+    #[error("trainer returned {found} parameters, the model has {expected}")]
+    Shape {
+        /// Returned length.
+        found: usize,
+        /// Model length.
+        expected: usize,
+    },
+    /// The trainer diverged.
+    #[error("trainer returned a non-finite parameter at index {index}")]
+    NotFinite {
+        /// First bad index.
+        index: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// A member that does not train (validator, observer).
+    Passive,
+    /// Waiting for the trainer.
+    Training,
+    /// Own version announced; pulling until `deadline`.
+    Gathering { deadline: Duration },
+    /// `max_rounds` reached.
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct AuthorState {
+    latest: u64,
+    seen: BTreeMap<u64, ContentId>,
+    flagged: bool,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    author: MemberId,
+    deadline: Duration,
+}
+
+/// One member's protocol state. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Peer {
+    config: Config,
+    key: Keypair,
+    id: MemberId,
+    chain: roster::Chain,
+    rng: ChaCha8Rng,
+    phase: Phase,
+    round: u64,
+    /// Current model: after merging, or the trained one while gathering. Empty while training
+    /// (the trainer holds it).
+    params: Vec<f32>,
+    dim: usize,
+    samples: u64,
+    /// Other members of the roster that train (caps the fanout in small meshes).
+    trainers: usize,
+    /// Content ids merged into `params` (the next version's parents).
+    parents: Vec<ContentId>,
+    /// Own version of the current round, once announced.
+    own: Option<Verified<Version>>,
+    authors: BTreeMap<MemberId, AuthorState>,
+    /// Versions of other authors at or above the current round, newest kept per author.
+    candidates: BTreeMap<MemberId, BTreeMap<u64, Verified<Version>>>,
+    fetching: BTreeMap<ContentId, InFlight>,
+    /// Authors already tried this round (fetched or failed).
+    tried: BTreeSet<MemberId>,
+    fetched: Vec<(Verified<Version>, Vec<f32>)>,
+    served: VecDeque<(ContentId, Bytes)>,
+    known: BTreeSet<ContentId>,
+    known_order: VecDeque<ContentId>,
+    actions: VecDeque<Action>,
+    scratch: aggregate::Scratch,
+    encode_buf: Vec<u8>,
+}
+
+impl Peer {
+    /// A peer that starts training from `params` (the shared initialization) with `samples`
+    /// local training samples. Members that may not train (validators, observers) stay passive
+    /// and `params` may be empty.
+    pub fn new(
+        config: Config,
+        key: Keypair,
+        chain: roster::Chain,
+        params: Vec<f32>,
+        samples: u64,
+    ) -> Result<Self, ConfigError> {
+        config.check()?;
+        let id = key.id();
+        let role = chain
+            .current()
+            .member(&id)
+            .map(|m| m.role)
+            .ok_or(ConfigError::NotMember(id))?;
+        let trains = role.may_train();
+        if trains && (params.is_empty() || samples == 0) {
+            return Err(ConfigError::Invalid(
+                "a training member needs initial parameters and a positive sample count".into(),
+            ));
+        }
+        let mut peer = Self {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            key,
+            id,
+            chain,
+            phase: if trains {
+                Phase::Training
+            } else {
+                Phase::Passive
+            },
+            round: 1,
+            trainers: 0,
+            dim: params.len(),
+            params: Vec::new(),
+            samples,
+            parents: Vec::new(),
+            own: None,
+            authors: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            tried: BTreeSet::new(),
+            fetched: Vec::new(),
+            served: VecDeque::new(),
+            known: BTreeSet::new(),
+            known_order: VecDeque::new(),
+            actions: VecDeque::new(),
+            scratch: aggregate::Scratch::default(),
+            encode_buf: Vec::new(),
+        };
+        peer.count_trainers();
+        if trains {
+            peer.actions.push_back(Action::Train { round: 1, params });
+        }
+        Ok(peer)
+    }
+
+    fn count_trainers(&mut self) {
+        let id = self.id;
+        self.trainers = self
+            .chain
+            .current()
+            .members
+            .iter()
+            .filter(|m| m.id != id && m.role.may_train())
+            .count();
+    }
+
+    /// This peer's member id.
+    pub fn id(&self) -> MemberId {
+        self.id
+    }
+
+    /// The round in progress.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// The current model parameters (empty while the trainer holds them).
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The roster chain this peer follows.
+    pub fn chain(&self) -> &roster::Chain {
+        &self.chain
+    }
+
+    /// Whether `max_rounds` is reached.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Authors flagged for misbehaviour.
+    pub fn flagged(&self) -> impl Iterator<Item = MemberId> + '_ {
+        self.authors
+            .iter()
+            .filter(|(_, a)| a.flagged)
+            .map(|(id, _)| *id)
+    }
+
+    /// The payload of a version this peer can serve (its own recent versions and what it pulled
+    /// this round), for the transport's request handler.
+    pub fn payload(&self, id: &ContentId) -> Option<Bytes> {
+        self.served
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the driver must call [`Peer::handle_timeout`] next, if ever.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let round = match self.phase {
+            Phase::Gathering { deadline } => Some(deadline),
+            _ => None,
+        };
+        self.fetching
+            .values()
+            .map(|f| f.deadline)
+            .chain(round)
+            .min()
+    }
+
+    fn event(&mut self, event: Event) {
+        self.actions.push_back(Action::Event(event));
+    }
+
+    fn reject(&mut self, from: MemberId, reason: Reason) -> Verdict {
+        self.event(Event::Rejected {
+            from,
+            reason: reason.clone(),
+        });
+        Verdict::Reject(reason)
+    }
+
+    /// Gossip bytes from `from` (the peer that delivered them, not necessarily the signer).
+    pub fn handle_message(&mut self, now: Duration, from: MemberId, bytes: &[u8]) -> Verdict {
+        let message = match Message::from_bytes(bytes, wire::MAX_GOSSIP) {
+            Ok(m) => m,
+            Err(e) => return self.reject(from, Reason::Malformed(e)),
+        };
+        match message {
+            Message::Announce(signed) => self.handle_announce(now, from, signed),
+            Message::Report(signed) => match self.accept_report(signed) {
+                Ok(v) => v,
+                Err(reason) => self.reject(from, reason),
+            },
+            Message::Roster(update) => self.handle_roster(from, update),
+            m @ (Message::Request(_) | Message::Payload { .. }) => {
+                self.reject(from, Reason::WrongChannel(m.kind()))
+            }
+        }
+    }
+
+    fn handle_announce(
+        &mut self,
+        now: Duration,
+        from: MemberId,
+        signed: Signed<Version>,
+    ) -> Verdict {
+        let version = match signed.verify() {
+            Ok(v) => v,
+            Err(e) => return self.reject(from, Reason::Signature(e)),
+        };
+        let author = version.signer();
+        match self.chain.current().member(&author) {
+            None => return self.reject(from, Reason::NotMember(author)),
+            Some(m) if !m.role.may_train() => {
+                return self.reject(from, Reason::NotPermitted(author));
+            }
+            Some(_) => {}
+        }
+        if let Err(e) = version.check(author) {
+            return self.reject(from, Reason::Version(e));
+        }
+        if version.experiment != self.config.experiment {
+            return Verdict::Ignore(Reason::OtherExperiment(version.experiment.clone()));
+        }
+        if version.model != self.config.model
+            || (self.dim != 0 && version.payload.params != self.dim as u64)
+        {
+            return self.reject(from, Reason::WrongModel);
+        }
+        if author == self.id {
+            // Our own version echoed back by the mesh.
+            return Verdict::Ignore(Reason::Duplicate);
+        }
+        let (round, id) = (version.round, version.id());
+        let state = self.authors.entry(author).or_default();
+        if state.flagged {
+            return self.reject(from, Reason::Flagged);
+        }
+        match state.seen.get(&round) {
+            Some(seen) if *seen == id && round >= state.latest => {
+                return Verdict::Ignore(Reason::Duplicate);
+            }
+            Some(seen) if *seen == id => return self.reject(from, Reason::Replay),
+            Some(_) => {
+                state.flagged = true;
+                self.exclude(author);
+                self.event(Event::Flagged {
+                    author,
+                    reason: Reason::Equivocation,
+                });
+                return self.reject(from, Reason::Equivocation);
+            }
+            // Within the window an unseen older round is an honest message that lost a race
+            // with its successor (gossip does not keep order): not worth forwarding, not a fault.
+            // Beyond the window nobody can tell it from a replay.
+            None if round < state.latest && round + AUTHOR_WINDOW > state.latest => {
+                return Verdict::Ignore(Reason::Stale);
+            }
+            None if round < state.latest => return self.reject(from, Reason::Replay),
+            None => {}
+        }
+        state.seen.insert(round, id);
+        state.latest = state.latest.max(round);
+        let floor = state.latest.saturating_sub(AUTHOR_WINDOW);
+        state.seen.retain(|r, _| *r >= floor);
+
+        self.remember(id);
+        self.actions
+            .push_back(Action::Persist(Item::Version(version.signed().clone())));
+        self.event(Event::Accepted {
+            kind: "announce",
+            signer: author,
+            id,
+        });
+        if round >= self.round && self.wants(author) {
+            let slot = self.candidates.entry(author).or_default();
+            slot.insert(round, version);
+            while slot.len() > CANDIDATES_PER_AUTHOR {
+                slot.pop_last();
+            }
+            self.pull(now);
+        }
+        Verdict::Accept
+    }
+
+    /// Whether versions of `author` are merged by this peer (fixed neighbours, or anyone).
+    fn wants(&self, author: MemberId) -> bool {
+        match &self.config.neighbours {
+            Some(n) => n.contains(&author),
+            None => true,
+        }
+    }
+
+    fn remember(&mut self, id: ContentId) {
+        if self.known.insert(id) {
+            self.known_order.push_back(id);
+            if self.known_order.len() > KNOWN_VERSIONS
+                && let Some(old) = self.known_order.pop_front()
+            {
+                self.known.remove(&old);
+            }
+        }
+    }
+
+    /// Drops everything of a flagged author from the round in progress.
+    fn exclude(&mut self, author: MemberId) {
+        self.candidates.remove(&author);
+        self.fetched.retain(|(v, _)| v.signer() != author);
+        self.fetching.retain(|_, f| f.author != author);
+    }
+
+    /// How many distinct authors this round should merge.
+    fn target(&self) -> usize {
+        match &self.config.neighbours {
+            Some(n) => n.iter().filter(|id| **id != self.id).count(),
+            None => self.config.fanout.min(self.trainers),
+        }
+    }
+
+    /// Starts pulls until enough are fetched or in flight. Prefers an author's version of the
+    /// current round, else its newest.
+    fn pull(&mut self, now: Duration) {
+        if matches!(self.phase, Phase::Passive | Phase::Done) {
+            return;
+        }
+        while self.fetched.len() + self.fetching.len() < self.target() {
+            let choice = self
+                .candidates
+                .keys()
+                .filter(|a| !self.tried.contains(*a))
+                .choose(&mut self.rng)
+                .copied();
+            let Some(author) = choice else { break };
+            self.tried.insert(author);
+            let Some(version) = self.candidates.get(&author).and_then(|c| {
+                c.get(&self.round)
+                    .or_else(|| c.last_key_value().map(|(_, v)| v))
+            }) else {
+                continue;
+            };
+            let id = version.id();
+            self.fetching.insert(
+                id,
+                InFlight {
+                    author,
+                    deadline: now + self.config.fetch_timeout,
+                },
+            );
+            self.actions.push_back(Action::Fetch { from: author, id });
+        }
+        self.maybe_close(now, false);
+    }
+
+    /// A payload arrived (`Some`) or the pull failed (`None`).
+    pub fn handle_payload(
+        &mut self,
+        now: Duration,
+        from: MemberId,
+        id: ContentId,
+        data: Option<Bytes>,
+    ) {
+        let Some(flight) = self.fetching.remove(&id) else {
+            // Late answer to a pull given up, or unsolicited.
+            if data.is_some() && !self.fetched.iter().any(|(v, _)| v.id() == id) {
+                self.event(Event::Rejected {
+                    from,
+                    reason: Reason::UnexpectedPayload,
+                });
+            }
+            return;
+        };
+        let version = self
+            .candidates
+            .get(&flight.author)
+            .and_then(|c| c.values().find(|v| v.id() == id))
+            .cloned();
+        if let (Some(version), Some(bytes)) = (version, data) {
+            {
+                let mut params = Vec::new();
+                match update::decode_payload(&version.payload, &bytes, &mut params) {
+                    Ok(()) => {
+                        self.actions.push_back(Action::Persist(Item::Payload {
+                            id,
+                            bytes: bytes.clone(),
+                        }));
+                        self.served.push_back((id, bytes));
+                        self.fetched.push((version, params));
+                    }
+                    Err(e) => {
+                        self.event(Event::Rejected {
+                            from,
+                            reason: Reason::Version(e),
+                        });
+                    }
+                }
+            }
+        }
+        self.pull(now);
+    }
+
+    /// Local training of the current round finished.
+    pub fn handle_trained(
+        &mut self,
+        now: Duration,
+        params: Vec<f32>,
+        metrics: BTreeMap<String, f64>,
+    ) -> Result<(), TrainedError> {
+        if self.phase != Phase::Training {
+            return Err(TrainedError::NotTraining);
+        }
+        if params.len() != self.dim {
+            return Err(TrainedError::Shape {
+                found: params.len(),
+                expected: self.dim,
+            });
+        }
+        if let Some(index) = params.iter().position(|p| !p.is_finite()) {
+            return Err(TrainedError::NotFinite { index });
+        }
+        let metrics = metrics.into_iter().filter(|(_, v)| v.is_finite()).collect();
+        let payload = update::encode_f32(&params, &mut self.encode_buf);
+        let version = self.key.sign(Version {
+            experiment: self.config.experiment.clone(),
+            model: self.config.model,
+            round: self.round,
+            author: self.id,
+            samples: self.samples,
+            degree: u32::try_from(self.target()).unwrap_or(u32::MAX),
+            parents: std::mem::take(&mut self.parents),
+            metrics,
+            payload,
+        });
+        let id = version.id();
+        let bytes = Bytes::copy_from_slice(&self.encode_buf);
+        self.served.push_back((id, bytes.clone()));
+        while self.served.len() > SERVED_ROUNDS * (1 + self.target()) {
+            self.served.pop_front();
+        }
+        self.remember(id);
+        self.actions
+            .push_back(Action::Persist(Item::Version(version.signed().clone())));
+        self.actions
+            .push_back(Action::Persist(Item::Payload { id, bytes }));
+        self.actions.push_back(Action::Broadcast(Message::Announce(
+            version.signed().clone(),
+        )));
+        self.event(Event::Announced {
+            round: self.round,
+            id,
+        });
+        self.params = params;
+        self.own = Some(version);
+        self.phase = Phase::Gathering {
+            deadline: now + self.config.round_timeout,
+        };
+        self.pull(now);
+        Ok(())
+    }
+
+    /// Time has passed: give up late pulls, close the round at its deadline.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let expired: Vec<ContentId> = self
+            .fetching
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.fetching.remove(id);
+        }
+        if !expired.is_empty() {
+            self.pull(now);
+        }
+        if let Phase::Gathering { deadline } = self.phase
+            && deadline <= now
+        {
+            self.maybe_close(now, true);
+        }
+    }
+
+    /// Closes the round once every wanted pull is done, or at the deadline with what arrived.
+    /// In sampling mode a round waits for late announcements rather than closing early with
+    /// fewer than `fanout` versions.
+    fn maybe_close(&mut self, now: Duration, timed_out: bool) {
+        let Phase::Gathering { .. } = self.phase else {
+            return;
+        };
+        let enough = self.fetched.len() >= self.target();
+        if enough || timed_out {
+            self.close_round(now, !enough);
+        }
+    }
+
+    fn close_round(&mut self, _now: Duration, timed_out: bool) {
+        let Some(own) = self.own.take() else { return };
+        let mut out = vec![0.0f32; self.dim];
+        let own_contribution = Contribution {
+            params: &self.params,
+            weight: self.samples as f64,
+            degree: own.degree,
+        };
+        let others: Vec<Contribution<'_>> = self
+            .fetched
+            .iter()
+            .map(|(v, p)| Contribution {
+                params: p,
+                weight: v.samples as f64,
+                degree: v.degree,
+            })
+            .collect();
+        let summary =
+            match self
+                .config
+                .rule
+                .apply(own_contribution, &others, &mut out, &mut self.scratch)
+            {
+                Ok(s) => s,
+                Err(_) => {
+                    // Only possible with inputs a rule cannot take (e.g. too few for its trim):
+                    // keep the own model for this round rather than stall.
+                    out.copy_from_slice(&self.params);
+                    aggregate::Summary {
+                        inputs: 1,
+                        clipped: 0,
+                        tau: None,
+                    }
+                }
+            };
+        drop(others);
+        let mut contributors = vec![self.id];
+        self.parents = vec![own.id()];
+        let mut newest = self.round;
+        for (v, _) in self.fetched.drain(..) {
+            contributors.push(v.signer());
+            self.parents.push(v.id());
+            newest = newest.max(v.round);
+        }
+        self.params = out;
+        let round = self.round;
+        self.event(Event::RoundCompleted {
+            round,
+            contributors,
+            summary,
+            timed_out,
+        });
+        self.round = newest + 1;
+        self.fetching.clear();
+        self.tried.clear();
+        let floor = self.round;
+        for slot in self.candidates.values_mut() {
+            slot.retain(|r, _| *r >= floor);
+        }
+        self.candidates.retain(|_, slot| !slot.is_empty());
+        if self.config.max_rounds.is_some_and(|m| round >= m) {
+            self.phase = Phase::Done;
+            self.event(Event::Finished { round });
+        } else {
+            self.phase = Phase::Training;
+            self.actions.push_back(Action::Train {
+                round: self.round,
+                params: std::mem::take(&mut self.params),
+            });
+        }
+    }
+
+    fn accept_report(&mut self, signed: Signed<Report>) -> Result<Verdict, Reason> {
+        let report = signed.verify()?;
+        let signer = report.signer();
+        match self.chain.current().member(&signer) {
+            None => return Err(Reason::NotMember(signer)),
+            Some(m) if !m.role.may_validate() => return Err(Reason::NotPermitted(signer)),
+            Some(_) => {}
+        }
+        report.check(signer)?;
+        if !self.known.contains(&report.model) {
+            return Err(Reason::UnknownModel(report.model));
+        }
+        self.actions
+            .push_back(Action::Persist(Item::Report(report.signed().clone())));
+        self.event(Event::Accepted {
+            kind: "report",
+            signer,
+            id: report.id(),
+        });
+        Ok(Verdict::Accept)
+    }
+
+    fn handle_roster(&mut self, from: MemberId, update: SignedRoster) -> Verdict {
+        match self.chain.apply(update) {
+            Ok(roster::Outcome::Advanced { version }) => {
+                self.after_roster_change(version);
+                Verdict::Accept
+            }
+            Ok(roster::Outcome::Duplicate) => Verdict::Ignore(Reason::Duplicate),
+            Err(e) => self.reject(from, Reason::Roster(e)),
+        }
+    }
+
+    /// Stores the chain's own copy (only the signatures that counted), not the bytes received.
+    fn after_roster_change(&mut self, version: u64) {
+        let accepted = self.chain.current_signed().clone();
+        self.actions
+            .push_back(Action::Persist(Item::Roster(accepted)));
+        self.event(Event::RosterChanged { version });
+        self.count_trainers();
+        // Members removed from the roster no longer count.
+        let roster = self.chain.current();
+        let removed: Vec<MemberId> = self
+            .candidates
+            .keys()
+            .filter(|a| !roster.contains(a))
+            .copied()
+            .collect();
+        for author in removed {
+            self.exclude(author);
+        }
+    }
+
+    /// An operator request.
+    pub fn handle_command(&mut self, _now: Duration, command: Command) -> Result<(), CommandError> {
+        match command {
+            Command::PublishReport(report) => {
+                let signed = self.key.sign(report);
+                let message = Message::Report(signed.signed().clone());
+                self.accept_report(signed.signed().clone())
+                    .map_err(CommandError::Report)?;
+                self.actions.push_back(Action::Broadcast(message));
+                Ok(())
+            }
+            Command::Roster(update) => {
+                if let roster::Outcome::Advanced { version } = self.chain.apply(update)? {
+                    self.after_roster_change(version);
+                }
+                let accepted = self.chain.current_signed().clone();
+                self.actions
+                    .push_back(Action::Broadcast(Message::Roster(accepted)));
+                Ok(())
+            }
+        }
+    }
+}

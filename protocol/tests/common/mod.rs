@@ -1,0 +1,272 @@
+//! A minimal in-memory driver for scenario tests: real `Peer`s, a fake clock, fixed latency, no
+//! loss. The simulator crate has the full network model; this stays small on purpose so the
+//! protocol crate can test itself without it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use medmesh_protocol::identity::{ContentId, Keypair, MemberId};
+use medmesh_protocol::peer::{Action, Config, Event, Peer};
+use medmesh_protocol::roster::{Chain, Member, Role, Roster, SignedRoster};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub const LATENCY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Delivery {
+    Gossip {
+        to: usize,
+        from: MemberId,
+        bytes: Vec<u8>,
+    },
+    Payload {
+        to: usize,
+        from: MemberId,
+        id: ContentId,
+        data: Option<Vec<u8>>,
+    },
+    Trained {
+        to: usize,
+        params: Vec<u32>,
+    },
+    Timeout {
+        to: usize,
+    },
+}
+
+pub struct Net {
+    pub peers: Vec<Peer>,
+    pub index: BTreeMap<MemberId, usize>,
+    pub queue: BinaryHeap<Reverse<(Duration, u64, Delivery)>>,
+    pub seq: u64,
+    pub now: Duration,
+    pub rng: ChaCha8Rng,
+    pub events: Vec<(usize, Event)>,
+}
+
+pub fn keys(n: usize) -> Vec<Keypair> {
+    (0..n)
+        .map(|i| Keypair::from_seed([i as u8 + 1; 32]))
+        .collect()
+}
+
+pub fn chain(keys: &[Keypair], roles: &[Role]) -> Chain {
+    let members = keys
+        .iter()
+        .zip(roles)
+        .enumerate()
+        .map(|(i, (k, role))| Member {
+            id: k.id(),
+            name: format!("Hospital {i}"),
+            site: format!("site-{i}"),
+            country: "FR".into(),
+            role: *role,
+            addresses: vec![],
+        })
+        .collect();
+    let roster = Roster::genesis("test-mesh", 2, members).expect("valid genesis");
+    let mut signed = SignedRoster::new(roster);
+    for k in keys {
+        signed.sign(k);
+    }
+    Chain::from_genesis(signed).expect("founders signed")
+}
+
+impl Net {
+    pub fn new(
+        keys: &[Keypair],
+        configs: Vec<Config>,
+        inits: Vec<Vec<f32>>,
+        samples: &[u64],
+    ) -> Self {
+        let roles = vec![Role::Hospital; keys.len()];
+        Self::with_chain(chain(keys, &roles), keys, configs, inits, samples)
+    }
+
+    pub fn with_chain(
+        chain: Chain,
+        keys: &[Keypair],
+        configs: Vec<Config>,
+        inits: Vec<Vec<f32>>,
+        samples: &[u64],
+    ) -> Self {
+        let peers: Vec<Peer> = keys
+            .iter()
+            .zip(configs)
+            .zip(inits)
+            .zip(samples)
+            .map(|(((k, c), p), s)| Peer::new(c, k.clone(), chain.clone(), p, *s).expect("peer"))
+            .collect();
+        let index = peers.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
+        let mut net = Self {
+            peers,
+            index,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: Duration::ZERO,
+            rng: ChaCha8Rng::seed_from_u64(99),
+            events: Vec::new(),
+        };
+        for i in 0..net.peers.len() {
+            net.drain(i);
+        }
+        net
+    }
+
+    pub fn push(&mut self, at: Duration, d: Delivery) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, d)));
+    }
+
+    pub fn gossip(&mut self, to: usize, from: MemberId, bytes: Vec<u8>) {
+        self.push(self.now + LATENCY, Delivery::Gossip { to, from, bytes });
+    }
+
+    pub fn drain(&mut self, i: usize) {
+        while let Some(action) = self.peers[i].poll_action() {
+            match action {
+                Action::Train { params, .. } => {
+                    // Averaging only: "training" returns the parameters unchanged after a
+                    // random delay, so peers drift out of lockstep.
+                    let delay = Duration::from_millis(self.rng.random_range(10..200));
+                    let params = params.iter().map(|p| p.to_bits()).collect();
+                    self.push(self.now + delay, Delivery::Trained { to: i, params });
+                }
+                Action::Broadcast(message) => {
+                    let bytes = message.to_bytes();
+                    let from = self.peers[i].id();
+                    for to in 0..self.peers.len() {
+                        if to != i {
+                            self.gossip(to, from, bytes.clone());
+                        }
+                    }
+                }
+                Action::Fetch { from, id } => {
+                    let data = self
+                        .index
+                        .get(&from)
+                        .and_then(|&j| self.peers[j].payload(&id))
+                        .map(|b| b.to_vec());
+                    self.push(
+                        self.now + 2 * LATENCY,
+                        Delivery::Payload {
+                            to: i,
+                            from,
+                            id,
+                            data,
+                        },
+                    );
+                }
+                Action::Persist(_) => {}
+                Action::Event(e) => self.events.push((i, e)),
+            }
+        }
+        if let Some(t) = self.peers[i].poll_timeout() {
+            self.push(t.max(self.now), Delivery::Timeout { to: i });
+        }
+    }
+
+    /// Runs until every peer finished or `limit` virtual time passed.
+    pub fn run(&mut self, limit: Duration) {
+        while let Some(Reverse((at, _, d))) = self.queue.pop() {
+            if at > limit || self.peers.iter().all(Peer::is_finished) {
+                break;
+            }
+            self.now = at;
+            let now = at;
+            let to = match d {
+                Delivery::Gossip { to, from, bytes } => {
+                    self.peers[to].handle_message(now, from, &bytes);
+                    to
+                }
+                Delivery::Payload { to, from, id, data } => {
+                    self.peers[to].handle_payload(now, from, id, data.map(Bytes::from));
+                    to
+                }
+                Delivery::Trained { to, params } => {
+                    let params = params.into_iter().map(f32::from_bits).collect();
+                    self.peers[to]
+                        .handle_trained(now, params, BTreeMap::new())
+                        .expect("trained accepted");
+                    to
+                }
+                Delivery::Timeout { to } => {
+                    if self.peers[to].poll_timeout().is_some_and(|t| t <= now) {
+                        self.peers[to].handle_timeout(now);
+                    }
+                    to
+                }
+            };
+            self.drain(to);
+        }
+    }
+
+    pub fn max_distance_to(&self, target: &[f64]) -> f64 {
+        self.peers
+            .iter()
+            .map(|p| {
+                p.params()
+                    .iter()
+                    .zip(target)
+                    .map(|(a, b)| (f64::from(*a) - b).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Largest distance of a peer's model to the peers' mean (use after the run: a training
+    /// peer's parameters are with its trainer).
+    pub fn spread(&self) -> f64 {
+        let models: Vec<Vec<f32>> = self.peers.iter().map(|p| p.params().to_vec()).collect();
+        spread(&models)
+    }
+}
+
+/// Largest distance of a vector to the vectors' mean.
+pub fn spread(vectors: &[Vec<f32>]) -> f64 {
+    let n = vectors.len() as f64;
+    let mean: Vec<f64> = (0..vectors[0].len())
+        .map(|j| vectors.iter().map(|v| f64::from(v[j])).sum::<f64>() / n)
+        .collect();
+    vectors
+        .iter()
+        .map(|v| {
+            norm(
+                &v.iter()
+                    .zip(&mean)
+                    .map(|(a, b)| f64::from(*a) - b)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .fold(0.0, f64::max)
+}
+
+pub fn inits(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect()
+}
+
+pub fn weighted_average(vectors: &[Vec<f32>], weights: &[u64]) -> Vec<f64> {
+    let total: f64 = weights.iter().map(|w| *w as f64).sum();
+    (0..vectors[0].len())
+        .map(|j| {
+            vectors
+                .iter()
+                .zip(weights)
+                .map(|(v, w)| f64::from(v[j]) * *w as f64)
+                .sum::<f64>()
+                / total
+        })
+        .collect()
+}
+
+pub fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}

@@ -1,0 +1,441 @@
+//! Hostile input against a peer: every kind of bad message is refused with its reason, reported
+//! as an event, and never panics; the honest mesh keeps converging around an attacker.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Net, chain, inits, keys};
+use medmesh_protocol::aggregate::Rule;
+use medmesh_protocol::identity::{ContentId, Digest, Keypair, Verified};
+use medmesh_protocol::peer::{Action, Config, Event, Peer, Reason, Verdict};
+use medmesh_protocol::roster::{Role, SignedRoster};
+use medmesh_protocol::update::{self, Version};
+use medmesh_protocol::validation::{Dataset, Metric, Report};
+use medmesh_protocol::wire::Message;
+
+const DIM: usize = 8;
+
+fn cfg() -> Config {
+    Config {
+        experiment: "hostile".into(),
+        fanout: 2,
+        rule: Rule::Mean,
+        ..Config::default()
+    }
+}
+
+/// Roster: keys 0..4 hospitals, key 4 an observer, key 5 a validator.
+fn setup() -> (Vec<Keypair>, Peer) {
+    let k = keys(6);
+    let roles = [
+        Role::Hospital,
+        Role::Hospital,
+        Role::Hospital,
+        Role::Hospital,
+        Role::Observer,
+        Role::Validator,
+    ];
+    let c = chain(&k, &roles);
+    let peer = Peer::new(cfg(), k[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
+    (k, peer)
+}
+
+fn version(key: &Keypair, round: u64, value: f32) -> (Verified<Version>, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let payload = update::encode_f32(&[value; DIM], &mut bytes);
+    let v = key.sign(Version {
+        experiment: "hostile".into(),
+        model: Digest::default(),
+        round,
+        author: key.id(),
+        samples: 10,
+        degree: 2,
+        parents: vec![],
+        metrics: BTreeMap::new(),
+        payload,
+    });
+    (v, bytes)
+}
+
+fn announce(v: &Verified<Version>) -> Vec<u8> {
+    Message::Announce(v.signed().clone()).to_bytes()
+}
+
+fn rejected_reason(peer: &mut Peer) -> Option<&'static str> {
+    let mut label = None;
+    while let Some(a) = peer.poll_action() {
+        if let Action::Event(Event::Rejected { reason, .. }) = a {
+            label = Some(reason.label());
+        }
+    }
+    label
+}
+
+fn reject_label(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Reject(r) => r.label(),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+const T: Duration = Duration::from_millis(1);
+
+#[test]
+fn forged_signature_is_rejected() {
+    let (k, mut peer) = setup();
+    let (v, _) = version(&k[1], 1, 1.0);
+    let mut bytes = announce(&v);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40; // inside the signature
+    let verdict = peer.handle_message(T, k[1].id(), &bytes);
+    assert_eq!(reject_label(&verdict), "bad_signature");
+    assert_eq!(rejected_reason(&mut peer), Some("bad_signature"));
+}
+
+#[test]
+fn valid_signature_by_a_non_member_is_rejected() {
+    let (k, mut peer) = setup();
+    let outsider = Keypair::from_seed([200; 32]);
+    let (v, _) = version(&outsider, 1, 1.0);
+    let verdict = peer.handle_message(T, k[1].id(), &announce(&v));
+    assert!(matches!(verdict, Verdict::Reject(Reason::NotMember(id)) if id == outsider.id()));
+}
+
+#[test]
+fn an_observer_may_not_publish_versions() {
+    let (k, mut peer) = setup();
+    let (v, _) = version(&k[4], 1, 1.0);
+    let verdict = peer.handle_message(T, k[4].id(), &announce(&v));
+    assert_eq!(reject_label(&verdict), "not_permitted");
+}
+
+#[test]
+fn replay_of_an_older_round_is_rejected_and_duplicates_ignored() {
+    let (k, mut peer) = setup();
+    let (v1, _) = version(&k[1], 1, 1.0);
+    let (v2, _) = version(&k[1], 2, 2.0);
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&v1)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&v1)),
+        Verdict::Ignore(Reason::Duplicate)
+    );
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&v2)),
+        Verdict::Accept
+    );
+    let verdict = peer.handle_message(T, k[2].id(), &announce(&v1));
+    assert_eq!(reject_label(&verdict), "replay");
+}
+
+#[test]
+fn equivocation_rejects_and_flags_the_author() {
+    let (k, mut peer) = setup();
+    let (a, _) = version(&k[2], 3, 1.0);
+    let (b, _) = version(&k[2], 3, -1.0);
+    assert_eq!(
+        peer.handle_message(T, k[2].id(), &announce(&a)),
+        Verdict::Accept
+    );
+    let verdict = peer.handle_message(T, k[2].id(), &announce(&b));
+    assert_eq!(reject_label(&verdict), "equivocation");
+    let flagged: Vec<_> = peer.flagged().collect();
+    assert_eq!(flagged, vec![k[2].id()]);
+    let (later, _) = version(&k[2], 4, 0.5);
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[2].id(), &announce(&later))),
+        "flagged"
+    );
+    let mut flagged_event = false;
+    while let Some(a) = peer.poll_action() {
+        flagged_event |=
+            matches!(a, Action::Event(Event::Flagged { author, .. }) if author == k[2].id());
+    }
+    assert!(flagged_event);
+}
+
+#[test]
+fn payload_that_does_not_match_its_announcement_is_refused() {
+    let (k, mut peer) = setup();
+    let (v, bytes) = version(&k[1], 1, 1.0);
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&v)),
+        Verdict::Accept
+    );
+    let mut fetch = None;
+    while let Some(a) = peer.poll_action() {
+        if let Action::Fetch { id, .. } = a {
+            fetch = Some(id);
+        }
+    }
+    assert_eq!(fetch, Some(v.id()), "the peer pulls the announced payload");
+    let mut tampered = bytes.clone();
+    tampered[0] ^= 1;
+    peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(tampered)));
+    assert_eq!(rejected_reason(&mut peer), Some("payload_mismatch"));
+    // A payload nobody asked for is refused too.
+    peer.handle_payload(T, k[3].id(), ContentId([7; 32]), Some(Bytes::from(bytes)));
+    assert_eq!(rejected_reason(&mut peer), Some("unexpected_payload"));
+}
+
+#[test]
+fn non_finite_payload_is_refused() {
+    let (k, mut peer) = setup();
+    let mut bytes = Vec::new();
+    let mut params = [0.5f32; DIM];
+    params[3] = f32::INFINITY;
+    let payload = update::encode_f32(&params, &mut bytes);
+    let v = k[1].sign(Version {
+        experiment: "hostile".into(),
+        model: Digest::default(),
+        round: 1,
+        author: k[1].id(),
+        samples: 10,
+        degree: 2,
+        parents: vec![],
+        metrics: BTreeMap::new(),
+        payload,
+    });
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&v)),
+        Verdict::Accept
+    );
+    while peer.poll_action().is_some() {}
+    peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(bytes)));
+    assert_eq!(rejected_reason(&mut peer), Some("payload_not_finite"));
+}
+
+#[test]
+fn wrong_model_shape_and_other_experiments() {
+    let (k, mut peer) = setup();
+    let mut bytes = Vec::new();
+    let payload = update::encode_f32(&[1.0; DIM + 1], &mut bytes);
+    let mut v = Version {
+        experiment: "hostile".into(),
+        model: Digest::default(),
+        round: 1,
+        author: k[1].id(),
+        samples: 10,
+        degree: 2,
+        parents: vec![],
+        metrics: BTreeMap::new(),
+        payload,
+    };
+    let wrong_shape = k[1].sign(v.clone());
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[1].id(), &announce(&wrong_shape))),
+        "wrong_model"
+    );
+    v.experiment = "another".into();
+    let other = k[1].sign(v);
+    assert!(matches!(
+        peer.handle_message(T, k[1].id(), &announce(&other)),
+        Verdict::Ignore(Reason::OtherExperiment(_))
+    ));
+}
+
+#[test]
+fn garbage_and_wrong_channel_bytes_are_rejected() {
+    let (k, mut peer) = setup();
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[1].id(), b"")),
+        "malformed"
+    );
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[1].id(), &[1, 0xFF, 0xFF, 3])),
+        "malformed"
+    );
+    let request = Message::Request(ContentId([1; 32])).to_bytes();
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[1].id(), &request)),
+        "wrong_channel"
+    );
+    let big = vec![1u8; medmesh_protocol::wire::MAX_GOSSIP + 1];
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[1].id(), &big)),
+        "malformed"
+    );
+}
+
+fn report(validator: &Keypair, model: ContentId) -> Report {
+    Report {
+        model,
+        validator: validator.id(),
+        dataset: Dataset {
+            name: "local".into(),
+            site: "Partner University Hospital".into(),
+            country: "CH".into(),
+            description: "held-out patients".into(),
+        },
+        samples: 120,
+        metrics: BTreeMap::from([(
+            "auc".into(),
+            Metric {
+                value: 0.83,
+                low: None,
+                high: None,
+            },
+        )]),
+        issued_at_ms: 1,
+    }
+}
+
+#[test]
+fn reports_need_a_validating_member_and_a_known_model() {
+    let (k, mut peer) = setup();
+    let (v, _) = version(&k[1], 1, 1.0);
+    let good = k[5].sign(report(&k[5], v.id()));
+    let unknown_first = peer.handle_message(
+        T,
+        k[5].id(),
+        &Message::Report(good.signed().clone()).to_bytes(),
+    );
+    assert_eq!(reject_label(&unknown_first), "unknown_model");
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&v)),
+        Verdict::Accept
+    );
+    let accepted = peer.handle_message(
+        T,
+        k[5].id(),
+        &Message::Report(good.signed().clone()).to_bytes(),
+    );
+    assert_eq!(accepted, Verdict::Accept);
+    let by_observer = k[4].sign(report(&k[4], v.id()));
+    let verdict = peer.handle_message(
+        T,
+        k[4].id(),
+        &Message::Report(by_observer.signed().clone()).to_bytes(),
+    );
+    assert_eq!(reject_label(&verdict), "not_permitted");
+    let outsider = Keypair::from_seed([201; 32]);
+    let forged = outsider.sign(report(&outsider, v.id()));
+    let verdict = peer.handle_message(
+        T,
+        k[1].id(),
+        &Message::Report(forged.signed().clone()).to_bytes(),
+    );
+    assert_eq!(reject_label(&verdict), "not_member");
+}
+
+#[test]
+fn roster_forks_and_non_threshold_updates_are_rejected() {
+    let (k, mut peer) = setup();
+    let current = peer.chain().current().clone();
+    let mut members = current.members.clone();
+    members.retain(|m| m.id != k[3].id());
+    let next = current.next(members, 2).expect("valid next roster");
+    // Signed by one member only: below the threshold of 2.
+    let mut weak = SignedRoster::new(next.clone());
+    weak.sign(&k[1]);
+    let verdict = peer.handle_message(T, k[1].id(), &Message::Roster(weak).to_bytes());
+    assert_eq!(reject_label(&verdict), "roster");
+    let mut strong = SignedRoster::new(next);
+    strong.sign(&k[1]);
+    strong.sign(&k[2]);
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &Message::Roster(strong).to_bytes()),
+        Verdict::Accept
+    );
+    assert!(!peer.chain().current().contains(&k[3].id()));
+    // The removed hospital's versions are refused from now on.
+    let (v, _) = version(&k[3], 1, 1.0);
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[3].id(), &announce(&v))),
+        "not_member"
+    );
+    // A different version 1 is a fork.
+    let fork = current.next(current.members.clone(), 3).expect("valid");
+    let mut fork = SignedRoster::new(fork);
+    for key in &k[..4] {
+        fork.sign(key);
+    }
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[1].id(), &Message::Roster(fork).to_bytes())),
+        "roster"
+    );
+}
+
+#[test]
+fn honest_mesh_converges_while_attacked() {
+    let n = 6;
+    let k = keys(n);
+    let init = inits(n, 16, 5);
+    let samples = vec![20u64; n];
+    let configs = (0..n)
+        .map(|i| Config {
+            experiment: "hostile".into(),
+            fanout: 3,
+            max_rounds: Some(30),
+            seed: i as u64,
+            round_timeout: Duration::from_secs(5),
+            fetch_timeout: Duration::from_secs(2),
+            ..Config::default()
+        })
+        .collect();
+    let start = common::spread(&init);
+    let mut net = Net::new(&k, configs, init, &samples);
+    // An outsider floods every peer with forged and non-member announcements for the rounds
+    // ahead, and garbage, while the mesh trains.
+    let outsider = Keypair::from_seed([222; 32]);
+    let mut bytes = Vec::new();
+    for round in 1..20u64 {
+        let payload = update::encode_f32(&[1e6; 16], &mut bytes);
+        let v = outsider.sign(Version {
+            experiment: "hostile".into(),
+            model: Digest::default(),
+            round,
+            author: outsider.id(),
+            samples: 1_000_000,
+            degree: 1,
+            parents: vec![],
+            metrics: BTreeMap::new(),
+            payload,
+        });
+        let at = Duration::from_millis(100 * round);
+        for to in 0..n {
+            let msg = Message::Announce(v.signed().clone()).to_bytes();
+            net.push(
+                at,
+                common::Delivery::Gossip {
+                    to,
+                    from: outsider.id(),
+                    bytes: msg,
+                },
+            );
+            net.push(
+                at,
+                common::Delivery::Gossip {
+                    to,
+                    from: outsider.id(),
+                    bytes: vec![1, 2, 3],
+                },
+            );
+        }
+    }
+    net.run(Duration::from_secs(3600));
+    assert!(net.peers.iter().all(Peer::is_finished));
+    let spread = net.spread();
+    assert!(spread < 1e-3 * start, "spread {spread} from {start}");
+    let rejections = net
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Rejected { .. }))
+        .count();
+    assert_eq!(
+        rejections,
+        2 * 19 * n,
+        "every hostile message is rejected, nothing else"
+    );
+    assert!(
+        net.peers
+            .iter()
+            .all(|p| p.params().iter().all(|x| x.abs() < 2.0)),
+        "attacker had no influence"
+    );
+}

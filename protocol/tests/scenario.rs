@@ -1,0 +1,118 @@
+//! Scenario tests: several real `Peer`s on a fake clock with an in-memory network, no sockets:
+//! decentralized averaging reaches consensus with no coordinator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Net, inits, keys, norm, weighted_average};
+use medmesh_protocol::aggregate::Rule;
+use medmesh_protocol::identity::{Keypair, MemberId};
+use medmesh_protocol::peer::{Config, Event, Peer};
+
+fn config(rule: Rule, fanout: usize, rounds: u64, seed: u64) -> Config {
+    Config {
+        experiment: "consensus".into(),
+        rule,
+        fanout,
+        max_rounds: Some(rounds),
+        round_timeout: Duration::from_secs(5),
+        fetch_timeout: Duration::from_secs(2),
+        seed,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn full_fanout_mean_reaches_the_exact_weighted_average() {
+    let n = 8;
+    let k = keys(n);
+    let init = inits(n, 32, 1);
+    let samples: Vec<u64> = (0..n as u64).map(|i| 10 * (i + 1)).collect();
+    let target = weighted_average(&init, &samples);
+    let configs = (0..n)
+        .map(|i| config(Rule::Mean, n - 1, 3, i as u64))
+        .collect();
+    let mut net = Net::new(&k, configs, init, &samples);
+    net.run(Duration::from_secs(600));
+    assert!(net.peers.iter().all(Peer::is_finished), "all peers finish");
+    let err = net.max_distance_to(&target) / norm(&target);
+    assert!(
+        err < 1e-4,
+        "relative distance to the weighted average {err}"
+    );
+    let timeouts = net
+        .events
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::RoundCompleted {
+                    timed_out: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(timeouts, 0, "with no loss no round should time out");
+}
+
+#[test]
+fn metropolis_hastings_on_a_ring_converges_to_the_average() {
+    let n = 8;
+    let k = keys(n);
+    let ids: Vec<MemberId> = k.iter().map(Keypair::id).collect();
+    let init = inits(n, 16, 2);
+    let samples = vec![100u64; n];
+    let target = weighted_average(&init, &samples);
+    let initial_spread = init
+        .iter()
+        .map(|v| {
+            norm(
+                &v.iter()
+                    .zip(&target)
+                    .map(|(a, b)| f64::from(*a) - b)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .fold(0.0, f64::max);
+    let configs = (0..n)
+        .map(|i| Config {
+            neighbours: Some(vec![ids[(i + 1) % n], ids[(i + n - 1) % n]]),
+            ..config(Rule::MetropolisHastings, 0, 80, i as u64)
+        })
+        .collect();
+    let mut net = Net::new(&k, configs, init, &samples);
+    net.run(Duration::from_secs(3600));
+    assert!(net.peers.iter().all(Peer::is_finished));
+    let err = net.max_distance_to(&target) / initial_spread;
+    assert!(
+        err < 1e-4,
+        "MH ring: relative distance to the average {err}"
+    );
+}
+
+#[test]
+fn epidemic_sampling_reaches_consensus_without_a_coordinator() {
+    let n = 8;
+    let k = keys(n);
+    let init = inits(n, 16, 3);
+    let samples: Vec<u64> = (0..n as u64).map(|i| 50 + 7 * i).collect();
+    let target = weighted_average(&init, &samples);
+    let configs = (0..n)
+        .map(|i| config(Rule::Mean, 2, 40, 10 + i as u64))
+        .collect();
+    let start = common::spread(&init);
+    let mut net = Net::new(&k, configs, init, &samples);
+    net.run(Duration::from_secs(3600));
+    assert!(net.peers.iter().all(Peer::is_finished));
+    let spread = net.spread();
+    assert!(
+        spread < 1e-4 * start,
+        "consensus spread {spread} from {start}"
+    );
+    // Random pulls do not conserve the weighted mean exactly, but it stays well inside the
+    // initial spread.
+    let err = net.max_distance_to(&target) / start;
+    assert!(err < 0.5, "consensus far from the weighted average: {err}");
+}
