@@ -1,0 +1,482 @@
+//! # medmesh-simulations
+//!
+//! Many real [`Peer`]s — the same state machine a hospital's node runs — over a simulated
+//! network on a virtual clock. Everything is decided by a seed: link latencies, losses, training
+//! times and the peers' own random choices, so a run replays byte for byte.
+//!
+//! The simulator is a discrete-event loop: a priority queue of deliveries ordered by virtual time
+//! (ties broken by insertion order), each handed to its peer, whose actions schedule new
+//! deliveries. Gossip goes to every other peer after a sampled latency (and may be lost); a
+//! payload pull answers after a round trip plus the payload's size over the link bandwidth.
+//!
+//! It never touches a socket or the wall clock except to report how long a run took.
+
+pub mod demo;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use medmesh_protocol::identity::{ContentId, Keypair, MemberId};
+use medmesh_protocol::peer::{Action, Config, Event, Peer};
+use medmesh_protocol::roster::{Chain, Member, Role, Roster, SignedRoster};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The simulated network between every pair of peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// One-way latency, milliseconds: the minimum.
+    pub latency_ms: f64,
+    /// One-way latency, milliseconds: mean of the exponential jitter added to the minimum.
+    pub jitter_ms: f64,
+    /// Link bandwidth for payload transfers, megabytes per second.
+    pub bandwidth_mbps: f64,
+    /// Probability that a gossip message to one peer is lost.
+    pub loss: f64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            latency_ms: 20.0,
+            jitter_ms: 10.0,
+            bandwidth_mbps: 100.0,
+            loss: 0.0,
+        }
+    }
+}
+
+/// How long local training takes, in virtual milliseconds (uniform in `[min_ms, max_ms]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Training {
+    /// Shortest training time.
+    pub min_ms: f64,
+    /// Longest training time.
+    pub max_ms: f64,
+}
+
+impl Default for Training {
+    fn default() -> Self {
+        Self {
+            min_ms: 50.0,
+            max_ms: 500.0,
+        }
+    }
+}
+
+/// Local training as the simulator sees it: a function from the merged model to the trained one.
+pub trait Learner {
+    /// Trains peer `peer` for `round` in place and returns metrics.
+    fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64>;
+}
+
+/// No training at all: peers only average, which isolates consensus behaviour.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AveragingOnly;
+
+impl Learner for AveragingOnly {
+    fn train(&mut self, _: usize, _: u64, _: &mut [f32]) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Delivery {
+    Gossip {
+        to: usize,
+        from: usize,
+        bytes: Bytes,
+    },
+    Payload {
+        to: usize,
+        from: usize,
+        id: ContentId,
+        data: Option<Bytes>,
+    },
+    Trained {
+        to: usize,
+    },
+    Timeout {
+        to: usize,
+    },
+}
+
+/// Counters of a run.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Gossip messages delivered.
+    pub gossip_messages: u64,
+    /// Gossip bytes delivered.
+    pub gossip_bytes: u64,
+    /// Gossip messages lost.
+    pub gossip_lost: u64,
+    /// Payload transfers.
+    pub payloads: u64,
+    /// Payload bytes transferred.
+    pub payload_bytes: u64,
+    /// Rejections by reason label.
+    pub rejections: BTreeMap<String, u64>,
+    /// Rounds that closed on their timeout.
+    pub timeouts: u64,
+}
+
+/// Everything a simulation starts from.
+#[derive(Debug, Clone)]
+pub struct Setup<'a> {
+    /// One member key per peer.
+    pub keys: &'a [Keypair],
+    /// The roster chain every peer starts with.
+    pub chain: &'a Chain,
+    /// The peers' protocol config (the seed is replaced per peer).
+    pub config: Config,
+    /// Initial parameters per peer.
+    pub inits: Vec<Vec<f32>>,
+    /// Local training samples per peer.
+    pub samples: Vec<u64>,
+    /// The network between peers.
+    pub network: Network,
+    /// Training times.
+    pub training: Training,
+    /// Seed of the run.
+    pub seed: u64,
+}
+
+/// A simulated mesh.
+pub struct Sim<L> {
+    peers: Vec<Peer>,
+    index: BTreeMap<MemberId, usize>,
+    queue: BinaryHeap<Reverse<(Duration, u64, Delivery)>>,
+    seq: u64,
+    now: Duration,
+    rng: ChaCha8Rng,
+    network: Network,
+    training: Training,
+    learner: L,
+    /// Parameters held by the simulated trainer while a peer trains.
+    training_params: Vec<Option<(u64, Vec<f32>)>>,
+    /// Each peer's latest merged model (what it started its current round from).
+    latest: Vec<Vec<f32>>,
+    completed: Vec<u64>,
+    stats: Stats,
+    events: Vec<(usize, Event)>,
+    keep_events: bool,
+}
+
+/// Deterministic member keys for simulated peers.
+pub fn keys(n: usize, seed: u64) -> Vec<Keypair> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6b65_7973);
+    (0..n).map(|_| Keypair::from_seed(rng.random())).collect()
+}
+
+/// A genesis roster of `keys` as hospitals (threshold: a majority), signed by all founders.
+pub fn genesis(keys: &[Keypair]) -> anyhow::Result<Chain> {
+    let members = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Member {
+            id: k.id(),
+            name: format!("Hospital {i}"),
+            site: format!("site-{i}"),
+            country: "XX".into(),
+            role: Role::Hospital,
+            addresses: vec![],
+        })
+        .collect();
+    let threshold = u32::try_from(keys.len() / 2 + 1)?;
+    let mut signed = SignedRoster::new(Roster::genesis("simulation", threshold, members)?);
+    for k in keys {
+        signed.sign(k);
+    }
+    Ok(Chain::from_genesis(signed)?)
+}
+
+impl<L: Learner> Sim<L> {
+    /// Builds the peers of `setup`; each peer's config seed is derived from the setup's seed
+    /// and the peer's index.
+    pub fn new(setup: Setup<'_>, learner: L) -> anyhow::Result<Self> {
+        let Setup {
+            keys,
+            chain,
+            config,
+            inits,
+            samples,
+            network,
+            training,
+            seed,
+        } = setup;
+        anyhow::ensure!(
+            keys.len() == inits.len() && keys.len() == samples.len(),
+            "one key, initial vector and sample count per peer"
+        );
+        let mut peers = Vec::with_capacity(keys.len());
+        for (i, ((k, init), s)) in keys.iter().zip(inits.iter()).zip(&samples).enumerate() {
+            let config = Config {
+                seed: seed
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .wrapping_add(i as u64),
+                ..config.clone()
+            };
+            peers.push(Peer::new(
+                config,
+                k.clone(),
+                chain.clone(),
+                init.clone(),
+                *s,
+            )?);
+        }
+        let index = peers.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
+        let n = peers.len();
+        let mut sim = Self {
+            peers,
+            index,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: Duration::ZERO,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            network,
+            training,
+            learner,
+            training_params: vec![None; n],
+            latest: inits,
+            completed: vec![0; n],
+            stats: Stats::default(),
+            events: Vec::new(),
+            keep_events: false,
+        };
+        for i in 0..n {
+            sim.drain(i);
+        }
+        Ok(sim)
+    }
+
+    /// Keeps every event for inspection (tests); off by default to bound memory.
+    pub fn keep_events(&mut self, keep: bool) {
+        self.keep_events = keep;
+    }
+
+    /// The peers.
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Events kept (see [`Sim::keep_events`]).
+    pub fn events(&self) -> &[(usize, Event)] {
+        &self.events
+    }
+
+    /// Each peer's latest merged model.
+    pub fn models(&self) -> &[Vec<f32>] {
+        &self.latest
+    }
+
+    /// The lowest round every peer has completed.
+    pub fn min_completed(&self) -> u64 {
+        self.completed.iter().copied().min().unwrap_or(0)
+    }
+
+    /// Injects raw gossip bytes from outside (an attacker) to peer `to` at time `at`.
+    pub fn inject(&mut self, at: Duration, to: usize, from: usize, bytes: Bytes) {
+        self.push(at, Delivery::Gossip { to, from, bytes });
+    }
+
+    fn push(&mut self, at: Duration, delivery: Delivery) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, delivery)));
+    }
+
+    fn latency(&mut self) -> Duration {
+        let jitter: f64 = if self.network.jitter_ms > 0.0 {
+            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+            -u.ln() * self.network.jitter_ms
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64((self.network.latency_ms + jitter).max(0.0) / 1e3)
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(action) = self.peers[i].poll_action() {
+            match action {
+                Action::Train { round, params } => {
+                    self.latest[i].clone_from(&params);
+                    let t = self
+                        .rng
+                        .random_range(self.training.min_ms..=self.training.max_ms);
+                    self.training_params[i] = Some((round, params));
+                    let at = self.now + Duration::from_secs_f64(t / 1e3);
+                    self.push(at, Delivery::Trained { to: i });
+                }
+                Action::Broadcast(message) => {
+                    let bytes = Bytes::from(message.to_bytes());
+                    for to in 0..self.peers.len() {
+                        if to == i {
+                            continue;
+                        }
+                        if self.network.loss > 0.0 && self.rng.random_bool(self.network.loss) {
+                            self.stats.gossip_lost += 1;
+                            continue;
+                        }
+                        let at = self.now + self.latency();
+                        self.push(
+                            at,
+                            Delivery::Gossip {
+                                to,
+                                from: i,
+                                bytes: bytes.clone(),
+                            },
+                        );
+                    }
+                }
+                Action::Fetch { from, id } => {
+                    let source = self.index.get(&from).copied();
+                    let data = source.and_then(|j| self.peers[j].payload(&id));
+                    let size = data.as_ref().map_or(0, Bytes::len) as f64;
+                    let transfer = size / (self.network.bandwidth_mbps * 1e6);
+                    let at = self.now
+                        + self.latency()
+                        + self.latency()
+                        + Duration::from_secs_f64(transfer);
+                    let from = source.unwrap_or(i);
+                    self.push(
+                        at,
+                        Delivery::Payload {
+                            to: i,
+                            from,
+                            id,
+                            data,
+                        },
+                    );
+                }
+                Action::Persist(_) => {}
+                Action::Event(event) => self.record(i, event),
+            }
+        }
+        if let Some(t) = self.peers[i].poll_timeout() {
+            self.push(t.max(self.now), Delivery::Timeout { to: i });
+        }
+    }
+
+    fn record(&mut self, i: usize, event: Event) {
+        match &event {
+            Event::Rejected { reason, .. } => {
+                *self
+                    .stats
+                    .rejections
+                    .entry(reason.label().to_owned())
+                    .or_default() += 1;
+            }
+            Event::RoundCompleted {
+                round, timed_out, ..
+            } => {
+                self.completed[i] = *round;
+                self.stats.timeouts += u64::from(*timed_out);
+            }
+            Event::Finished { round } => {
+                self.completed[i] = *round;
+                self.latest[i].clear();
+                self.latest[i].extend_from_slice(self.peers[i].params());
+            }
+            _ => {}
+        }
+        if self.keep_events {
+            self.events.push((i, event));
+        }
+    }
+
+    /// Handles one delivery; `false` when nothing is left to do.
+    pub fn step(&mut self) -> anyhow::Result<bool> {
+        let Some(Reverse((at, _, delivery))) = self.queue.pop() else {
+            return Ok(false);
+        };
+        self.now = at;
+        let to = match delivery {
+            Delivery::Gossip { to, from, bytes } => {
+                self.stats.gossip_messages += 1;
+                self.stats.gossip_bytes += bytes.len() as u64;
+                let from = self.peers.get(from).map_or(MemberId::default(), Peer::id);
+                self.peers[to].handle_message(at, from, &bytes);
+                to
+            }
+            Delivery::Payload { to, from, id, data } => {
+                if let Some(d) = &data {
+                    self.stats.payloads += 1;
+                    self.stats.payload_bytes += d.len() as u64;
+                }
+                let from = self.peers[from].id();
+                self.peers[to].handle_payload(at, from, id, data);
+                to
+            }
+            Delivery::Trained { to } => {
+                if let Some((round, mut params)) = self.training_params[to].take() {
+                    let metrics = self.learner.train(to, round, &mut params);
+                    self.peers[to].handle_trained(at, params, metrics)?;
+                }
+                to
+            }
+            Delivery::Timeout { to } => {
+                if self.peers[to].poll_timeout().is_some_and(|t| t <= at) {
+                    self.peers[to].handle_timeout(at);
+                }
+                to
+            }
+        };
+        self.drain(to);
+        Ok(true)
+    }
+
+    /// Runs until every peer finished, nothing is left, or virtual time passes `limit`.
+    pub fn run_until(&mut self, limit: Duration) -> anyhow::Result<()> {
+        while self.now <= limit && !self.peers.iter().all(Peer::is_finished) {
+            if !self.step()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean L2 distance of the peers' latest models to their average (consensus distance).
+    pub fn consensus_distance(&self) -> f64 {
+        consensus_distance(&self.latest)
+    }
+}
+
+/// Mean L2 distance of vectors to their average.
+pub fn consensus_distance(models: &[Vec<f32>]) -> f64 {
+    let models: Vec<&Vec<f32>> = models.iter().filter(|m| !m.is_empty()).collect();
+    let Some(first) = models.first() else {
+        return 0.0;
+    };
+    let n = models.len() as f64;
+    let mut mean = vec![0.0f64; first.len()];
+    for m in &models {
+        for (a, x) in mean.iter_mut().zip(m.iter()) {
+            *a += f64::from(*x) / n;
+        }
+    }
+    models
+        .iter()
+        .map(|m| {
+            m.iter()
+                .zip(&mean)
+                .map(|(x, a)| (f64::from(*x) - a).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .sum::<f64>()
+        / n
+}
