@@ -2,6 +2,12 @@
 //!
 //! The peer a hospital runs. It drives the sans-IO [`medmesh_protocol::peer::Peer`] and owns
 //! everything the protocol must not do: files, keys, training and the network. The simulator
-//! reuses the parts that are not network-bound.
+//! reuses the parts that are not network-bound (data, learners, metrics).
 
+pub mod baseline;
+pub mod data;
 pub mod keys;
+pub mod learner;
+pub mod metrics;
+pub mod privacy;
+pub mod trainer;

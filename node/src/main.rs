@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use medmesh_node::keys;
+use medmesh_node::learner::TrainConfig;
+use medmesh_node::{baseline, keys};
 
 /// medmesh: train medical AI models across hospitals with no central server.
 #[derive(Debug, Parser)]
@@ -28,6 +29,27 @@ enum Command {
         #[arg(long, env = "MEDMESH_KEY", default_value = "medmesh-key.pem")]
         key: PathBuf,
     },
+    /// Reproduce the non-federated baselines (pooled, and each center alone) on a dataset.
+    Baseline {
+        /// The dataset's schema file.
+        #[arg(long, default_value = "data/heart-disease/schema.toml")]
+        data: PathBuf,
+        /// Seeds, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "42,43,44,45,46")]
+        seeds: Vec<u64>,
+        /// Epochs over each training set.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
+        /// Learning rate (Adam).
+        #[arg(long, default_value_t = 0.001)]
+        lr: f64,
+        /// Batch size.
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        /// Also write the table as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +66,33 @@ fn main() -> anyhow::Result<()> {
         Command::Id { key } => {
             let pair = keys::load(&key)?;
             println!("{}", pair.id());
+        }
+        Command::Baseline {
+            data,
+            seeds,
+            epochs,
+            lr,
+            batch_size,
+            json,
+        } => {
+            let settings = baseline::Settings {
+                seeds,
+                epochs,
+                train: TrainConfig {
+                    lr,
+                    batch_size,
+                    ..TrainConfig::default()
+                },
+            };
+            let report = baseline::run(&data, &settings, |line| eprintln!("{line}"))
+                .with_context(|| format!("baseline on {}", data.display()))?;
+            print!("{}", report.to_text());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
         }
     }
     Ok(())
