@@ -380,6 +380,15 @@ pub enum TrainedError {
     },
 }
 
+/// Where a peer stands between rounds: what a node stores so a restart resumes there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The round to train next.
+    pub round: u64,
+    /// Content ids merged into the parameters the next round starts from.
+    pub parents: Vec<ContentId>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     /// A member that does not train (validator, observer).
@@ -452,6 +461,19 @@ impl Peer {
         params: Vec<f32>,
         samples: u64,
     ) -> Result<Self, ConfigError> {
+        Self::resume(config, key, chain, params, samples, Checkpoint::default())
+    }
+
+    /// A peer that continues from a [`Checkpoint`] (what a restarted node stored): it trains
+    /// `checkpoint.round` next, from `params`, naming `checkpoint.parents` as the lineage.
+    pub fn resume(
+        config: Config,
+        key: Keypair,
+        chain: roster::Chain,
+        params: Vec<f32>,
+        samples: u64,
+        checkpoint: Checkpoint,
+    ) -> Result<Self, ConfigError> {
         config.check()?;
         let id = key.id();
         let role = chain
@@ -476,12 +498,12 @@ impl Peer {
             } else {
                 Phase::Passive
             },
-            round: 1,
+            round: checkpoint.round.max(1),
             trainers: 0,
             dim: params.len(),
             params: Vec::new(),
             samples,
-            parents: Vec::new(),
+            parents: checkpoint.parents,
             own: None,
             authors: BTreeMap::new(),
             candidates: BTreeMap::new(),
@@ -497,7 +519,13 @@ impl Peer {
         };
         peer.count_trainers();
         if trains {
-            peer.actions.push_back(Action::Train { round: 1, params });
+            let round = peer.round;
+            if peer.config.max_rounds.is_some_and(|m| round > m) {
+                peer.phase = Phase::Done;
+                peer.params = params;
+            } else {
+                peer.actions.push_back(Action::Train { round, params });
+            }
         }
         Ok(peer)
     }
@@ -511,6 +539,15 @@ impl Peer {
             .iter()
             .filter(|m| m.id != id && m.role.may_train())
             .count();
+    }
+
+    /// The checkpoint matching the parameters of the latest [`Action::Train`] (store both
+    /// together when carrying out that action).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            round: self.round,
+            parents: self.parents.clone(),
+        }
     }
 
     /// This peer's member id.

@@ -116,3 +116,46 @@ fn epidemic_sampling_reaches_consensus_without_a_coordinator() {
     let err = net.max_distance_to(&target) / start;
     assert!(err < 0.5, "consensus far from the weighted average: {err}");
 }
+
+#[test]
+fn a_resumed_peer_continues_at_its_checkpoint() {
+    use medmesh_protocol::peer::{Action, Checkpoint};
+
+    let k = keys(2);
+    let chain = common::chain(&k, &[medmesh_protocol::roster::Role::Hospital; 2]);
+    let checkpoint = Checkpoint {
+        round: 7,
+        parents: vec![medmesh_protocol::identity::ContentId([3; 32])],
+    };
+    let mut peer = Peer::resume(
+        config(Rule::Mean, 1, 10, 0),
+        k[0].clone(),
+        chain.clone(),
+        vec![0.5; 4],
+        10,
+        checkpoint.clone(),
+    )
+    .expect("resumes");
+    assert_eq!(peer.checkpoint(), checkpoint);
+    assert!(matches!(peer.poll_action(), Some(Action::Train { round: 7, .. })));
+    peer.handle_trained(Duration::ZERO, vec![0.5; 4], Default::default()).expect("trained");
+    let announced = std::iter::from_fn(|| peer.poll_action()).find_map(|a| match a {
+        Action::Broadcast(medmesh_protocol::wire::Message::Announce(v)) => Some(v.verify().expect("signed")),
+        _ => None,
+    });
+    let version = announced.expect("announces");
+    assert_eq!(version.round, 7);
+    assert_eq!(version.parents, checkpoint.parents, "lineage continues across the restart");
+    // A checkpoint past max_rounds is a finished peer.
+    let done = Peer::resume(
+        config(Rule::Mean, 1, 10, 0),
+        k[0].clone(),
+        chain,
+        vec![0.5; 4],
+        10,
+        Checkpoint { round: 11, parents: vec![] },
+    )
+    .expect("resumes");
+    assert!(done.is_finished());
+    assert_eq!(done.params(), &[0.5; 4]);
+}
