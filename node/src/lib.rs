@@ -5,9 +5,14 @@
 //! reuses the parts that are not network-bound (data, learners, metrics).
 
 pub mod baseline;
+pub mod config;
 pub mod data;
 pub mod keys;
 pub mod learner;
+pub mod mesh;
 pub mod metrics;
+pub mod network;
+pub mod node;
 pub mod privacy;
+pub mod store;
 pub mod trainer;

@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medmesh_node::config::NodeConfig;
 use medmesh_node::learner::TrainConfig;
-use medmesh_node::{baseline, keys};
+use medmesh_node::{baseline, keys, mesh, node};
+use medmesh_protocol::identity::MemberId;
+use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 
 /// medmesh: train medical AI models across hospitals with no central server.
 #[derive(Debug, Parser)]
@@ -17,6 +20,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run this hospital's peer until its rounds are done (or SIGINT/SIGTERM).
+    Run {
+        /// The node's TOML config.
+        #[arg(long, env = "MEDMESH_CONFIG", default_value = "medmesh.toml")]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Run a whole mesh on this machine: one `medmesh run` process per site of a dataset, on
+    /// loopback, then print each hospital's accuracy next to training alone.
+    Mesh(mesh::Options),
+    /// Create, sign and inspect signed rosters (who is in the mesh).
+    #[command(subcommand)]
+    Roster(RosterCommand),
     /// Create this hospital's member key (ed25519, PKCS#8 PEM, owner-only) and print its id.
     Init {
         /// Where to write the key; an existing key is never overwritten.
@@ -52,8 +70,236 @@ enum Command {
     },
 }
 
+/// Roster files are JSON; every member signs the same file in turn until the threshold is met.
+#[derive(Debug, Subcommand)]
+enum RosterCommand {
+    /// Start a genesis roster from a list of members (`--member ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`).
+    Genesis {
+        /// Name of the mesh.
+        #[arg(long)]
+        mesh: String,
+        /// Signatures of current members needed to change the roster later.
+        #[arg(long)]
+        threshold: u32,
+        /// A member: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`; ROLE is hospital, validator or observer.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Output file.
+        #[arg(long, default_value = "roster.json")]
+        out: PathBuf,
+    },
+    /// Propose the next version: add or remove members (signed later by a threshold of members).
+    Propose {
+        /// The current roster.
+        #[arg(long)]
+        current: PathBuf,
+        /// A member to admit: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`.
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// A member id to remove.
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+        /// New threshold (default: unchanged, capped at the new member count).
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// Output file.
+        #[arg(long, default_value = "roster-proposal.json")]
+        out: PathBuf,
+    },
+    /// Add this member's signature to a roster file (in place).
+    Sign {
+        /// The roster file.
+        file: PathBuf,
+        /// The member key.
+        #[arg(long, env = "MEDMESH_KEY", default_value = "medmesh-key.pem")]
+        key: PathBuf,
+    },
+    /// Print a roster file and who signed it.
+    Show {
+        /// The roster file.
+        file: PathBuf,
+    },
+}
+
+fn parse_member(text: &str) -> anyhow::Result<Member> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    anyhow::ensure!(
+        parts.len() == 5 || parts.len() == 6,
+        "member {text:?}: expected ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]"
+    );
+    let role = match parts[4] {
+        "hospital" => Role::Hospital,
+        "validator" => Role::Validator,
+        "observer" => Role::Observer,
+        other => {
+            anyhow::bail!("member {text:?}: unknown role {other:?} (hospital, validator, observer)")
+        }
+    };
+    Ok(Member {
+        id: parts[0]
+            .parse()
+            .with_context(|| format!("member {text:?}: bad id"))?,
+        name: parts[1].to_owned(),
+        site: parts[2].to_owned(),
+        country: parts[3].to_owned(),
+        role,
+        addresses: parts
+            .get(5)
+            .map(|a| vec![(*a).to_owned()])
+            .unwrap_or_default(),
+    })
+}
+
+fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
+    match command {
+        RosterCommand::Genesis {
+            mesh,
+            threshold,
+            members,
+            out,
+        } => {
+            let members = members
+                .iter()
+                .map(|m| parse_member(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let roster = Roster::genesis(mesh, threshold, members)?;
+            node::write_roster(&out, &SignedRoster::new(roster))?;
+            eprintln!(
+                "wrote {}: every founder now signs it with `medmesh roster sign`",
+                out.display()
+            );
+        }
+        RosterCommand::Propose {
+            current,
+            add,
+            remove,
+            threshold,
+            out,
+        } => {
+            let current = node::read_roster(&current)?;
+            let roster = current.roster();
+            let remove: Vec<MemberId> = remove
+                .iter()
+                .map(|r| r.parse().with_context(|| format!("bad member id {r:?}")))
+                .collect::<anyhow::Result<_>>()?;
+            let mut members: Vec<Member> = roster
+                .members
+                .iter()
+                .filter(|m| !remove.contains(&m.id))
+                .cloned()
+                .collect();
+            for a in &add {
+                members.push(parse_member(a)?);
+            }
+            let threshold = threshold
+                .unwrap_or(roster.threshold)
+                .min(u32::try_from(members.len())?);
+            let next = roster.next(members, threshold)?;
+            node::write_roster(&out, &SignedRoster::new(next))?;
+            eprintln!(
+                "wrote {}: {} members of version {} must sign it",
+                out.display(),
+                roster.threshold,
+                roster.version
+            );
+        }
+        RosterCommand::Sign { file, key } => {
+            let key = keys::load(&key)?;
+            let mut signed = node::read_roster(&file)?;
+            anyhow::ensure!(
+                signed.roster().contains(&key.id()) || signed.roster().version > 0,
+                "{} is not on this genesis roster",
+                key.id()
+            );
+            signed.sign(&key);
+            node::write_roster(&file, &signed)?;
+            eprintln!("signed {} as {}", file.display(), key.id().short());
+        }
+        RosterCommand::Show { file } => {
+            let signed = node::read_roster(&file)?;
+            let r = signed.roster();
+            println!(
+                "mesh {:?} version {} threshold {}",
+                r.mesh, r.version, r.threshold
+            );
+            for m in &r.members {
+                println!(
+                    "  {} {:<9} {} ({}, {}) {}",
+                    m.id,
+                    format!("{:?}", m.role).to_lowercase(),
+                    m.name,
+                    m.site,
+                    m.country,
+                    m.addresses.join(" ")
+                );
+            }
+            let signers: Vec<String> = signed.signers().map(|s| s.short()).collect();
+            println!(
+                "signed by {} member(s): {}",
+                signers.len(),
+                signers.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run { config, json_logs } => {
+            init_logs(json_logs);
+            let config = NodeConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            if let Some(outcome) = runtime.block_on(node::run(config, shutdown_signal()))? {
+                println!("{}", serde_json::to_string(&outcome)?);
+            }
+        }
+        Command::Mesh(options) => {
+            let exe = std::env::current_exe()?;
+            let report = mesh::run(&options, &exe, |line| eprintln!("{line}"))?;
+            print!("{}", report.to_text());
+            if let Some(path) = &options.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+            }
+        }
+        Command::Roster(command) => roster_command(command)?,
         Command::Init { key } => {
             let pair = keys::generate()?;
             keys::write(&key, &pair).context("cannot create the member key")?;

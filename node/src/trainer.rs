@@ -40,10 +40,13 @@ pub struct Trainer {
     jobs: mpsc::Sender<Job>,
     done: mpsc::Receiver<Done>,
     thread: Option<JoinHandle<()>>,
-    /// Parameter count and local sample count, reported by the thread at start.
+    /// Parameter count, reported by the thread at start.
     pub dim: usize,
     /// Local training samples.
     pub samples: usize,
+    /// The freshly initialized parameters (the shared initialization when every member builds
+    /// the same spec from the same seed).
+    pub init: Vec<f32>,
 }
 
 impl Trainer {
@@ -55,14 +58,14 @@ impl Trainer {
     {
         let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
         let (done_tx, done_rx) = mpsc::channel::<Done>(1);
-        let (ready_tx, ready_rx) =
-            std::sync::mpsc::sync_channel::<Result<(usize, usize), Error>>(1);
+        type Ready = Result<(usize, usize, Vec<f32>), Error>;
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
         let thread = std::thread::Builder::new()
             .name(format!("train-{name}"))
             .spawn(move || {
                 let mut learner = match make() {
                     Ok(l) => {
-                        let _ = ready_tx.send(Ok((l.dim(), l.samples())));
+                        let _ = ready_tx.send(Ok((l.dim(), l.samples(), l.params())));
                         l
                     }
                     Err(e) => {
@@ -90,7 +93,7 @@ impl Trainer {
                 path: "training thread".into(),
                 source,
             })?;
-        let (dim, samples) = ready_rx
+        let (dim, samples, init) = ready_rx
             .recv()
             .map_err(|_| Error::Config("the training thread ended while starting".into()))??;
         Ok(Self {
@@ -99,6 +102,7 @@ impl Trainer {
             thread: Some(thread),
             dim,
             samples,
+            init,
         })
     }
 
@@ -171,7 +175,10 @@ mod tests {
             )
         })
         .expect("starts");
-        assert_eq!((trainer.dim, trainer.samples), (3, 20));
+        assert_eq!(
+            (trainer.dim, trainer.samples, trainer.init.len()),
+            (3, 20, 3)
+        );
         let caller = std::thread::current().id();
         for round in 1..=3 {
             trainer

@@ -718,8 +718,12 @@ impl Peer {
         if round >= self.round && self.wants(author) {
             let slot = self.candidates.entry(author).or_default();
             slot.insert(round, version);
+            // Keep the oldest (the round in progress, if present) and the newest.
             while slot.len() > CANDIDATES_PER_AUTHOR {
-                slot.pop_last();
+                let Some(&middle) = slot.keys().nth(1) else {
+                    break;
+                };
+                slot.remove(&middle);
             }
             self.pull(now);
         }

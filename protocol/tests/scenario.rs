@@ -137,15 +137,24 @@ fn a_resumed_peer_continues_at_its_checkpoint() {
     )
     .expect("resumes");
     assert_eq!(peer.checkpoint(), checkpoint);
-    assert!(matches!(peer.poll_action(), Some(Action::Train { round: 7, .. })));
-    peer.handle_trained(Duration::ZERO, vec![0.5; 4], Default::default()).expect("trained");
+    assert!(matches!(
+        peer.poll_action(),
+        Some(Action::Train { round: 7, .. })
+    ));
+    peer.handle_trained(Duration::ZERO, vec![0.5; 4], Default::default())
+        .expect("trained");
     let announced = std::iter::from_fn(|| peer.poll_action()).find_map(|a| match a {
-        Action::Broadcast(medmesh_protocol::wire::Message::Announce(v)) => Some(v.verify().expect("signed")),
+        Action::Broadcast(medmesh_protocol::wire::Message::Announce(v)) => {
+            Some(v.verify().expect("signed"))
+        }
         _ => None,
     });
     let version = announced.expect("announces");
     assert_eq!(version.round, 7);
-    assert_eq!(version.parents, checkpoint.parents, "lineage continues across the restart");
+    assert_eq!(
+        version.parents, checkpoint.parents,
+        "lineage continues across the restart"
+    );
     // A checkpoint past max_rounds is a finished peer.
     let done = Peer::resume(
         config(Rule::Mean, 1, 10, 0),
@@ -153,7 +162,10 @@ fn a_resumed_peer_continues_at_its_checkpoint() {
         chain,
         vec![0.5; 4],
         10,
-        Checkpoint { round: 11, parents: vec![] },
+        Checkpoint {
+            round: 11,
+            parents: vec![],
+        },
     )
     .expect("resumes");
     assert!(done.is_finished());

@@ -1,0 +1,258 @@
+//! The node's configuration: one TOML file per hospital.
+//!
+//! ```toml
+//! key = "key.pem"              # this member's ed25519 key (`medmesh init`)
+//! store = "store.redb"         # crash-safe store of every signed item and the checkpoint
+//! genesis = "roster.json"      # the founders' signed roster, used until the store holds one
+//! init_seed = 42               # every member initializes the model from the same seed
+//! linger_ms = 15000            # keep serving payloads this long after the last round
+//!
+//! [data]
+//! schema = "../data/heart-disease/schema.toml"
+//! site = "cleveland"           # this hospital's site in the schema
+//!
+//! [model]
+//! kind = "logistic"
+//! inputs = 13
+//!
+//! [training]                   # learner::TrainConfig
+//! lr = 0.001
+//! batch_size = 4
+//! local_steps = 100
+//!
+//! [experiment]                 # medmesh_protocol::peer::Config (model digest is filled in)
+//! experiment = "heart-disease"
+//! fanout = 3
+//! max_rounds = 15
+//!
+//! [network]                    # network::NetworkConfig
+//! listen = ["/ip4/0.0.0.0/tcp/4001"]
+//! bootstrap = ["/ip4/10.0.0.2/tcp/4001/p2p/12D3Koo..."]
+//! ```
+//!
+//! Relative paths are relative to the config file's folder. Every section has defaults;
+//! [`NodeConfig::load`] checks the rules that span sections and names the file on error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medmesh_protocol::peer;
+use serde::{Deserialize, Serialize};
+
+use crate::learner::{ModelSpec, TrainConfig};
+use crate::network::NetworkConfig;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this config (the message names the line and the key).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        message: String,
+    },
+    /// A rule spanning fields is broken.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which rule.
+        message: String,
+    },
+}
+
+/// Where a hospital's records are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset's schema file.
+    pub schema: PathBuf,
+    /// This hospital's site name in the schema.
+    pub site: String,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            schema: "data/heart-disease/schema.toml".into(),
+            site: "cleveland".into(),
+        }
+    }
+}
+
+/// A hospital's node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The member key file.
+    pub key: PathBuf,
+    /// The store file.
+    pub store: PathBuf,
+    /// The founders' signed genesis roster (JSON), used until the store holds a roster.
+    pub genesis: PathBuf,
+    /// Seed of the shared model initialization.
+    pub init_seed: u64,
+    /// After the last round, keep serving payloads to slower members this long (milliseconds).
+    pub linger_ms: u64,
+    /// Where to write the final result (JSON), if anywhere.
+    pub results: Option<PathBuf>,
+    /// Local HTTP endpoint for `/status` and `/metrics` (e.g. `127.0.0.1:9100`).
+    pub admin: Option<SocketAddr>,
+    /// Members that must be connected and subscribed before the first round starts, so the
+    /// first announcements reach them (default: every other training member of the roster).
+    pub min_peers: Option<usize>,
+    /// Start anyway after waiting this long for `min_peers` (milliseconds).
+    pub start_timeout_ms: u64,
+    /// Local data.
+    pub data: DataConfig,
+    /// The shared model.
+    pub model: ModelSpec,
+    /// Local training.
+    pub training: TrainConfig,
+    /// The protocol's settings.
+    pub experiment: peer::Config,
+    /// The network.
+    pub network: NetworkConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            key: "key.pem".into(),
+            store: "store.redb".into(),
+            genesis: "roster.json".into(),
+            init_seed: 42,
+            linger_ms: 15_000,
+            results: None,
+            admin: None,
+            min_peers: None,
+            start_timeout_ms: 60_000,
+            data: DataConfig::default(),
+            model: ModelSpec::Logistic { inputs: 13 },
+            training: TrainConfig::default(),
+            experiment: peer::Config {
+                experiment: "heart-disease".into(),
+                max_rounds: Some(15),
+                ..peer::Config::default()
+            },
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads, resolves relative paths against the file's folder, and checks.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        join(&mut self.key);
+        join(&mut self.store);
+        join(&mut self.genesis);
+        join(&mut self.data.schema);
+        if let Some(r) = &mut self.results {
+            join(r);
+        }
+        if let ModelSpec::TorchScript { path, .. } = &mut self.model {
+            join(path);
+        }
+    }
+
+    /// The rules that span sections.
+    pub fn check(&self) -> Result<(), String> {
+        self.training.check().map_err(|e| e.to_string())?;
+        self.network.check().map_err(|e| format!("[network] {e}"))?;
+        let mut experiment = self.experiment.clone();
+        experiment.model = medmesh_protocol::identity::Digest::default();
+        experiment
+            .check()
+            .map_err(|e| format!("[experiment] {e}"))?;
+        if self.data.site.is_empty() {
+            return Err("[data] site must name this hospital's site in the schema".into());
+        }
+        Ok(())
+    }
+
+    /// How long to keep serving after the last round.
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let config = NodeConfig::default();
+        let text = toml::to_string(&config).expect("serializes");
+        let back: NodeConfig = toml::from_str(&text).expect("parses");
+        assert_eq!(back, config);
+        assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "keyy = \"k.pem\"\n").expect("write");
+        let err = NodeConfig::load(&path).expect_err("unknown key");
+        let text = err.to_string();
+        assert!(
+            text.contains("node.toml") && text.contains("keyy"),
+            "{text}"
+        );
+        std::fs::write(&path, "[training]\nlr = -1.0\n").expect("write");
+        let err = NodeConfig::load(&path).expect_err("bad lr");
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+        let err = NodeConfig::load(&dir.path().join("missing.toml")).expect_err("missing");
+        assert!(matches!(err, ConfigError::Io { .. }));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "key = \"keys/k.pem\"\n[data]\nschema = \"/abs/schema.toml\"\nsite = \"va\"\n",
+        )
+        .expect("write");
+        let config = NodeConfig::load(&path).expect("loads");
+        assert_eq!(config.key, dir.path().join("keys/k.pem"));
+        assert_eq!(config.data.schema, PathBuf::from("/abs/schema.toml"));
+    }
+}

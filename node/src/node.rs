@@ -1,0 +1,463 @@
+//! The running peer: one `tokio::select!` loop that translates between the libp2p swarm, the
+//! sans-IO [`Peer`], the training thread and the store — and decides nothing itself.
+//!
+//! Order of duties for every action the peer asks for: persist before announcing (a version is
+//! in the store before anyone can fetch it), store the checkpoint with the parameters before a
+//! round's training starts (a `kill -9` resumes that round), and answer payload requests from
+//! memory or the store. Rejections are logged with their reason and counted.
+//!
+//! It never blocks the runtime on training (that runs on the trainer thread) and never trusts a
+//! byte from the network before the peer has judged it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, PublishError};
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use medmesh_protocol::identity::{ContentId, Digest, MemberId};
+use medmesh_protocol::peer::{Action, Checkpoint, Event, Item, Peer};
+use medmesh_protocol::roster::{Chain, SignedRoster};
+use medmesh_protocol::wire;
+use serde::{Deserialize, Serialize};
+use tokio::time::sleep_until;
+
+use crate::config::NodeConfig;
+use crate::data::Dataset;
+use crate::learner::TchLearner;
+use crate::network::{self, Response};
+use crate::store::Store;
+use crate::trainer::{Job, Trainer};
+use crate::{keys, metrics};
+
+const CHECKPOINT_KEY: &str = "checkpoint";
+const PARAMS_KEY: &str = "params";
+/// A gossip publish that found no peer is retried this often.
+const RETRY: Duration = Duration::from_millis(250);
+/// Give up republishing a message after this long.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// What a node reports when its rounds are done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// This member.
+    pub member: MemberId,
+    /// Its site.
+    pub site: String,
+    /// Last round completed.
+    pub rounds: u64,
+    /// The final model evaluated on this hospital's own test split.
+    pub test: metrics::Binary,
+    /// The final parameters.
+    pub params: Vec<f32>,
+    /// Digest of the final parameters (to compare peers at a glance).
+    pub params_digest: Digest,
+    /// Rejected messages by reason.
+    pub rejections: BTreeMap<String, u64>,
+    /// Rounds that closed on their timeout.
+    pub timeouts: u64,
+    /// Wall time from start to the last round, seconds.
+    pub seconds: f64,
+}
+
+/// Reads a signed roster file (JSON).
+pub fn read_roster(path: &Path) -> anyhow::Result<SignedRoster> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read roster {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a signed roster", path.display()))
+}
+
+/// Writes a signed roster file (JSON), atomically.
+pub fn write_roster(path: &Path, roster: &SignedRoster) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(roster)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn params_to_bytes(params: &[f32]) -> Vec<u8> {
+    params.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+fn params_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
+    let mut out = Vec::new();
+    medmesh_protocol::update::decode_f32(bytes, &mut out).ok()?;
+    Some(out)
+}
+
+struct Pending {
+    message: wire::Message,
+    since: Instant,
+}
+
+/// Runs a node until its rounds are done (plus the linger time) or `shutdown` resolves.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Outcome>> {
+    let started = Instant::now();
+    let key = keys::load(&config.key)?;
+    let store = Store::open(&config.store)?;
+
+    let history = store.roster_history()?;
+    let chain = if history.is_empty() {
+        let genesis = read_roster(&config.genesis)?;
+        let chain = Chain::from_genesis(genesis).context("the genesis roster is not valid")?;
+        store.put(&Item::Roster(chain.current_signed().clone()))?;
+        chain
+    } else {
+        Chain::from_history(history).context("the stored roster chain does not verify")?
+    };
+    let me = key.id();
+    anyhow::ensure!(
+        chain.current().contains(&me),
+        "this key ({}) is not a member of roster version {} of mesh {:?}",
+        me,
+        chain.current().version,
+        chain.current().mesh
+    );
+
+    let dataset = Dataset::load(&config.data.schema)?;
+    let site = dataset
+        .site(&config.data.site)
+        .with_context(|| {
+            format!(
+                "site {:?} is not in {}",
+                config.data.site,
+                config.data.schema.display()
+            )
+        })?
+        .clone();
+    let spec = config.model.clone();
+    let mut experiment = config.experiment.clone();
+    experiment.model = spec.digest()?;
+    let training = config.training.clone();
+    let init_seed = config.init_seed;
+    let train_rows = site.train.clone();
+    let mut trainer = Trainer::spawn(&config.data.site, move || {
+        TchLearner::new(spec, training, init_seed, &train_rows)
+    })?;
+
+    // Resume where a previous run stopped, or start from the shared initialization.
+    let checkpoint = store
+        .state(CHECKPOINT_KEY)?
+        .and_then(|b| wire::decode::<Checkpoint>(&b).ok());
+    let stored_params = store.state(PARAMS_KEY)?.and_then(|b| params_from_bytes(&b));
+    let (checkpoint, params) = match (checkpoint, stored_params) {
+        (Some(c), Some(p)) if p.len() == trainer.dim => {
+            tracing::info!(round = c.round, "resuming from the stored checkpoint");
+            (c, p)
+        }
+        _ => (Checkpoint::default(), trainer.init.clone()),
+    };
+    let samples = trainer.samples as u64;
+    let mut peer = Peer::resume(experiment, key.clone(), chain, params, samples, checkpoint)?;
+
+    let mut swarm = network::build_swarm(&key, &config.network, peer.chain().current())?;
+    let topic = network::topic(&peer.chain().current().mesh);
+    tracing::info!(member = %me.short(), peer_id = %swarm.local_peer_id(), site = %config.data.site, "node started");
+
+    let mut fetches: HashMap<OutboundRequestId, (MemberId, ContentId)> = HashMap::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut rejections: BTreeMap<String, u64> = BTreeMap::new();
+    let mut timeouts = 0u64;
+    let mut finished_at: Option<Instant> = None;
+    let mut outcome: Option<Outcome> = None;
+    let mut jobs: VecDeque<Job> = VecDeque::new();
+    let mut last_round = 0u64;
+    // Start barrier: the first round waits until the other members listen on the topic, or
+    // its timeout, so the first announcements are not published into an empty mesh.
+    let others = peer
+        .chain()
+        .current()
+        .members
+        .iter()
+        .filter(|m| m.id != me && m.role.may_train())
+        .count();
+    let min_peers = config.min_peers.unwrap_or(others);
+    let start_deadline = started + Duration::from_millis(config.start_timeout_ms);
+    let mut subscribed: HashSet<PeerId> = HashSet::new();
+    let mut ready = min_peers == 0;
+    tokio::pin!(shutdown);
+
+    loop {
+        // Carry out everything the peer asked for.
+        while let Some(action) = peer.poll_action() {
+            match action {
+                Action::Train { round, params } => {
+                    store.set_state(CHECKPOINT_KEY, &wire::encode(&peer.checkpoint()))?;
+                    store.set_state(PARAMS_KEY, &params_to_bytes(&params))?;
+                    jobs.push_back(Job {
+                        round,
+                        params,
+                        steps: config.training.local_steps,
+                    });
+                }
+                Action::Broadcast(message) => pending.push_back(Pending {
+                    message,
+                    since: Instant::now(),
+                }),
+                Action::Fetch { from, id } => match network::peer_id(&from) {
+                    Ok(peer_id) => {
+                        let request = swarm.behaviour_mut().payload.send_request(&peer_id, id);
+                        fetches.insert(request, (from, id));
+                    }
+                    Err(_) => peer.handle_payload(started.elapsed(), from, id, None),
+                },
+                Action::Persist(item) => store.put(&item).context("cannot persist; stopping")?,
+                Action::Event(event) => match &event {
+                    Event::Rejected { from, reason } => {
+                        *rejections.entry(reason.label().to_owned()).or_default() += 1;
+                        tracing::warn!(from = %from.short(), reason = %reason, "rejected");
+                    }
+                    Event::Flagged { author, reason } => {
+                        tracing::warn!(author = %author.short(), reason = %reason, "member flagged");
+                    }
+                    Event::RoundCompleted {
+                        round,
+                        contributors,
+                        timed_out,
+                        ..
+                    } => {
+                        timeouts += u64::from(*timed_out);
+                        tracing::info!(
+                            round,
+                            merged = contributors.len(),
+                            timed_out,
+                            "round completed"
+                        );
+                    }
+                    Event::RosterChanged { version } => {
+                        tracing::info!(version, "roster changed");
+                        network::allow_members(&mut swarm, peer.chain().current());
+                    }
+                    Event::Finished { round } => {
+                        last_round = *round;
+                        tracing::info!(round, "all rounds done");
+                        finished_at = Some(Instant::now());
+                    }
+                    Event::Accepted { .. } | Event::Announced { .. } => {
+                        tracing::debug!(?event);
+                    }
+                },
+            }
+        }
+        if !ready && (subscribed.len() >= min_peers || Instant::now() >= start_deadline) {
+            ready = true;
+            tracing::info!(peers = subscribed.len(), "mesh formed; starting rounds");
+        }
+        if ready && let Some(job) = jobs.pop_front() {
+            trainer.submit(job).await?;
+        }
+        // Publish what is waiting; a mesh with nobody subscribed yet is retried.
+        while let Some(p) = pending.front() {
+            let bytes = p.message.to_bytes();
+            match swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), bytes)
+            {
+                Ok(_) | Err(PublishError::Duplicate) => {
+                    pending.pop_front();
+                }
+                Err(PublishError::NoPeersSubscribedToTopic | PublishError::AllQueuesFull(_))
+                    if p.since.elapsed() < PUBLISH_PATIENCE =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = p.message.kind(), "gossip publish failed; dropped");
+                    pending.pop_front();
+                }
+            }
+        }
+        if peer.is_finished() && outcome.is_none() {
+            let test = evaluate(&config, peer.params(), &site.test)?;
+            let result = Outcome {
+                member: me,
+                site: config.data.site.clone(),
+                rounds: last_round,
+                test,
+                params: peer.params().to_vec(),
+                params_digest: Digest::of("medmesh params", &params_to_bytes(peer.params())),
+                rejections: rejections.clone(),
+                timeouts,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            tracing::info!(accuracy = result.test.accuracy, auc = ?result.test.auc, "final model on the local test split");
+            if let Some(path) = &config.results {
+                std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            outcome = Some(result);
+        }
+        if finished_at.is_some_and(|t| t.elapsed() >= config.linger()) {
+            break;
+        }
+
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(3600);
+        if let Some(t) = peer.poll_timeout() {
+            wake = wake.min(started + t);
+        }
+        if !pending.is_empty() {
+            wake = wake.min(now + RETRY);
+        }
+        if let Some(t) = finished_at {
+            wake = wake.min(t + config.linger());
+        }
+        if !ready {
+            wake = wake.min(start_deadline);
+        }
+        tokio::select! {
+            event = swarm.select_next_some() => {
+                handle_swarm_event(event, &mut swarm, &mut peer, &store, &mut fetches, &mut subscribed, started);
+            }
+            done = trainer.next() => {
+                let Some(done) = done else { anyhow::bail!("the training thread stopped") };
+                let (params, metrics) = done.result.with_context(|| format!("training round {} failed", done.round))?;
+                peer.handle_trained(started.elapsed(), params, metrics)?;
+            }
+            () = sleep_until(wake.into()) => {
+                peer.handle_timeout(started.elapsed());
+            }
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                break;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+fn evaluate(
+    config: &NodeConfig,
+    params: &[f32],
+    test: &crate::data::Table,
+) -> anyhow::Result<metrics::Binary> {
+    use crate::learner::Learner;
+    let mut learner = TchLearner::new(
+        config.model.clone(),
+        config.training.clone(),
+        config.init_seed,
+        test,
+    )?;
+    learner.load(params)?;
+    Ok(learner.evaluate(test)?)
+}
+
+fn handle_swarm_event(
+    event: SwarmEvent<network::Event>,
+    swarm: &mut libp2p::Swarm<network::Behaviour>,
+    peer: &mut Peer,
+    store: &Store,
+    fetches: &mut HashMap<OutboundRequestId, (MemberId, ContentId)>,
+    subscribed: &mut HashSet<PeerId>,
+    started: Instant,
+) {
+    let now = started.elapsed();
+    match event {
+        SwarmEvent::Behaviour(network::Event::Gossip(gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        })) => {
+            let from = network::member_id(&propagation_source).unwrap_or_default();
+            let verdict = peer.handle_message(now, from, &message.data);
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    network::acceptance(&verdict),
+                );
+        }
+        SwarmEvent::Behaviour(network::Event::Payload(request_response::Event::Message {
+            peer: from,
+            message,
+            ..
+        })) => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                let data = peer
+                    .payload(&request)
+                    .or_else(|| store.payload(&request).ok().flatten());
+                let response = data.map_or(Response::NotFound, Response::Payload);
+                if swarm
+                    .behaviour_mut()
+                    .payload
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!(peer = %from, "payload response not delivered (requester gone)");
+                }
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => {
+                if let Some((member, id)) = fetches.remove(&request_id) {
+                    let data = match response {
+                        Response::Payload(bytes) => Some(bytes),
+                        Response::NotFound => None,
+                    };
+                    peer.handle_payload(now, member, id, data);
+                }
+            }
+        },
+        SwarmEvent::Behaviour(network::Event::Payload(
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            },
+        )) => {
+            if let Some((member, id)) = fetches.remove(&request_id) {
+                tracing::debug!(member = %member.short(), %error, "payload pull failed");
+                peer.handle_payload(now, member, id, None);
+            }
+        }
+        SwarmEvent::Behaviour(network::Event::Gossip(gossipsub::Event::Subscribed {
+            peer_id,
+            ..
+        })) => {
+            subscribed.insert(peer_id);
+        }
+        SwarmEvent::Behaviour(network::Event::Gossip(gossipsub::Event::Unsubscribed {
+            peer_id,
+            ..
+        })) => {
+            subscribed.remove(&peer_id);
+        }
+        SwarmEvent::NewListenAddr { address, .. } => {
+            tracing::info!(%address, "listening");
+        }
+        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            tracing::debug!(%peer_id, "connected");
+        }
+        SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            tracing::debug!(%peer_id, ?cause, "disconnected");
+        }
+        SwarmEvent::IncomingConnectionError { error, .. } => {
+            tracing::debug!(%error, "incoming connection refused");
+        }
+        _ => {}
+    }
+}
+
+/// The libp2p peer id of a member, for logs and bootstrap addresses.
+pub fn peer_id_of(member: &MemberId) -> anyhow::Result<PeerId> {
+    Ok(network::peer_id(member)?)
+}
