@@ -4,6 +4,7 @@
 //! everything the protocol must not do: files, keys, training and the network. The simulator
 //! reuses the parts that are not network-bound (data, learners, metrics).
 
+pub mod admin;
 pub mod baseline;
 pub mod config;
 pub mod data;

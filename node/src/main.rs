@@ -1,12 +1,13 @@
 //! The `medmesh` command: the peer a hospital runs.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medmesh_node::config::NodeConfig;
 use medmesh_node::learner::TrainConfig;
-use medmesh_node::{baseline, keys, mesh, node};
+use medmesh_node::{admin, baseline, keys, mesh, node};
 use medmesh_protocol::identity::MemberId;
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 
@@ -28,6 +29,36 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         json_logs: bool,
+    },
+    /// Ask a running node how it is doing (its local admin endpoint: `admin` in its config).
+    Status {
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+        #[arg(long, env = "MEDMESH_ADMIN")]
+        admin: Option<SocketAddr>,
+        /// Take the admin address from this node config.
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the raw JSON of `GET /status`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a stored model version as `model.safetensors` plus its signed metadata
+    /// (`version.json`, `version.bin`). Run it while the node is stopped (the store is locked).
+    Export {
+        /// The node's store (default: `store` of `--config`).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// A node config: its store, its key (whose versions `latest` means) and its model spec
+        /// (which names and shapes the tensors; without it, one flat tensor `params`).
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+        /// A version's content id, or `latest`: this node's newest (the highest round of anyone
+        /// without `--config`).
+        #[arg(long, default_value = "latest")]
+        model: admin::Selection,
+        /// Folder to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run a whole mesh on this machine: one `medmesh run` process per site of a dataset, on
     /// loopback, then print each hospital's accuracy next to training alone.
@@ -278,8 +309,71 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn status_command(
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let addr = match (admin, &config) {
+        (Some(addr), _) => addr,
+        (None, Some(path)) => NodeConfig::load(path)?.admin.with_context(|| {
+            format!(
+                "{} has no `admin` address; set one or pass --admin",
+                path.display()
+            )
+        })?,
+        (None, None) => anyhow::bail!("give the node's admin address (--admin) or its --config"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, raw) = runtime.block_on(admin::fetch_status(addr))?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&raw));
+    } else {
+        print!("{}", status.to_text());
+    }
+    Ok(())
+}
+
+fn export_command(
+    store: Option<PathBuf>,
+    config: Option<PathBuf>,
+    model: admin::Selection,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let config = config.map(|path| NodeConfig::load(&path)).transpose()?;
+    let store = store
+        .or_else(|| config.as_ref().map(|c| c.store.clone()))
+        .context("give the store (--store) or the node's --config")?;
+    let (author, layout) = match &config {
+        Some(config) => {
+            let author = match model {
+                admin::Selection::Latest => Some(keys::load(&config.key)?.id()),
+                admin::Selection::Id(_) => None,
+            };
+            (author, Some(admin::model_layout(config)?))
+        }
+        None => (None, None),
+    };
+    let exported = admin::export(&store, model, author, layout.as_deref(), &out)?;
+    print!("{}", exported.to_text());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Status {
+            admin,
+            config,
+            json,
+        } => status_command(admin, config, json)?,
+        Command::Export {
+            store,
+            config,
+            model,
+            out,
+        } => export_command(store, config, model, out)?,
         Command::Run { config, json_logs } => {
             init_logs(json_logs);
             let config = NodeConfig::load(&config)?;

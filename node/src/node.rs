@@ -6,6 +6,10 @@
 //! round's training starts (a `kill -9` resumes that round), and answer payload requests from
 //! memory or the store. Rejections are logged with their reason and counted.
 //!
+//! The loop owns the node's [`admin::Status`] and [`admin::Metrics`]: it updates them as events
+//! pass and publishes a snapshot once per turn; the admin endpoint (if the config enables it)
+//! runs as its own task and only reads those snapshots.
+//!
 //! It never blocks the runtime on training (that runs on the trainer thread) and never trusts a
 //! byte from the network before the peer has judged it.
 
@@ -32,7 +36,7 @@ use crate::learner::TchLearner;
 use crate::network::{self, Response};
 use crate::store::Store;
 use crate::trainer::{Job, Trainer};
-use crate::{keys, metrics};
+use crate::{admin, keys, metrics};
 
 const CHECKPOINT_KEY: &str = "checkpoint";
 const PARAMS_KEY: &str = "params";
@@ -102,6 +106,15 @@ struct Pending {
     since: Instant,
 }
 
+/// What the loop tracks about the network between swarm events.
+#[derive(Default)]
+struct Tracking {
+    /// Payload pulls in flight.
+    fetches: HashMap<OutboundRequestId, (MemberId, ContentId)>,
+    /// Peers subscribed to the mesh's topic.
+    subscribed: HashSet<PeerId>,
+}
+
 /// Runs a node until its rounds are done (plus the linger time) or `shutdown` resolves.
 pub async fn run(
     config: NodeConfig,
@@ -169,10 +182,25 @@ pub async fn run(
     let topic = network::topic(&peer.chain().current().mesh);
     tracing::info!(member = %me.short(), peer_id = %swarm.local_peer_id(), site = %config.data.site, "node started");
 
-    let mut fetches: HashMap<OutboundRequestId, (MemberId, ContentId)> = HashMap::new();
+    let mut status = admin::Status {
+        member: me,
+        peer_id: swarm.local_peer_id().to_string(),
+        site: config.data.site.clone(),
+        mesh: peer.chain().current().mesh.clone(),
+        roster_version: peer.chain().current().version,
+        round: peer.round(),
+        ..admin::Status::default()
+    };
+    let reporter = admin::Reporter::new(status.clone(), started);
+    let telemetry = reporter.metrics();
+    let admin_server = match config.admin {
+        Some(addr) => Some(reporter.serve(addr).await?),
+        None => None,
+    };
+
+    let mut tracking = Tracking::default();
     let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut rejections: BTreeMap<String, u64> = BTreeMap::new();
-    let mut timeouts = 0u64;
+    let mut training_since: Option<Instant> = None;
     let mut finished_at: Option<Instant> = None;
     let mut outcome: Option<Outcome> = None;
     let mut jobs: VecDeque<Job> = VecDeque::new();
@@ -188,7 +216,6 @@ pub async fn run(
         .count();
     let min_peers = config.min_peers.unwrap_or(others);
     let start_deadline = started + Duration::from_millis(config.start_timeout_ms);
-    let mut subscribed: HashSet<PeerId> = HashSet::new();
     let mut ready = min_peers == 0;
     tokio::pin!(shutdown);
 
@@ -212,14 +239,18 @@ pub async fn run(
                 Action::Fetch { from, id } => match network::peer_id(&from) {
                     Ok(peer_id) => {
                         let request = swarm.behaviour_mut().payload.send_request(&peer_id, id);
-                        fetches.insert(request, (from, id));
+                        tracking.fetches.insert(request, (from, id));
                     }
                     Err(_) => peer.handle_payload(started.elapsed(), from, id, None),
                 },
                 Action::Persist(item) => store.put(&item).context("cannot persist; stopping")?,
                 Action::Event(event) => match &event {
                     Event::Rejected { from, reason } => {
-                        *rejections.entry(reason.label().to_owned()).or_default() += 1;
+                        *status
+                            .rejections
+                            .entry(reason.label().to_owned())
+                            .or_default() += 1;
+                        telemetry.reject(reason.label());
                         tracing::warn!(from = %from.short(), reason = %reason, "rejected");
                     }
                     Event::Flagged { author, reason } => {
@@ -231,7 +262,16 @@ pub async fn run(
                         timed_out,
                         ..
                     } => {
-                        timeouts += u64::from(*timed_out);
+                        status.rounds_timed_out += u64::from(*timed_out);
+                        telemetry.rounds_completed.inc();
+                        if *timed_out {
+                            telemetry.rounds_timed_out.inc();
+                        }
+                        status.last_round = Some(admin::RoundSummary {
+                            round: *round,
+                            contributors: contributors.clone(),
+                            timed_out: *timed_out,
+                        });
                         tracing::info!(
                             round,
                             merged = contributors.len(),
@@ -248,28 +288,42 @@ pub async fn run(
                         tracing::info!(round, "all rounds done");
                         finished_at = Some(Instant::now());
                     }
-                    Event::Accepted { .. } | Event::Announced { .. } => {
+                    Event::Announced { id, .. } => {
+                        status.own_version = Some(*id);
+                        tracing::debug!(?event);
+                    }
+                    Event::Accepted { .. } => {
                         tracing::debug!(?event);
                     }
                 },
             }
         }
-        if !ready && (subscribed.len() >= min_peers || Instant::now() >= start_deadline) {
+        if !ready && (tracking.subscribed.len() >= min_peers || Instant::now() >= start_deadline) {
             ready = true;
-            tracing::info!(peers = subscribed.len(), "mesh formed; starting rounds");
+            tracing::info!(
+                peers = tracking.subscribed.len(),
+                "mesh formed; starting rounds"
+            );
         }
         if ready && let Some(job) = jobs.pop_front() {
             trainer.submit(job).await?;
+            training_since = Some(Instant::now());
         }
         // Publish what is waiting; a mesh with nobody subscribed yet is retried.
         while let Some(p) = pending.front() {
             let bytes = p.message.to_bytes();
+            let len = bytes.len() as u64;
             match swarm
                 .behaviour_mut()
                 .gossipsub
                 .publish(topic.clone(), bytes)
             {
-                Ok(_) | Err(PublishError::Duplicate) => {
+                Ok(_) => {
+                    telemetry.gossip_messages_out.inc();
+                    telemetry.gossip_bytes_out.inc_by(len);
+                    pending.pop_front();
+                }
+                Err(PublishError::Duplicate) => {
                     pending.pop_front();
                 }
                 Err(PublishError::NoPeersSubscribedToTopic | PublishError::AllQueuesFull(_))
@@ -292,17 +346,40 @@ pub async fn run(
                 test,
                 params: peer.params().to_vec(),
                 params_digest: Digest::of("medmesh params", &params_to_bytes(peer.params())),
-                rejections: rejections.clone(),
-                timeouts,
+                rejections: status.rejections.clone(),
+                timeouts: status.rounds_timed_out,
                 seconds: started.elapsed().as_secs_f64(),
             };
             tracing::info!(accuracy = result.test.accuracy, auc = ?result.test.auc, "final model on the local test split");
+            status.test = Some(admin::Test {
+                samples: result.test.samples,
+                accuracy: result.test.accuracy,
+                auc: result.test.auc,
+            });
+            telemetry.local_test_accuracy.set(result.test.accuracy);
             if let Some(path) = &config.results {
                 std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n")
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             outcome = Some(result);
         }
+        status.round = peer.round();
+        status.roster_version = peer.chain().current().version;
+        status.finished = peer.is_finished();
+        status.phase = if status.finished {
+            admin::Phase::Finished
+        } else if !ready {
+            admin::Phase::Starting
+        } else if training_since.is_some() || !jobs.is_empty() {
+            admin::Phase::Training
+        } else {
+            admin::Phase::Gathering
+        };
+        status.peers = admin::Peers {
+            connected: swarm.network_info().num_peers(),
+            subscribed: tracking.subscribed.len(),
+        };
+        reporter.publish(&status);
         if finished_at.is_some_and(|t| t.elapsed() >= config.linger()) {
             break;
         }
@@ -323,11 +400,17 @@ pub async fn run(
         }
         tokio::select! {
             event = swarm.select_next_some() => {
-                handle_swarm_event(event, &mut swarm, &mut peer, &store, &mut fetches, &mut subscribed, started);
+                handle_swarm_event(event, &mut swarm, &mut peer, &store, &mut tracking, telemetry, started);
             }
             done = trainer.next() => {
                 let Some(done) = done else { anyhow::bail!("the training thread stopped") };
                 let (params, metrics) = done.result.with_context(|| format!("training round {} failed", done.round))?;
+                let seconds = training_since.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+                telemetry.train_seconds.observe(seconds);
+                if let Some(loss) = metrics.get("loss") {
+                    telemetry.last_train_loss.set(*loss);
+                }
+                status.training = Some(admin::Training { round: done.round, seconds, metrics: metrics.clone() });
                 peer.handle_trained(started.elapsed(), params, metrics)?;
             }
             () = sleep_until(wake.into()) => {
@@ -338,6 +421,9 @@ pub async fn run(
                 break;
             }
         }
+    }
+    if let Some(server) = admin_server {
+        server.stop().await;
     }
     Ok(outcome)
 }
@@ -363,8 +449,8 @@ fn handle_swarm_event(
     swarm: &mut libp2p::Swarm<network::Behaviour>,
     peer: &mut Peer,
     store: &Store,
-    fetches: &mut HashMap<OutboundRequestId, (MemberId, ContentId)>,
-    subscribed: &mut HashSet<PeerId>,
+    tracking: &mut Tracking,
+    telemetry: &admin::Metrics,
     started: Instant,
 ) {
     let now = started.elapsed();
@@ -375,6 +461,8 @@ fn handle_swarm_event(
             message,
         })) => {
             let from = network::member_id(&propagation_source).unwrap_or_default();
+            telemetry.gossip_messages_in.inc();
+            telemetry.gossip_bytes_in.inc_by(message.data.len() as u64);
             let verdict = peer.handle_message(now, from, &message.data);
             swarm
                 .behaviour_mut()
@@ -396,6 +484,7 @@ fn handle_swarm_event(
                 let data = peer
                     .payload(&request)
                     .or_else(|| store.payload(&request).ok().flatten());
+                let served = data.as_ref().map(|d| d.len() as u64);
                 let response = data.map_or(Response::NotFound, Response::Payload);
                 if swarm
                     .behaviour_mut()
@@ -404,15 +493,21 @@ fn handle_swarm_event(
                     .is_err()
                 {
                     tracing::debug!(peer = %from, "payload response not delivered (requester gone)");
+                } else if let Some(len) = served {
+                    telemetry.payload_requests_served.inc();
+                    telemetry.payload_bytes_out.inc_by(len);
                 }
             }
             request_response::Message::Response {
                 request_id,
                 response,
             } => {
-                if let Some((member, id)) = fetches.remove(&request_id) {
+                if let Some((member, id)) = tracking.fetches.remove(&request_id) {
                     let data = match response {
-                        Response::Payload(bytes) => Some(bytes),
+                        Response::Payload(bytes) => {
+                            telemetry.payload_bytes_in.inc_by(bytes.len() as u64);
+                            Some(bytes)
+                        }
                         Response::NotFound => None,
                     };
                     peer.handle_payload(now, member, id, data);
@@ -424,7 +519,7 @@ fn handle_swarm_event(
                 request_id, error, ..
             },
         )) => {
-            if let Some((member, id)) = fetches.remove(&request_id) {
+            if let Some((member, id)) = tracking.fetches.remove(&request_id) {
                 tracing::debug!(member = %member.short(), %error, "payload pull failed");
                 peer.handle_payload(now, member, id, None);
             }
@@ -433,13 +528,13 @@ fn handle_swarm_event(
             peer_id,
             ..
         })) => {
-            subscribed.insert(peer_id);
+            tracking.subscribed.insert(peer_id);
         }
         SwarmEvent::Behaviour(network::Event::Gossip(gossipsub::Event::Unsubscribed {
             peer_id,
             ..
         })) => {
-            subscribed.remove(&peer_id);
+            tracking.subscribed.remove(&peer_id);
         }
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, "listening");
