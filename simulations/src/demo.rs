@@ -74,6 +74,7 @@ pub fn run(options: &Options, out: &mut impl Write) -> anyhow::Result<Summary> {
             network: Network::default(),
             training: Training::default(),
             seed: options.seed,
+            neighbours: None,
         },
         AveragingOnly,
     )?;

@@ -12,6 +12,9 @@
 //! It never touches a socket or the wall clock except to report how long a run took.
 
 pub mod demo;
+pub mod native;
+pub mod scenario;
+pub mod topology;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -73,6 +76,12 @@ impl Default for Training {
 pub trait Learner {
     /// Trains peer `peer` for `round` in place and returns metrics.
     fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64>;
+}
+
+/// Learners that hold test data report a peer's accuracy (for per-round tables).
+pub trait Evaluate {
+    /// Accuracy of `params` on peer `peer`'s test rows.
+    fn accuracy(&self, peer: usize, params: &[f32]) -> f64;
 }
 
 /// No training at all: peers only average, which isolates consensus behaviour.
@@ -144,6 +153,9 @@ pub struct Setup<'a> {
     pub training: Training,
     /// Seed of the run.
     pub seed: u64,
+    /// Fixed neighbours per peer (indices); gossip then travels only along these edges. `None`:
+    /// every peer hears every announcement and samples `config.fanout` of them.
+    pub neighbours: Option<Vec<Vec<usize>>>,
 }
 
 /// A simulated mesh.
@@ -165,6 +177,7 @@ pub struct Sim<L> {
     stats: Stats,
     events: Vec<(usize, Event)>,
     keep_events: bool,
+    neighbours: Option<Vec<Vec<usize>>>,
 }
 
 /// Deterministic member keys for simulated peers.
@@ -208,6 +221,7 @@ impl<L: Learner> Sim<L> {
             network,
             training,
             seed,
+            neighbours,
         } = setup;
         anyhow::ensure!(
             keys.len() == inits.len() && keys.len() == samples.len(),
@@ -219,6 +233,9 @@ impl<L: Learner> Sim<L> {
                 seed: seed
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15)
                     .wrapping_add(i as u64),
+                neighbours: neighbours
+                    .as_ref()
+                    .map(|n| n[i].iter().map(|&j| keys[j].id()).collect()),
                 ..config.clone()
             };
             peers.push(Peer::new(
@@ -247,6 +264,7 @@ impl<L: Learner> Sim<L> {
             stats: Stats::default(),
             events: Vec::new(),
             keep_events: false,
+            neighbours,
         };
         for i in 0..n {
             sim.drain(i);
@@ -323,10 +341,11 @@ impl<L: Learner> Sim<L> {
                 }
                 Action::Broadcast(message) => {
                     let bytes = Bytes::from(message.to_bytes());
-                    for to in 0..self.peers.len() {
-                        if to == i {
-                            continue;
-                        }
+                    let targets: Vec<usize> = match &self.neighbours {
+                        Some(n) => n[i].clone(),
+                        None => (0..self.peers.len()).filter(|&to| to != i).collect(),
+                    };
+                    for to in targets {
                         if self.network.loss > 0.0 && self.rng.random_bool(self.network.loss) {
                             self.stats.gossip_lost += 1;
                             continue;
@@ -452,6 +471,13 @@ impl<L: Learner> Sim<L> {
     /// Mean L2 distance of the peers' latest models to their average (consensus distance).
     pub fn consensus_distance(&self) -> f64 {
         consensus_distance(&self.latest)
+    }
+}
+
+impl<L: Learner + Evaluate> Sim<L> {
+    /// Accuracy of peer `i`'s latest model on its own test rows.
+    pub fn evaluate(&self, i: usize) -> f64 {
+        self.learner.accuracy(i, &self.latest[i])
     }
 }
 

@@ -1,0 +1,604 @@
+//! Scenario files: a whole experiment in one TOML file — data and how it is split over peers,
+//! the model and local training, the protocol's rule and fan-out, the simulated network, and
+//! attackers — run for one or more seeds into `rounds.csv` and `summary.json`.
+//!
+//! ```toml
+//! name = "heart-disease"
+//! seeds = [42, 43, 44, 45, 46]
+//! rounds = 15
+//!
+//! [data]
+//! schema = "../../data/heart-disease/schema.toml"   # relative to the scenario file
+//! split = { kind = "natural" }          # or { kind = "iid", peers = 64 } / { kind = "dirichlet", peers = 64, alpha = 0.5 }
+//!
+//! [training]
+//! lr = 0.01
+//! batch_size = 4
+//! local_steps = 100
+//!
+//! [protocol]
+//! rule = { rule = "mean" }
+//! fanout = 3
+//!
+//! [attack]                              # optional: Byzantine members
+//! kind = "sign_flip"                    # or "noise" (uses `std`) or "none"
+//! fraction = 0.2
+//! scale = 10.0                          # sign flip: start - scale * honest update
+//! ```
+//!
+//! Everything random is derived from the seed; a run never reads the clock except to report its
+//! own wall time.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use medmesh_node::data::{Dataset, Table};
+use medmesh_protocol::aggregate::Rule;
+use medmesh_protocol::peer::{Config, Peer};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Gamma, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::native::{self, Local, Logistic};
+use crate::{Evaluate, Learner, Network, Setup, Sim, Training, genesis, keys};
+
+/// A scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name, used in outputs.
+    pub name: String,
+    /// One run per seed.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Rounds per peer.
+    pub rounds: u64,
+    /// Data and its split.
+    pub data: DataSpec,
+    /// Local training.
+    #[serde(default)]
+    pub training: TrainingSpec,
+    /// Protocol settings.
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+    /// The simulated network.
+    #[serde(default)]
+    pub network: Network,
+    /// Simulated training time.
+    #[serde(default)]
+    pub timing: Training,
+    /// Byzantine members, if any.
+    #[serde(default)]
+    pub attack: Attack,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![42]
+}
+
+/// Where the data comes from and how it is spread over peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A dataset schema (see medmesh-node's `data` module), relative to the scenario file.
+    pub schema: PathBuf,
+    /// How rows are assigned to peers.
+    #[serde(default)]
+    pub split: Split,
+}
+
+/// Assignment of rows to peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Split {
+    /// One peer per site of the dataset (hospitals as they are).
+    #[default]
+    Natural,
+    /// Pooled train rows dealt uniformly at random to `peers`; each peer tests on the pooled
+    /// test rows.
+    Iid {
+        /// Number of peers.
+        peers: usize,
+    },
+    /// Label skew: each class's train rows spread over `peers` by Dirichlet(`alpha`)
+    /// proportions; each peer tests on the pooled test rows.
+    Dirichlet {
+        /// Number of peers.
+        peers: usize,
+        /// Concentration (small = very skewed).
+        alpha: f64,
+    },
+}
+
+/// Local training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// SGD learning rate.
+    pub lr: f32,
+    /// Batch size.
+    pub batch_size: usize,
+    /// SGD steps per round.
+    pub local_steps: usize,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        Self {
+            lr: 0.01,
+            batch_size: 4,
+            local_steps: 100,
+        }
+    }
+}
+
+/// Protocol settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtocolSpec {
+    /// Merge rule.
+    pub rule: Rule,
+    /// Versions pulled per round.
+    pub fanout: usize,
+    /// A round closes after this long whatever arrived (milliseconds).
+    pub round_timeout_ms: u64,
+}
+
+impl Default for ProtocolSpec {
+    fn default() -> Self {
+        Self {
+            rule: Rule::Mean,
+            fanout: 3,
+            round_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Byzantine members: they are on the roster, sign correctly, and send poisoned parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Attack {
+    /// What they send.
+    pub kind: AttackKind,
+    /// Fraction of peers that attack (the first ⌊fraction·n⌋ of a seeded shuffle).
+    pub fraction: f64,
+    /// Sign flip: the attacker sends its start minus `scale` × its honest update.
+    pub scale: f32,
+    /// Noise: the attacker sends its start plus Gaussian noise of this standard deviation.
+    pub std: f32,
+}
+
+impl Default for Attack {
+    fn default() -> Self {
+        Self {
+            kind: AttackKind::None,
+            fraction: 0.0,
+            scale: 10.0,
+            std: 1.0,
+        }
+    }
+}
+
+/// Attack kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackKind {
+    /// Honest.
+    None,
+    /// A flipped, amplified update.
+    SignFlip,
+    /// Random parameters around the start.
+    Noise,
+}
+
+/// One round of one seed, as a `rounds.csv` row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundRow {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Round every honest peer has completed.
+    pub round: u64,
+    /// Virtual seconds.
+    pub virtual_seconds: f64,
+    /// Mean over honest peers of their model's accuracy on their test rows.
+    pub mean_accuracy: f64,
+    /// Lowest honest peer's accuracy.
+    pub min_accuracy: f64,
+    /// Mean distance of honest peers' models to their average.
+    pub consensus_distance: f64,
+    /// Gossip messages delivered so far.
+    pub messages: u64,
+    /// Gossip plus payload bytes so far.
+    pub bytes: u64,
+    /// Rejected messages so far.
+    pub rejections: u64,
+}
+
+/// What a scenario run ends with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Scenario name.
+    pub name: String,
+    /// Seeds run.
+    pub seeds: Vec<u64>,
+    /// Final mean honest accuracy per seed.
+    pub final_accuracy: Vec<f64>,
+    /// Mean over seeds.
+    pub mean_accuracy: f64,
+    /// Final consensus distance per seed.
+    pub final_consensus: Vec<f64>,
+    /// Peers per run.
+    pub peers: usize,
+    /// Attackers per run.
+    pub attackers: usize,
+    /// Wall time of all runs, seconds.
+    pub wall_seconds: f64,
+    /// Peer-rounds simulated per wall second.
+    pub peer_rounds_per_second: f64,
+}
+
+impl Scenario {
+    /// Reads a scenario file; relative data paths become relative to its folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut scenario: Scenario = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid scenario", path.display()))?;
+        if scenario.data.schema.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            scenario.data.schema = base.join(&scenario.data.schema);
+        }
+        anyhow::ensure!(
+            !scenario.seeds.is_empty(),
+            "{}: at least one seed",
+            path.display()
+        );
+        anyhow::ensure!(
+            scenario.rounds > 0,
+            "{}: rounds must be positive",
+            path.display()
+        );
+        anyhow::ensure!(
+            (0.0..0.5).contains(&scenario.attack.fraction),
+            "{}: attack fraction must be in [0, 0.5)",
+            path.display()
+        );
+        scenario
+            .protocol
+            .rule
+            .check()
+            .with_context(|| format!("{}: [protocol] rule", path.display()))?;
+        Ok(scenario)
+    }
+
+    /// Splits the data over peers: (train, test) per peer.
+    fn peers_data(&self, seed: u64) -> anyhow::Result<Vec<(Table, Table)>> {
+        let dataset = Dataset::load(&self.data.schema)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a);
+        Ok(match &self.data.split {
+            Split::Natural => dataset
+                .sites
+                .into_iter()
+                .map(|s| (s.train, s.test))
+                .collect(),
+            Split::Iid { peers } => {
+                anyhow::ensure!(*peers >= 2, "an IID split needs at least 2 peers");
+                let train = dataset.pooled_train();
+                let test = dataset.pooled_test();
+                let mut rows: Vec<usize> = (0..train.rows).collect();
+                rows.shuffle(&mut rng);
+                let mut parts = vec![Vec::new(); *peers];
+                for (k, r) in rows.into_iter().enumerate() {
+                    parts[k % peers].push(r);
+                }
+                parts
+                    .into_iter()
+                    .map(|p| (select(&train, &p), test.clone()))
+                    .collect()
+            }
+            Split::Dirichlet { peers, alpha } => {
+                anyhow::ensure!(
+                    *peers >= 2 && *alpha > 0.0,
+                    "a Dirichlet split needs peers >= 2 and alpha > 0"
+                );
+                let train = dataset.pooled_train();
+                let test = dataset.pooled_test();
+                let gamma = Gamma::new(*alpha, 1.0)?;
+                let mut parts = vec![Vec::new(); *peers];
+                for class in [0.0f32, 1.0] {
+                    let mut rows: Vec<usize> =
+                        (0..train.rows).filter(|&i| train.y[i] == class).collect();
+                    rows.shuffle(&mut rng);
+                    let weights: Vec<f64> = (0..*peers).map(|_| gamma.sample(&mut rng)).collect();
+                    let total: f64 = weights.iter().sum();
+                    let mut start = 0usize;
+                    let mut acc = 0.0;
+                    for (p, w) in weights.iter().enumerate() {
+                        acc += w / total;
+                        let end = if p + 1 == *peers {
+                            rows.len()
+                        } else {
+                            ((acc * rows.len() as f64) as usize).min(rows.len())
+                        };
+                        parts[p].extend_from_slice(&rows[start..end.max(start)]);
+                        start = end.max(start);
+                    }
+                }
+                // Every peer needs at least one row to train on.
+                for part in &mut parts {
+                    if part.is_empty() {
+                        part.push(rng.random_range(0..train.rows));
+                    }
+                }
+                parts
+                    .into_iter()
+                    .map(|p| (select(&train, &p), test.clone()))
+                    .collect()
+            }
+        })
+    }
+}
+
+fn select(table: &Table, rows: &[usize]) -> Table {
+    let mut out = Table {
+        x: Vec::with_capacity(rows.len() * table.cols),
+        rows: rows.len(),
+        cols: table.cols,
+        ..Table::default()
+    };
+    for &r in rows {
+        out.x.extend_from_slice(table.row(r));
+        if !table.y.is_empty() {
+            out.y.push(table.y[r]);
+        }
+    }
+    out
+}
+
+/// Honest learner plus attackers' poison.
+struct Attacked {
+    inner: Logistic,
+    attackers: Vec<bool>,
+    attack: Attack,
+    rng: ChaCha8Rng,
+}
+
+impl Learner for Attacked {
+    fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
+        let start = params.to_vec();
+        let metrics = self.inner.train(peer, round, params);
+        if self.attackers[peer] {
+            match self.attack.kind {
+                AttackKind::None => {}
+                AttackKind::SignFlip => {
+                    for (p, s) in params.iter_mut().zip(&start) {
+                        *p = s - self.attack.scale * (*p - s);
+                    }
+                }
+                AttackKind::Noise => {
+                    for (p, s) in params.iter_mut().zip(&start) {
+                        let z: f32 = StandardNormal.sample(&mut self.rng);
+                        *p = s + self.attack.std * z;
+                    }
+                }
+            }
+        }
+        metrics
+    }
+}
+
+impl Evaluate for Attacked {
+    fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
+        native::accuracy(params, &self.inner.peers[peer].test)
+    }
+}
+
+/// Runs every seed, writing `rounds.csv` and `summary.json` into `out`; `progress` gets a line
+/// per finished seed.
+pub fn run(
+    scenario: &Scenario,
+    out: &Path,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(out)?;
+    let started = Instant::now();
+    let mut csv = csv::Writer::from_path(out.join("rounds.csv"))?;
+    let mut final_accuracy = Vec::new();
+    let mut final_consensus = Vec::new();
+    let mut peers = 0;
+    let mut attackers = 0;
+    let mut peer_rounds = 0u64;
+    for &seed in &scenario.seeds {
+        let data = scenario.peers_data(seed)?;
+        peers = data.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00a7_7ac4);
+        let mut order: Vec<usize> = (0..peers).collect();
+        order.shuffle(&mut rng);
+        attackers = (scenario.attack.fraction * peers as f64).floor() as usize;
+        if scenario.attack.kind == AttackKind::None {
+            attackers = 0;
+        }
+        let mut is_attacker = vec![false; peers];
+        for &i in &order[..attackers] {
+            is_attacker[i] = true;
+        }
+        let samples: Vec<u64> = data.iter().map(|(t, _)| t.rows.max(1) as u64).collect();
+        let locals: Vec<Local> = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, (train, test))| Local::new(train, test, seed.wrapping_add(i as u64)))
+            .collect();
+        let learner = Logistic::new(
+            locals,
+            scenario.training.lr,
+            scenario.training.batch_size,
+            scenario.training.local_steps,
+        );
+        let dim = learner.dim();
+        let k = keys(peers, seed);
+        let chain = genesis(&k)?;
+        let config = Config {
+            experiment: scenario.name.chars().take(64).collect(),
+            rule: scenario.protocol.rule.clone(),
+            fanout: scenario.protocol.fanout.min(peers - 1).max(1),
+            max_rounds: Some(scenario.rounds),
+            round_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms),
+            fetch_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms / 2 + 1),
+            ..Config::default()
+        };
+        let mut sim = Sim::new(
+            Setup {
+                keys: &k,
+                chain: &chain,
+                config,
+                // The shared initialization: zeros, as for a logistic regression.
+                inits: vec![vec![0.0; dim]; peers],
+                samples,
+                network: scenario.network.clone(),
+                training: scenario.timing.clone(),
+                seed,
+                neighbours: None,
+            },
+            Attacked {
+                inner: learner,
+                attackers: is_attacker.clone(),
+                attack: scenario.attack.clone(),
+                rng: ChaCha8Rng::seed_from_u64(seed ^ 0xbad),
+            },
+        )?;
+        let mut shown = 0;
+        let mut last = None;
+        while !sim.peers().iter().all(Peer::is_finished) && sim.step()? {
+            let done = sim.min_completed();
+            if done > shown {
+                shown = done;
+                let row = measure(&sim, &is_attacker, seed, done);
+                csv.serialize(&row)?;
+                last = Some(row);
+            }
+        }
+        let row = measure(&sim, &is_attacker, seed, sim.min_completed());
+        final_accuracy.push(row.mean_accuracy);
+        final_consensus.push(row.consensus_distance);
+        peer_rounds += peers as u64 * sim.min_completed();
+        progress(&format!(
+            "{} seed {seed}: {} rounds, mean honest accuracy {:.3}, consensus distance {:.2e}",
+            scenario.name, row.round, row.mean_accuracy, row.consensus_distance
+        ));
+        if last.as_ref() != Some(&row) {
+            csv.serialize(&row)?;
+        }
+    }
+    csv.flush()?;
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        name: scenario.name.clone(),
+        seeds: scenario.seeds.clone(),
+        mean_accuracy: final_accuracy.iter().sum::<f64>() / final_accuracy.len().max(1) as f64,
+        final_accuracy,
+        final_consensus,
+        peers,
+        attackers,
+        wall_seconds,
+        peer_rounds_per_second: peer_rounds as f64 / wall_seconds.max(1e-9),
+    };
+    let mut file = std::fs::File::create(out.join("summary.json"))?;
+    writeln!(file, "{}", serde_json::to_string_pretty(&summary)?)?;
+    Ok(summary)
+}
+
+/// Honest peers' accuracy on their own test rows and their consensus distance.
+fn measure<L: Learner + Evaluate>(
+    sim: &Sim<L>,
+    attacker: &[bool],
+    seed: u64,
+    round: u64,
+) -> RoundRow {
+    let honest: Vec<usize> = (0..attacker.len()).filter(|&i| !attacker[i]).collect();
+    let models: Vec<Vec<f32>> = honest.iter().map(|&i| sim.models()[i].clone()).collect();
+    let accuracies: Vec<f64> = honest.iter().map(|&i| sim.evaluate(i)).collect();
+    let stats = sim.stats();
+    RoundRow {
+        seed,
+        round,
+        virtual_seconds: sim.now().as_secs_f64(),
+        mean_accuracy: accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64,
+        min_accuracy: accuracies.iter().copied().fold(f64::INFINITY, f64::min),
+        consensus_distance: crate::consensus_distance(&models),
+        messages: stats.gossip_messages,
+        bytes: stats.gossip_bytes + stats.payload_bytes,
+        rejections: stats.rejections.values().sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+
+    #[test]
+    fn heart_disease_scenario_matches_flamby_level_accuracy() {
+        let mut scenario =
+            Scenario::load(&Path::new(SCENARIOS).join("heart-disease.toml")).expect("loads");
+        assert_eq!(scenario.seeds, vec![42, 43, 44, 45, 46]);
+        scenario.seeds.truncate(2);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = run(&scenario, dir.path(), |_| {}).expect("runs");
+        assert_eq!(summary.peers, 4);
+        assert!(
+            summary.mean_accuracy >= 0.72,
+            "mean per-center accuracy {}",
+            summary.mean_accuracy
+        );
+        assert!(
+            summary.final_consensus.iter().all(|c| *c < 1e-4),
+            "{:?}",
+            summary.final_consensus
+        );
+        let csv = std::fs::read_to_string(dir.path().join("rounds.csv")).expect("csv");
+        assert!(csv.starts_with("seed,round,virtual_seconds,mean_accuracy"));
+        assert_eq!(csv.lines().count(), 1 + 2 * 15, "a row per round per seed");
+        let again = run(&scenario, dir.path(), |_| {}).expect("runs");
+        assert_eq!(
+            again.final_accuracy, summary.final_accuracy,
+            "same seeds, same results"
+        );
+    }
+
+    #[test]
+    fn robust_rules_survive_sign_flip_attackers_where_the_mean_collapses() {
+        let base = Scenario::load(&Path::new(SCENARIOS).join("sign-flip.toml")).expect("loads");
+        assert_eq!(base.protocol.rule, Rule::TrimmedMean { trim: 4 });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run_with = |rule: Rule, fraction: f64| {
+            let mut s = base.clone();
+            s.protocol.rule = rule;
+            s.attack.fraction = fraction;
+            run(&s, dir.path(), |_| {}).expect("runs").mean_accuracy
+        };
+        let clean = run_with(Rule::Mean, 0.0);
+        let attacked_mean = run_with(Rule::Mean, 0.2);
+        let attacked_trimmed = run_with(Rule::TrimmedMean { trim: 4 }, 0.2);
+        let attacked_median = run_with(Rule::Median, 0.2);
+        assert!(clean > 0.72, "clean accuracy {clean}");
+        assert!(
+            attacked_mean < clean - 0.2,
+            "plain mean should collapse: {attacked_mean} vs {clean}"
+        );
+        assert!(
+            attacked_trimmed > clean - 0.02,
+            "trimmed mean keeps honest accuracy: {attacked_trimmed} vs {clean}"
+        );
+        // The median gives up a little more accuracy but stays far from the collapse.
+        assert!(
+            attacked_median > clean - 0.05,
+            "median: {attacked_median} vs {clean}"
+        );
+    }
+}
