@@ -75,6 +75,7 @@ pub fn run(options: &Options, out: &mut impl Write) -> anyhow::Result<Summary> {
             training: Training::default(),
             seed: options.seed,
             neighbours: None,
+            gossip_reach: None,
         },
         AveragingOnly,
     )?;

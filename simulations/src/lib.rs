@@ -154,8 +154,11 @@ pub struct Setup<'a> {
     /// Seed of the run.
     pub seed: u64,
     /// Fixed neighbours per peer (indices); gossip then travels only along these edges. `None`:
-    /// every peer hears every announcement and samples `config.fanout` of them.
+    /// peers sample `config.fanout` of the announcements they hear.
     pub neighbours: Option<Vec<Vec<usize>>>,
+    /// Without fixed neighbours: how many random peers hear each announcement (as gossipsub's
+    /// bounded mesh delivers it); `None` = every peer (exact, O(n²) messages per round).
+    pub gossip_reach: Option<usize>,
 }
 
 /// A simulated mesh.
@@ -178,6 +181,7 @@ pub struct Sim<L> {
     events: Vec<(usize, Event)>,
     keep_events: bool,
     neighbours: Option<Vec<Vec<usize>>>,
+    gossip_reach: Option<usize>,
 }
 
 /// Deterministic member keys for simulated peers.
@@ -222,6 +226,7 @@ impl<L: Learner> Sim<L> {
             training,
             seed,
             neighbours,
+            gossip_reach,
         } = setup;
         anyhow::ensure!(
             keys.len() == inits.len() && keys.len() == samples.len(),
@@ -265,6 +270,7 @@ impl<L: Learner> Sim<L> {
             events: Vec::new(),
             keep_events: false,
             neighbours,
+            gossip_reach,
         };
         for i in 0..n {
             sim.drain(i);
@@ -341,9 +347,16 @@ impl<L: Learner> Sim<L> {
                 }
                 Action::Broadcast(message) => {
                     let bytes = Bytes::from(message.to_bytes());
-                    let targets: Vec<usize> = match &self.neighbours {
-                        Some(n) => n[i].clone(),
-                        None => (0..self.peers.len()).filter(|&to| to != i).collect(),
+                    let n = self.peers.len();
+                    let targets: Vec<usize> = match (&self.neighbours, self.gossip_reach) {
+                        (Some(neighbours), _) => neighbours[i].clone(),
+                        (None, Some(reach)) if reach + 1 < n => {
+                            rand::seq::index::sample(&mut self.rng, n - 1, reach)
+                                .into_iter()
+                                .map(|j| if j >= i { j + 1 } else { j })
+                                .collect()
+                        }
+                        (None, _) => (0..n).filter(|&to| to != i).collect(),
                     };
                     for to in targets {
                         if self.network.loss > 0.0 && self.rng.random_bool(self.network.loss) {

@@ -463,6 +463,7 @@ pub fn run(
                 training: scenario.timing.clone(),
                 seed,
                 neighbours: None,
+                gossip_reach: None,
             },
             Attacked {
                 inner: learner,
