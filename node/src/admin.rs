@@ -35,8 +35,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use medmesh_protocol::identity::{self, ContentId, Digest, MemberId};
-use medmesh_protocol::update::{self, Encoding, PayloadDescriptor};
+use medmesh_protocol::identity::{self, ContentId, MemberId};
+use medmesh_protocol::update::{self, Encoding, Version};
 use medmesh_protocol::wire;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -795,29 +795,14 @@ pub fn model_layout(config: &NodeConfig) -> Result<Layout, Error> {
     Ok(learner.layout())
 }
 
-/// A signed model version's fields, as `version.json` holds them.
+/// A signed model version as `version.json` holds it: its content id and the version's fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
     /// Content id of the signed version.
     pub id: ContentId,
-    /// Experiment name.
-    pub experiment: String,
-    /// Digest of the model spec.
-    pub model: Digest,
-    /// The author's round.
-    pub round: u64,
-    /// The author (and signer).
-    pub author: MemberId,
-    /// Training samples behind it (its averaging weight).
-    pub samples: u64,
-    /// Neighbours the author mixed with.
-    pub degree: u32,
-    /// Content ids of the versions it was averaged from.
-    pub parents: Vec<ContentId>,
-    /// The author's training metrics.
-    pub metrics: BTreeMap<String, f64>,
-    /// Encoding, parameter count, length and BLAKE3 digest of the parameters.
-    pub payload: PayloadDescriptor,
+    /// The version as signed.
+    #[serde(flatten)]
+    pub version: Version,
 }
 
 /// What [`export`] wrote.
@@ -834,10 +819,10 @@ pub struct Exported {
 impl Exported {
     /// One line per file, for `medmesh export`.
     pub fn to_text(&self) -> String {
-        let v = &self.version;
+        let v = &self.version.version;
         let mut out = format!(
             "model version {} (round {}, author {}, {} parameters)\n",
-            v.id,
+            self.version.id,
             v.round,
             v.author.short(),
             v.payload.params
@@ -945,22 +930,20 @@ pub fn export(
     }
     let record = VersionRecord {
         id,
-        experiment: version.experiment.clone(),
-        model: version.model,
-        round: version.round,
-        author: version.author,
-        samples: version.samples,
-        degree: version.degree,
-        parents: version.parents.clone(),
-        metrics: version.metrics.clone(),
-        payload: version.payload,
+        version: version.value().clone(),
     };
     let info = HashMap::from([
         ("format".to_owned(), "pt".to_owned()),
         ("medmesh.version".to_owned(), id.to_string()),
-        ("medmesh.author".to_owned(), record.author.to_string()),
-        ("medmesh.round".to_owned(), record.round.to_string()),
-        ("medmesh.experiment".to_owned(), record.experiment.clone()),
+        (
+            "medmesh.author".to_owned(),
+            record.version.author.to_string(),
+        ),
+        ("medmesh.round".to_owned(), record.version.round.to_string()),
+        (
+            "medmesh.experiment".to_owned(),
+            record.version.experiment.clone(),
+        ),
     ]);
     let tensors = views.len();
     let model = out.join("model.safetensors");
@@ -992,9 +975,8 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use medmesh_protocol::identity::{Keypair, Signed, Verified};
+    use medmesh_protocol::identity::{Digest, Keypair, Signed, Verified};
     use medmesh_protocol::peer::Item;
-    use medmesh_protocol::update::Version;
 
     use super::*;
 
@@ -1261,11 +1243,12 @@ mod tests {
             &std::fs::read_to_string(out.join("version.json")).expect("written"),
         )
         .expect("json");
-        assert_eq!(record.author, key(1).id());
-        assert_eq!((record.round, record.samples), (3, 100));
-        assert_eq!(record.parents, vec![ContentId([7; 32])]);
-        assert_eq!(record.metrics["loss"], 0.5);
-        assert_eq!(record.payload.digest, update::payload_digest(&mine_bytes));
+        assert_eq!(record.id, mine.id());
+        assert_eq!(&record.version, mine.value());
+        assert_eq!(
+            record.version.payload.digest,
+            update::payload_digest(&mine_bytes)
+        );
         let envelope: Signed<Version> =
             wire::decode(&std::fs::read(out.join("version.bin")).expect("written"))
                 .expect("decodes");
