@@ -1,17 +1,21 @@
 //! What an operator sees of a node: the local admin endpoint (`GET /status` as JSON, `GET /metrics`
-//! in the Prometheus/OpenMetrics text format), its client (`medmesh status`), and the export of a
-//! stored model version as safetensors plus its signed metadata (`medmesh export`).
+//! in the Prometheus/OpenMetrics text format, `POST /roster` to hand the node a signed roster
+//! update to apply and spread), its client (`medmesh status`, `medmesh roster publish`), and the
+//! export of a stored model version as safetensors plus its signed metadata (`medmesh export`).
 //!
 //! The event loop owns the node's state. It keeps a [`Status`] and publishes it through a
 //! [`Reporter`] (a `tokio::sync::watch` channel: one value, replaced, never queued) and counts
 //! into [`Metrics`] (atomics shared through an `Arc`). The HTTP server runs as its own task and
 //! only reads those: it never holds a lock the loop waits on for more than a clone of a small
-//! struct, and never calls into the swarm, the peer or the store. Connections are bounded in
+//! struct, and never calls into the swarm, the peer or the store. An operator's request
+//! (`POST /roster`) becomes a [`Command`] on a bounded channel that the loop carries out between
+//! events, answering on a oneshot channel. Connections are bounded in
 //! number, header size and lifetime; the server stops when its [`Server`] handle is stopped or
 //! dropped.
 //!
 //! The endpoint has no authentication: bind it to loopback or a management network only (the
-//! `admin` setting of the config; off by default). It must never expose keys, patient data or
+//! `admin` setting of the config; off by default). A posted roster gains nobody anything: the
+//! node applies it only if a threshold of the current members signed it. It must never expose keys, patient data or
 //! parameters — only counters, ids and aggregate training metrics.
 //!
 //! Export reads the store and writes files; it needs the store to itself (redb allows one
@@ -32,10 +36,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use medmesh_protocol::identity::{self, ContentId, MemberId};
+use medmesh_protocol::roster::SignedRoster;
 use medmesh_protocol::update::{self, Encoding, Version};
 use medmesh_protocol::wire;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -46,7 +51,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::NodeConfig;
@@ -68,6 +73,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response body the client reads.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// Largest request body the server reads (a signed roster fits in a gossip message).
+const MAX_REQUEST_BODY: usize = medmesh_protocol::wire::MAX_GOSSIP;
+/// Operator commands queued for the event loop at most.
+const COMMAND_QUEUE: usize = 8;
+/// How long a command waits for the event loop's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
 /// Content type of `/metrics` (what `prometheus-client` encodes).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -107,7 +118,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The endpoint answered with an error status.
-    #[error("admin endpoint {addr} answered {status} for {path}")]
+    #[error("admin endpoint {addr} answered {status} for {path}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
     Status {
         /// The address asked.
         addr: SocketAddr,
@@ -115,6 +126,8 @@ pub enum Error {
         path: String,
         /// The HTTP status.
         status: u16,
+        /// The reason the endpoint gave (its body, as text).
+        message: String,
     },
     /// The answer is not a status document of this version of medmesh.
     #[error("admin endpoint {addr} did not answer with a medmesh status: {source}")]
@@ -199,6 +212,8 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// This key is not on the roster yet: waiting for the members to admit it.
+    Admission,
     /// Waiting for the other members to join before the first round.
     #[default]
     Starting,
@@ -294,6 +309,7 @@ impl Status {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let phase = match self.phase {
+            Phase::Admission => "waiting to be admitted to the roster",
             Phase::Starting => "waiting for members",
             Phase::Training => "training",
             Phase::Gathering => "merging",
@@ -430,6 +446,9 @@ pub struct Metrics {
     pub payload_bytes_out: Counter,
     /// Payload requests answered with the payload (`medmesh_payload_requests_served_total`).
     pub payload_requests_served: Counter,
+    /// Incoming connections refused: keys not on the roster, over the limits, failed
+    /// handshakes (`medmesh_connections_refused_total`).
+    pub connections_refused: Counter,
     /// Seconds per local training round (`medmesh_train_seconds`, a histogram).
     pub train_seconds: Histogram,
     /// Training loss of the last round (`medmesh_last_train_loss`).
@@ -475,6 +494,11 @@ impl Metrics {
                 "payload_requests_served",
                 "Payload requests answered with the payload",
             ),
+            connections_refused: add(
+                r,
+                "connections_refused",
+                "Incoming connections refused (not on the roster, limits, failed handshakes)",
+            ),
             train_seconds,
             last_train_loss: add(r, "last_train_loss", "Training loss of the last round"),
             local_test_accuracy: add(
@@ -517,16 +541,34 @@ pub struct Reporter {
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
     started: Instant,
+    commands: mpsc::Sender<Command>,
+}
+
+/// An operator's request, carried out by the event loop, which answers on `reply`.
+#[derive(Debug)]
+pub enum Command {
+    /// Apply a signed roster update and spread it; the answer is the roster version followed
+    /// afterwards, or why the update was refused.
+    Roster {
+        /// The update as posted.
+        update: SignedRoster,
+        /// Where the loop answers.
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 impl Reporter {
-    /// A reporter for a node that started at `started`.
-    pub fn new(status: Status, started: Instant) -> Self {
-        Self {
+    /// A reporter for a node that started at `started`, and the receiving end of the operator
+    /// commands its endpoint will queue.
+    pub fn new(status: Status, started: Instant) -> (Self, mpsc::Receiver<Command>) {
+        let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+        let reporter = Self {
             status: watch::Sender::new(status),
             metrics: Arc::new(Metrics::new()),
             started,
-        }
+            commands,
+        };
+        (reporter, inbox)
     }
 
     /// The metrics to count into.
@@ -556,19 +598,24 @@ impl Reporter {
     pub async fn serve(&self, addr: SocketAddr) -> Result<Server, Error> {
         serve(
             addr,
-            self.status.subscribe(),
-            self.metrics.clone(),
-            self.started,
+            Shared {
+                status: self.status.subscribe(),
+                metrics: self.metrics.clone(),
+                started: self.started,
+                commands: self.commands.clone(),
+            },
         )
         .await
     }
 }
 
+/// What the endpoint's handlers share: snapshots to read and the loop's command queue.
 #[derive(Clone)]
 struct Shared {
     status: watch::Receiver<Status>,
     metrics: Arc<Metrics>,
     started: Instant,
+    commands: mpsc::Sender<Command>,
 }
 
 /// A running admin endpoint. Dropping it stops the server too (without waiting).
@@ -593,14 +640,8 @@ impl Server {
     }
 }
 
-/// Starts the admin endpoint on `addr`, serving snapshots from `status` and `metrics`; uptime
-/// counts from `started`.
-pub async fn serve(
-    addr: SocketAddr,
-    status: watch::Receiver<Status>,
-    metrics: Arc<Metrics>,
-    started: Instant,
-) -> Result<Server, Error> {
+/// Starts the admin endpoint on `addr`.
+async fn serve(addr: SocketAddr, shared: Shared) -> Result<Server, Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
@@ -610,11 +651,9 @@ pub async fn serve(
     let router = Router::new()
         .route("/status", routing::get(status_handler))
         .route("/metrics", routing::get(metrics_handler))
-        .with_state(Shared {
-            status,
-            metrics,
-            started,
-        });
+        .route("/roster", routing::post(roster_handler))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .with_state(shared);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(accept(listener, router, stopped));
     tracing::info!(address = %local, "admin endpoint listening");
@@ -637,6 +676,40 @@ async fn metrics_handler(State(shared): State<Shared>) -> Response {
         shared.metrics.encode(),
     )
         .into_response()
+}
+
+/// `POST /roster`: a signed roster update (the JSON of a roster file) for the loop to apply.
+/// 200 with the version followed afterwards; 400 for a body that is not a signed roster; 409
+/// when the update does not extend the chain (fork, rollback, gap, too few signatures); 503
+/// when the loop does not answer in time.
+async fn roster_handler(State(shared): State<Shared>, body: Bytes) -> Response {
+    let update: SignedRoster = match serde_json::from_slice(&body) {
+        Ok(update) => update,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("not a signed roster: {e}")).into_response();
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let queued = shared
+        .commands
+        .send_timeout(Command::Roster { update, reply }, COMMAND_TIMEOUT)
+        .await;
+    if queued.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is busy or stopping",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(Ok(version))) => {
+            axum::Json(serde_json::json!({ "roster_version": version })).into_response()
+        }
+        Ok(Ok(Err(reason))) => (StatusCode::CONFLICT, reason).into_response(),
+        Ok(Err(_)) | Err(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "the node did not answer").into_response()
+        }
+    }
 }
 
 /// Accepts connections until `stop` fires (or its sender is dropped), at most
@@ -684,12 +757,38 @@ async fn connection(stream: TcpStream, router: Router) {
 
 /// `GET path` from the admin endpoint at `addr`: the body of a 2xx answer.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Bytes, Error> {
-    tokio::time::timeout(CLIENT_TIMEOUT, exchange(addr, path))
+    tokio::time::timeout(CLIENT_TIMEOUT, exchange(addr, path, None))
         .await
         .map_err(|_| Error::Timeout { addr })?
 }
 
-async fn exchange(addr: SocketAddr, path: &str) -> Result<Bytes, Error> {
+/// `POST path` with a JSON `body` to the admin endpoint at `addr`: the body of a 2xx answer.
+pub async fn post(addr: SocketAddr, path: &str, body: Bytes) -> Result<Bytes, Error> {
+    tokio::time::timeout(
+        CLIENT_TIMEOUT + COMMAND_TIMEOUT,
+        exchange(addr, path, Some(body)),
+    )
+    .await
+    .map_err(|_| Error::Timeout { addr })?
+}
+
+/// Hands a signed roster update to the node at `addr`; the roster version it follows afterwards.
+pub async fn publish_roster(addr: SocketAddr, update: &SignedRoster) -> Result<u64, Error> {
+    let body = serde_json::to_vec(update).map_err(|source| Error::Decode { addr, source })?;
+    let answer = post(addr, "/roster", Bytes::from(body)).await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|source| Error::Decode { addr, source })?;
+    value["roster_version"]
+        .as_u64()
+        .ok_or_else(|| Error::Status {
+            addr,
+            path: "/roster".into(),
+            status: 200,
+            message: "the answer names no roster version".into(),
+        })
+}
+
+async fn exchange(addr: SocketAddr, path: &str, body: Option<Bytes>) -> Result<Bytes, Error> {
     let http = |source: Box<dyn std::error::Error + Send + Sync>| Error::Http { addr, source };
     let stream = TcpStream::connect(addr)
         .await
@@ -699,9 +798,13 @@ async fn exchange(addr: SocketAddr, path: &str) -> Result<Bytes, Error> {
         .map_err(|e| http(e.into()))?;
     let driver = tokio::spawn(connection);
     let result = async {
-        let request = hyper::Request::get(path)
+        let builder = match body {
+            Some(_) => hyper::Request::post(path).header(header::CONTENT_TYPE, "application/json"),
+            None => hyper::Request::get(path),
+        };
+        let request = builder
             .header(header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| http(e.into()))?;
         let response = sender
             .send_request(request)
@@ -718,6 +821,7 @@ async fn exchange(addr: SocketAddr, path: &str) -> Result<Bytes, Error> {
                 addr,
                 path: path.to_owned(),
                 status: status.as_u16(),
+                message: String::from_utf8_lossy(&body).chars().take(500).collect(),
             });
         }
         Ok(body)
@@ -1018,7 +1122,7 @@ mod tests {
     #[tokio::test]
     async fn admin_serves_status_and_metrics_over_loopback() {
         let started = Instant::now() - Duration::from_secs(5);
-        let reporter = Reporter::new(Status::default(), started);
+        let (reporter, _commands) = Reporter::new(Status::default(), started);
         let mut status = fake_status();
         reporter.publish(&status);
         let m = reporter.metrics();
@@ -1134,8 +1238,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn posted_rosters_reach_the_loop_and_its_answer_comes_back() {
+        use medmesh_protocol::identity::Keypair;
+        use medmesh_protocol::roster::{Member, Role, Roster};
+
+        let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
+        let server = reporter
+            .serve("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("serves");
+        let addr = server.local_addr();
+        // A stand-in for the event loop: accepts version 0 (and then follows 1), refuses the rest.
+        let loop_task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Command::Roster { update, reply }) = commands.recv().await {
+                let version = update.roster().version;
+                seen.push(version);
+                let answer = if version == 0 {
+                    Ok(1)
+                } else {
+                    Err(format!("version {version} does not extend the chain"))
+                };
+                let _ = reply.send(answer);
+            }
+            seen
+        });
+        let key = Keypair::from_seed([3; 32]);
+        let member = Member {
+            id: key.id(),
+            name: "a".into(),
+            site: "a".into(),
+            country: "NL".into(),
+            role: Role::Hospital,
+            addresses: Vec::new(),
+        };
+        let genesis = SignedRoster::new(Roster::genesis("m", 1, vec![member]).expect("roster"));
+        assert_eq!(publish_roster(addr, &genesis).await.expect("applied"), 1);
+
+        let mut next = genesis.roster().clone();
+        next.version = 7;
+        let err = publish_roster(addr, &SignedRoster::new(next))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&err, Error::Status { status: 409, message, .. } if message.contains("version 7")),
+            "{err}"
+        );
+        // Not a roster at all: refused by the endpoint, never queued.
+        let err = post(addr, "/roster", Bytes::from_static(b"{\"members\": 3}"))
+            .await
+            .expect_err("bad body");
+        assert!(
+            matches!(&err, Error::Status { status: 400, message, .. } if message.contains("not a signed roster")),
+            "{err}"
+        );
+        // Too big: refused before it is parsed.
+        let big = Bytes::from(vec![b' '; MAX_REQUEST_BODY + 1]);
+        assert!(matches!(
+            post(addr, "/roster", big).await,
+            Err(Error::Status { status: 413, .. })
+        ));
+        server.stop().await;
+        drop(reporter);
+        assert_eq!(loop_task.await.expect("loop"), vec![0, 7]);
+    }
+
+    #[tokio::test]
     async fn admin_bind_errors_name_the_address() {
-        let reporter = Reporter::new(fake_status(), Instant::now());
+        let (reporter, _commands) = Reporter::new(fake_status(), Instant::now());
         let server = reporter
             .serve("127.0.0.1:0".parse().expect("addr"))
             .await

@@ -80,6 +80,9 @@ pub struct DataConfig {
     pub schema: PathBuf,
     /// This hospital's site name in the schema.
     pub site: String,
+    /// Train on part of the site's training rows only, when several nodes share one site's
+    /// records (departments of one hospital, or an experiment that splits a site).
+    pub shard: Option<Shard>,
 }
 
 impl Default for DataConfig {
@@ -87,8 +90,20 @@ impl Default for DataConfig {
         Self {
             schema: "data/heart-disease/schema.toml".into(),
             site: "cleveland".into(),
+            shard: None,
         }
     }
+}
+
+/// Training rows `index`, `index + count`, `index + 2·count`, … of a site (the test split is
+/// the site's whole test split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// Which part, from 0.
+    pub index: usize,
+    /// Into how many parts the rows are dealt.
+    pub count: usize,
 }
 
 /// A hospital's node configuration.
@@ -192,6 +207,14 @@ impl NodeConfig {
 
     /// The rules that span sections.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(shard) = self.data.shard
+            && shard.index >= shard.count
+        {
+            return Err(format!(
+                "[data] shard index {} must be below its count {}",
+                shard.index, shard.count
+            ));
+        }
         self.training.check().map_err(|e| e.to_string())?;
         self.network.check().map_err(|e| format!("[network] {e}"))?;
         let mut experiment = self.experiment.clone();

@@ -236,6 +236,30 @@ impl Table {
         out
     }
 
+    /// Rows `start`, `start + step`, `start + 2·step`, … (all rows past the end: none).
+    ///
+    /// # Panics
+    /// If `step` is 0.
+    pub fn every(&self, start: usize, step: usize) -> Table {
+        assert!(step > 0, "Table::every: step 0");
+        let picked: Vec<usize> = (start..self.rows).step_by(step).collect();
+        let take = |v: &[f32]| -> Vec<f32> {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                picked.iter().map(|&i| v[i]).collect()
+            }
+        };
+        Table {
+            x: picked.iter().flat_map(|&i| self.row(i)).copied().collect(),
+            rows: picked.len(),
+            cols: self.cols,
+            y: take(&self.y),
+            time: take(&self.time),
+            event: take(&self.event),
+        }
+    }
+
     /// Whether the table has no rows.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
@@ -2889,6 +2913,27 @@ sites = [{ name = "a", file = "a.csv" }, { name = "b", file = "b.csv" }]
             ..Table::default()
         };
         let _ = Table::concat(&[&a, &b]);
+    }
+
+    #[test]
+    fn every_deals_rows_into_disjoint_shards() {
+        let t = Table {
+            x: (0..10).map(|v| v as f32).collect(),
+            rows: 5,
+            cols: 2,
+            y: vec![0.0, 1.0, 0.0, 1.0, 1.0],
+            time: Vec::new(),
+            event: Vec::new(),
+        };
+        let even = t.every(0, 2);
+        let odd = t.every(1, 2);
+        assert_eq!((even.rows, odd.rows), (3, 2));
+        assert_eq!(even.x, [0.0, 1.0, 4.0, 5.0, 8.0, 9.0]);
+        assert_eq!(odd.y, [1.0, 1.0]);
+        assert!(even.time.is_empty());
+        assert_eq!(even.positives() + odd.positives(), t.positives());
+        assert!(t.every(7, 3).is_empty());
+        assert_eq!(t.every(0, 1), t);
     }
 
     // --- Errors, one per variant -----------------------------------------------------------

@@ -137,6 +137,18 @@ enum RosterCommand {
         #[arg(long, default_value = "roster-proposal.json")]
         out: PathBuf,
     },
+    /// Hand a signed roster update to a running node (its admin endpoint), which checks it
+    /// against its chain, stores it and spreads it to every member over gossip.
+    Publish {
+        /// The signed roster file.
+        file: PathBuf,
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+        #[arg(long, env = "MEDMESH_ADMIN")]
+        admin: Option<SocketAddr>,
+        /// Take the admin address from this node config.
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Add this member's signature to a roster file (in place).
     Sign {
         /// The roster file.
@@ -246,6 +258,24 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
             node::write_roster(&file, &signed)?;
             eprintln!("signed {} as {}", file.display(), key.id().short());
         }
+        RosterCommand::Publish {
+            file,
+            admin,
+            config,
+        } => {
+            let update = node::read_roster(&file)?;
+            let addr = admin_address(admin, config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let version = runtime
+                .block_on(admin::publish_roster(addr, &update))
+                .with_context(|| format!("the node refused {}", file.display()))?;
+            println!(
+                "the node at {addr} now follows roster version {version} of mesh {:?}",
+                update.roster().mesh
+            );
+        }
         RosterCommand::Show { file } => {
             let signed = node::read_roster(&file)?;
             let r = signed.roster();
@@ -309,12 +339,12 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-fn status_command(
+/// The admin address given, or the one in the node config given.
+fn admin_address(
     admin: Option<SocketAddr>,
-    config: Option<PathBuf>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let addr = match (admin, &config) {
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<SocketAddr> {
+    Ok(match (admin, config) {
         (Some(addr), _) => addr,
         (None, Some(path)) => NodeConfig::load(path)?.admin.with_context(|| {
             format!(
@@ -323,7 +353,15 @@ fn status_command(
             )
         })?,
         (None, None) => anyhow::bail!("give the node's admin address (--admin) or its --config"),
-    };
+    })
+}
+
+fn status_command(
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let addr = admin_address(admin, config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

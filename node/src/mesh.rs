@@ -3,13 +3,14 @@
 //! by all of them; each node knows the others only as bootstrap addresses. This is the README's
 //! main job and the multi-process integration test; nothing here is special-cased in the node.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use medmesh_protocol::aggregate::Rule;
+use medmesh_protocol::identity::Keypair;
 use medmesh_protocol::peer;
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 use serde::Serialize;
@@ -19,7 +20,7 @@ use crate::data::Dataset;
 use crate::learner::{Learner, ModelSpec, Optimizer, TchLearner, TrainConfig};
 use crate::network::NetworkConfig;
 use crate::node::{Outcome, write_roster};
-use crate::{keys, network};
+use crate::{admin, keys, network};
 
 /// Settings of a local mesh.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +43,9 @@ pub struct Options {
     /// Seed of the shared initialization and of every peer's choices.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// A round closes this many seconds after its own announcement even if members are missing.
+    #[arg(long, default_value_t = 60)]
+    pub round_timeout: u64,
     /// Give up if the mesh has not finished after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -93,15 +97,309 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct Children(Vec<Child>);
+/// One node of a local mesh: its folder (key, store, config, log, result), its ports and its
+/// data. The building block of [`run`], and of tests that start, kill and admit nodes.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    /// Folder name and label (a site name, or a name of its own for a shard).
+    pub name: String,
+    /// Its records.
+    pub data: DataConfig,
+    /// Its folder.
+    pub home: PathBuf,
+    /// Its member key (created on first use, kept across runs).
+    pub key: Keypair,
+    /// Its libp2p TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Its admin endpoint.
+    pub admin: SocketAddr,
+}
 
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
+impl LocalNode {
+    /// Creates (or reuses) the node's folder and key under `dir` and picks free ports.
+    pub fn new(dir: &Path, name: &str, data: DataConfig) -> anyhow::Result<Self> {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home)?;
+        let key = keys::load_or_generate(&home.join("key.pem"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            data,
+            home,
+            key,
+            port: free_port()?,
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        })
+    }
+
+    /// Its full libp2p address, `/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID`.
+    pub fn address(&self) -> anyhow::Result<String> {
+        let peer_id = network::peer_id(&self.key.id())?;
+        Ok(format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}", self.port))
+    }
+
+    /// Its roster entry.
+    pub fn member(&self, country: &str, role: Role) -> anyhow::Result<Member> {
+        Ok(Member {
+            id: self.key.id(),
+            name: format!("{} hospital", self.name),
+            site: self.data.site.clone(),
+            country: country.into(),
+            role,
+            addresses: vec![self.address()?],
+        })
+    }
+
+    /// Its store file.
+    pub fn store(&self) -> PathBuf {
+        self.home.join("store.redb")
+    }
+
+    /// Its config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.home.join("node.toml")
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> PathBuf {
+        self.home.join("node.log")
+    }
+
+    /// Where it writes its [`Outcome`].
+    pub fn result(&self) -> PathBuf {
+        self.home.join("result.json")
+    }
+
+    /// Its config for the mesh `spec`: shared initialization, SGD, pulls from `fanout` members
+    /// per round, bootstraps from `peers`; `index` varies its seeds.
+    pub fn config(
+        &self,
+        spec: &MeshSpec<'_>,
+        index: usize,
+        fanout: usize,
+        peers: &[&LocalNode],
+    ) -> anyhow::Result<NodeConfig> {
+        let options = spec.options;
+        Ok(NodeConfig {
+            key: self.home.join("key.pem"),
+            store: self.store(),
+            genesis: spec.genesis.to_owned(),
+            init_seed: options.seed,
+            linger_ms: 20_000,
+            results: Some(self.result()),
+            admin: Some(self.admin),
+            min_peers: None,
+            start_timeout_ms: 60_000,
+            data: self.data.clone(),
+            model: ModelSpec::Logistic {
+                inputs: spec.inputs,
+            },
+            training: TrainConfig {
+                optimizer: Optimizer::Sgd { momentum: 0.0 },
+                lr: options.lr,
+                batch_size: 4,
+                local_steps: options.steps,
+                seed: options.seed.wrapping_add(index as u64),
+                ..TrainConfig::default()
+            },
+            experiment: peer::Config {
+                experiment: spec.experiment.to_owned(),
+                rule: Rule::Mean,
+                fanout,
+                max_rounds: Some(options.rounds),
+                round_timeout: Duration::from_secs(options.round_timeout),
+                fetch_timeout: Duration::from_secs(20),
+                seed: options.seed.wrapping_add(100 + index as u64),
+                ..peer::Config::default()
+            },
+            network: NetworkConfig {
+                listen: vec![format!("/ip4/127.0.0.1/tcp/{}", self.port).parse()?],
+                bootstrap: peers
+                    .iter()
+                    .filter(|p| p.name != self.name)
+                    .map(|p| Ok(p.address()?.parse()?))
+                    .collect::<anyhow::Result<_>>()?,
+                mdns: false,
+                ..NetworkConfig::default()
+            },
+        })
+    }
+
+    /// Writes `config` to its config file.
+    pub fn write_config(&self, config: &NodeConfig) -> anyhow::Result<()> {
+        std::fs::write(self.config_path(), toml::to_string(config)?)?;
+        Ok(())
+    }
+
+    /// Starts `medmesh run` (the binary at `exe`) on its config, logging to its log file
+    /// (appended: a restarted node keeps the earlier lines). A previous result is removed.
+    pub fn spawn(&self, exe: &Path) -> anyhow::Result<Child> {
+        let _ = std::fs::remove_file(self.result());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())?;
+        Command::new(exe)
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))
+    }
+
+    /// Its outcome, once it has written one.
+    pub fn outcome(&self) -> Option<Outcome> {
+        let text = std::fs::read_to_string(self.result()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Its status from its admin endpoint, if it answers.
+    pub fn status(&self) -> Option<admin::Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime
+            .block_on(admin::fetch_status(self.admin))
+            .ok()
+            .map(|(status, _)| status)
+    }
+}
+
+/// What every node of a local mesh shares.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshSpec<'a> {
+    /// The mesh's settings.
+    pub options: &'a Options,
+    /// Features of the dataset (the logistic model's inputs).
+    pub inputs: i64,
+    /// The experiment's name.
+    pub experiment: &'a str,
+    /// The genesis roster file.
+    pub genesis: &'a Path,
+}
+
+/// The founders' genesis roster of `nodes` (all hospitals in `country`), signed by every one.
+/// Threshold: a majority.
+pub fn genesis(mesh: &str, nodes: &[&LocalNode], country: &str) -> anyhow::Result<SignedRoster> {
+    let members = nodes
+        .iter()
+        .map(|n| n.member(country, Role::Hospital))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let threshold = u32::try_from(nodes.len() / 2 + 1)?;
+    let mut roster = SignedRoster::new(Roster::genesis(mesh, threshold, members)?);
+    for node in nodes {
+        roster.sign(&node.key);
+    }
+    Ok(roster)
+}
+
+/// Running node processes, each killed (SIGKILL) and reaped when dropped or replaced.
+#[derive(Debug, Default)]
+pub struct Children(Vec<Option<Child>>);
+
+impl Children {
+    /// Holds `child` as process `i`, killing whatever ran there before.
+    pub fn set(&mut self, i: usize, child: Child) {
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.kill(i);
+        self.0[i] = Some(child);
+    }
+
+    /// Kills process `i` with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.0.get_mut(i).and_then(Option::take) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    /// Whether process `i` has exited, and how.
+    pub fn exited(&mut self, i: usize) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.0.get_mut(i).and_then(Option::as_mut) {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for i in 0..self.0.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Waits until every node in `nodes` wrote its outcome, failing when one exits before that
+/// or `deadline` passes. `progress` hears of each finished node.
+pub fn wait_for_outcomes(
+    nodes: &[&LocalNode],
+    children: &mut Children,
+    indices: &[usize],
+    deadline: Instant,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; nodes.len()];
+    while outcomes.iter().any(Option::is_none) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the mesh did not finish in time; see the node.log files under {}",
+            nodes
+                .first()
+                .and_then(|n| n.home.parent())
+                .map_or(String::new(), |d| d.display().to_string())
+        );
+        for (k, node) in nodes.iter().enumerate() {
+            if outcomes[k].is_some() {
+                continue;
+            }
+            if let Some(outcome) = node.outcome() {
+                progress(&format!(
+                    "{} finished round {}: test accuracy {:.3}",
+                    node.name, outcome.rounds, outcome.test.accuracy
+                ));
+                outcomes[k] = Some(outcome);
+            } else if let Some(status) = children.exited(indices[k])? {
+                anyhow::bail!(
+                    "{}'s node exited with {status} before finishing; see {}",
+                    node.name,
+                    node.log().display()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
+/// Largest L2 distance between two parameter vectors of `outcomes`, relative to the first's norm.
+pub fn max_relative_distance(outcomes: &[Outcome]) -> f64 {
+    let mut max = 0.0f64;
+    for a in outcomes {
+        let norm = a
+            .params
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        for b in outcomes {
+            let d = a
+                .params
+                .iter()
+                .zip(&b.params)
+                .map(|(x, y)| f64::from(x - y).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            max = max.max(d / norm);
+        }
+    }
+    max
 }
 
 /// Sets up and runs the mesh with the `medmesh` binary at `exe`; `progress` gets status lines.
@@ -116,150 +414,66 @@ pub fn run(
     let dir = std::fs::canonicalize(&options.dir)?;
     let inputs = i64::try_from(dataset.features.len())?;
 
-    // Keys and addresses.
-    let mut sites = Vec::new();
-    for site in &dataset.sites {
-        let home = dir.join(&site.name);
-        std::fs::create_dir_all(&home)?;
-        let key = keys::load_or_generate(&home.join("key.pem"))?;
-        let port = free_port()?;
-        let peer_id = network::peer_id(&key.id())?;
-        let address = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}");
-        sites.push((site.name.clone(), home, key, port, address));
-    }
+    let nodes = dataset
+        .sites
+        .iter()
+        .map(|site| {
+            LocalNode::new(
+                &dir,
+                &site.name,
+                DataConfig {
+                    schema: schema.clone(),
+                    site: site.name.clone(),
+                    shard: None,
+                },
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let all: Vec<&LocalNode> = nodes.iter().collect();
 
     // The founders' genesis roster, signed by every founder. With --resume the stores and the
     // roster of the previous run are kept; new ports reach the configs' bootstrap lists.
-    let members = sites
-        .iter()
-        .map(|(name, _, key, _, address)| Member {
-            id: key.id(),
-            name: format!("{name} hospital"),
-            site: name.clone(),
-            country: "US".into(),
-            role: Role::Hospital,
-            addresses: vec![address.clone()],
-        })
-        .collect();
-    let threshold = u32::try_from(sites.len() / 2 + 1)?;
-    let mut genesis = SignedRoster::new(Roster::genesis(
-        format!("{}-mesh", dataset.name),
-        threshold,
-        members,
-    )?);
-    for (_, _, key, _, _) in &sites {
-        genesis.sign(key);
-    }
     let genesis_path = dir.join("roster.json");
     if !options.resume {
-        for (_, home, ..) in &sites {
-            let store = home.join("store.redb");
-            if store.exists() {
-                std::fs::remove_file(&store)?;
+        for node in &nodes {
+            if node.store().exists() {
+                std::fs::remove_file(node.store())?;
             }
         }
     }
     if !options.resume || !genesis_path.exists() {
-        write_roster(&genesis_path, &genesis)?;
+        write_roster(
+            &genesis_path,
+            &genesis(&format!("{}-mesh", dataset.name), &all, "US")?,
+        )?;
     }
 
-    let mut children = Children(Vec::new());
+    let spec = MeshSpec {
+        options,
+        inputs,
+        experiment: &dataset.name,
+        genesis: &genesis_path,
+    };
+    let mut children = Children::default();
     let started = Instant::now();
-    for (i, (name, home, _, port, _)) in sites.iter().enumerate() {
-        let result = home.join("result.json");
-        let _ = std::fs::remove_file(&result);
-        let config = NodeConfig {
-            key: home.join("key.pem"),
-            store: home.join("store.redb"),
-            genesis: genesis_path.clone(),
-            init_seed: options.seed,
-            linger_ms: 20_000,
-            results: Some(result),
-            admin: None,
-            min_peers: None,
-            start_timeout_ms: 60_000,
-            data: DataConfig {
-                schema: schema.clone(),
-                site: name.clone(),
-            },
-            model: ModelSpec::Logistic { inputs },
-            training: TrainConfig {
-                optimizer: Optimizer::Sgd { momentum: 0.0 },
-                lr: options.lr,
-                batch_size: 4,
-                local_steps: options.steps,
-                seed: options.seed.wrapping_add(i as u64),
-                ..TrainConfig::default()
-            },
-            experiment: peer::Config {
-                experiment: dataset.name.clone(),
-                rule: Rule::Mean,
-                fanout: sites.len() - 1,
-                max_rounds: Some(options.rounds),
-                round_timeout: Duration::from_secs(60),
-                fetch_timeout: Duration::from_secs(20),
-                seed: options.seed.wrapping_add(100 + i as u64),
-                ..peer::Config::default()
-            },
-            network: NetworkConfig {
-                listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse()?],
-                bootstrap: sites
-                    .iter()
-                    .filter(|(other, ..)| other != name)
-                    .map(|(.., address)| address.parse())
-                    .collect::<Result<_, _>>()?,
-                mdns: false,
-                ..NetworkConfig::default()
-            },
-        };
-        let config_path = home.join("node.toml");
-        std::fs::write(&config_path, toml::to_string(&config)?)?;
-        let log = std::fs::File::create(home.join("node.log"))?;
-        let child = Command::new(exe)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        progress(&format!("started {name} (pid {}, port {port})", child.id()));
-        children.0.push(child);
+    for (i, node) in nodes.iter().enumerate() {
+        let config = node.config(&spec, i, nodes.len() - 1, &all)?;
+        node.write_config(&config)?;
+        let child = node.spawn(exe)?;
+        progress(&format!(
+            "started {} (pid {}, port {}, admin {})",
+            node.name,
+            child.id(),
+            node.port,
+            node.admin
+        ));
+        children.set(i, child);
     }
 
-    // Wait for every hospital's result, watching for crashed children.
+    let indices: Vec<usize> = (0..nodes.len()).collect();
     let deadline = started + Duration::from_secs(options.timeout);
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; sites.len()];
-    while outcomes.iter().any(Option::is_none) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the mesh did not finish within {} s",
-            options.timeout
-        );
-        for (i, (name, home, ..)) in sites.iter().enumerate() {
-            if outcomes[i].is_some() {
-                continue;
-            }
-            if let Ok(text) = std::fs::read_to_string(home.join("result.json"))
-                && let Ok(outcome) = serde_json::from_str::<Outcome>(&text)
-            {
-                progress(&format!(
-                    "{name} finished round {}: test accuracy {:.3}",
-                    outcome.rounds, outcome.test.accuracy
-                ));
-                outcomes[i] = Some(outcome);
-            } else if let Some(status) = children.0[i].try_wait()? {
-                anyhow::bail!(
-                    "{name}'s node exited with {status} before finishing; see {}",
-                    home.join("node.log").display()
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let outcomes = wait_for_outcomes(&all, &mut children, &indices, deadline, &mut progress)?;
     let seconds = started.elapsed().as_secs_f64();
-    let outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
 
     // Local-only training with the same budget, for comparison.
     let mut hospitals = Vec::new();
@@ -292,26 +506,6 @@ pub fn run(
         });
     }
     let n = hospitals.len() as f64;
-    let mut max_relative_distance = 0.0f64;
-    for a in &outcomes {
-        for b in &outcomes {
-            let d: f64 = a
-                .params
-                .iter()
-                .zip(&b.params)
-                .map(|(x, y)| f64::from(x - y).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let norm: f64 = a
-                .params
-                .iter()
-                .map(|x| f64::from(*x).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            max_relative_distance = max_relative_distance.max(d / norm);
-        }
-    }
     Ok(Report {
         mean_accuracy: hospitals.iter().map(|h| h.accuracy).sum::<f64>() / n,
         mean_local_accuracy: hospitals.iter().map(|h| h.local_accuracy).sum::<f64>() / n,
@@ -321,7 +515,7 @@ pub fn run(
             .sum::<f64>()
             / n,
         hospitals,
-        max_relative_distance,
+        max_relative_distance: max_relative_distance(&outcomes),
         seconds,
     })
 }

@@ -4,7 +4,9 @@
 //! Gossip small, transfer big: gossipsub carries the small signed announcements, validation
 //! reports and roster updates (its own signing is off — every message is already signed by its
 //! author at the application level, and libp2p's signing is 7× slower, see LIMITS.md);
-//! request-response pulls payloads by content id. Identify, Kademlia and mDNS find members;
+//! request-response pulls payloads by content id, and a second request-response protocol syncs
+//! the roster chain with every member on connection (so a member that was offline while an
+//! update spread, or a newly admitted hospital, learns it). Identify, Kademlia and mDNS find members;
 //! relay client, DCUtR and AutoNAT let a hospital behind NAT join through a member that runs the
 //! relay server. Only peers whose key is on the current roster may hold a connection
 //! ([`allow_members`]); everything else is refused before any protocol runs.
@@ -32,17 +34,26 @@ use libp2p::{
 };
 use medmesh_protocol::identity::{ContentId, Digest, Keypair, MemberId};
 use medmesh_protocol::peer::Verdict;
-use medmesh_protocol::roster::Roster;
+use medmesh_protocol::roster::{Roster, SignedRoster};
 use medmesh_protocol::wire::{self, Message};
 use serde::{Deserialize, Serialize};
 
 /// Protocol of payload pulls (request-response).
 pub const PAYLOAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/payload/1.0.0");
+/// Protocol of roster chain sync (request-response, JSON).
+pub const ROSTER_PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/roster/1.0.0");
+/// Most roster versions sent in one sync response; a peer further behind asks again.
+pub const ROSTER_BATCH: usize = 64;
 /// Protocol of the mesh's own Kademlia DHT (kept apart from the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/kad/1.0.0");
 /// Protocol version announced by identify.
 pub const IDENTIFY_PROTOCOL: &str = "/medmesh/1.0.0";
 
+/// Largest roster sync request (a version number in JSON).
+const MAX_ROSTER_REQUEST_BYTES: u64 = 1024;
+/// Largest roster sync response: [`ROSTER_BATCH`] versions of rosters that each fit in a gossip
+/// message.
+const MAX_ROSTER_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest payload request on the wire: a length prefix and a `wire::Message::Request` are about
 /// 45 bytes.
 const MAX_REQUEST_BYTES: usize = 1024;
@@ -213,6 +224,8 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// Payload pulls by content id.
     pub payload: request_response::Behaviour<PayloadCodec>,
+    /// Roster chain sync with each member on connection.
+    pub roster: request_response::json::Behaviour<RosterRequest, RosterResponse>,
     /// Exchanges listen addresses and protocols with every connected member.
     pub identify: identify::Behaviour,
     /// The mesh's DHT, for finding members' addresses.
@@ -231,6 +244,42 @@ pub struct Behaviour {
 
 /// A payload pull as request-response sees it.
 pub type PayloadEvent = request_response::Event<ContentId, Response>;
+/// A roster sync as request-response sees it.
+pub type RosterEvent = request_response::Event<RosterRequest, RosterResponse>;
+
+/// "Send me the roster versions after this one."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterRequest {
+    /// The mesh the requester follows (a member of another mesh gets nothing).
+    pub mesh: String,
+    /// The requester's current roster version.
+    pub after: u64,
+}
+
+/// The roster versions after the requested one, oldest first, at most [`ROSTER_BATCH`]. The
+/// requester checks every signature itself; nothing here is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RosterResponse {
+    /// Signed roster versions, consecutive, oldest first.
+    pub updates: Vec<SignedRoster>,
+}
+
+impl RosterResponse {
+    /// The answer from a chain's `history` to `request`.
+    pub fn answer(mesh: &str, history: &[SignedRoster], request: &RosterRequest) -> Self {
+        let updates = if request.mesh == mesh {
+            history
+                .iter()
+                .filter(|r| r.roster().version > request.after)
+                .take(ROSTER_BATCH)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self { updates }
+    }
+}
 
 /// What the [`Behaviour`] reports to the event loop, one variant per protocol.
 #[derive(Debug)]
@@ -239,6 +288,8 @@ pub enum Event {
     Gossip(gossipsub::Event),
     /// An inbound payload request, a response, or a failure.
     Payload(PayloadEvent),
+    /// An inbound roster sync request, a response, or a failure.
+    Roster(RosterEvent),
     /// A member told us its addresses and protocols.
     Identify(Box<identify::Event>),
     /// A DHT event (routing updates, query results).
@@ -268,6 +319,7 @@ macro_rules! event_from {
 event_from!(
     Gossip(gossipsub::Event),
     Payload(PayloadEvent),
+    Roster(RosterEvent),
     Kademlia(kad::Event),
     Mdns(mdns::Event),
     RelayClient(relay::client::Event),
@@ -564,6 +616,7 @@ struct Parts {
     limits: connection_limits::Behaviour,
     gossipsub: gossipsub::Behaviour,
     payload: request_response::Behaviour<PayloadCodec>,
+    roster: request_response::json::Behaviour<RosterRequest, RosterResponse>,
     identify: identify::Behaviour,
     kademlia: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -614,6 +667,13 @@ impl Parts {
                 [(PAYLOAD_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(config.request_timeout),
             ),
+            roster: request_response::Behaviour::with_codec(
+                request_response::json::codec::Codec::default()
+                    .set_request_size_maximum(MAX_ROSTER_REQUEST_BYTES)
+                    .set_response_size_maximum(MAX_ROSTER_RESPONSE_BYTES),
+                [(ROSTER_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(config.request_timeout),
+            ),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), identity.public())
                     .with_agent_version(format!("medmesh/{}", env!("CARGO_PKG_VERSION"))),
@@ -632,6 +692,7 @@ impl Parts {
             limits: self.limits,
             gossipsub: self.gossipsub,
             payload: self.payload,
+            roster: self.roster,
             identify: self.identify,
             kademlia: self.kademlia,
             mdns: self.mdns,

@@ -19,21 +19,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use libp2p::PeerId;
 use libp2p::gossipsub::{self, PublishError};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm};
 use medmesh_protocol::identity::{ContentId, Digest, MemberId};
-use medmesh_protocol::peer::{Action, Checkpoint, Event, Item, Peer};
-use medmesh_protocol::roster::{Chain, SignedRoster};
+use medmesh_protocol::peer::{Action, Checkpoint, Command, Event, Item, Peer};
+use medmesh_protocol::roster::{self, Chain, Roster, SignedRoster};
 use medmesh_protocol::wire;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
 use crate::config::NodeConfig;
 use crate::data::Dataset;
 use crate::learner::TchLearner;
-use crate::network::{self, Response};
+use crate::network::{self, Response, RosterRequest, RosterResponse};
 use crate::store::Store;
 use crate::trainer::{Job, Trainer};
 use crate::{admin, keys, metrics};
@@ -42,6 +44,8 @@ const CHECKPOINT_KEY: &str = "checkpoint";
 const PARAMS_KEY: &str = "params";
 /// A gossip publish that found no peer is retried this often.
 const RETRY: Duration = Duration::from_millis(250);
+/// A node waiting for admission dials the bootstrap members again this often.
+const ADMISSION_REDIAL: Duration = Duration::from_secs(2);
 /// Give up republishing a message after this long.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -125,7 +129,7 @@ pub async fn run(
     let store = Store::open(&config.store)?;
 
     let history = store.roster_history()?;
-    let chain = if history.is_empty() {
+    let mut chain = if history.is_empty() {
         let genesis = read_roster(&config.genesis)?;
         let chain = Chain::from_genesis(genesis).context("the genesis roster is not valid")?;
         store.put(&Item::Roster(chain.current_signed().clone()))?;
@@ -134,13 +138,50 @@ pub async fn run(
         Chain::from_history(history).context("the stored roster chain does not verify")?
     };
     let me = key.id();
-    anyhow::ensure!(
-        chain.current().contains(&me),
-        "this key ({}) is not a member of roster version {} of mesh {:?}",
-        me,
-        chain.current().version,
-        chain.current().mesh
-    );
+    let mut swarm = network::build_swarm(&key, &config.network, chain.current())?;
+    tracing::info!(member = %me.short(), peer_id = %swarm.local_peer_id(), site = %config.data.site, "node started");
+
+    let mut status = admin::Status {
+        member: me,
+        peer_id: swarm.local_peer_id().to_string(),
+        site: config.data.site.clone(),
+        mesh: chain.current().mesh.clone(),
+        roster_version: chain.current().version,
+        round: 0,
+        ..admin::Status::default()
+    };
+    let (reporter, mut commands) = admin::Reporter::new(status.clone(), started);
+    let telemetry = reporter.metrics();
+    let admin_server = match config.admin {
+        Some(addr) => Some(reporter.serve(addr).await?),
+        None => None,
+    };
+    tokio::pin!(shutdown);
+
+    let mut tracking = Tracking::default();
+    if !chain.current().contains(&me) {
+        status.phase = admin::Phase::Admission;
+        reporter.publish(&status);
+        let admitted = await_admission(
+            Admission {
+                swarm: &mut swarm,
+                chain: &mut chain,
+                store: &store,
+                config: &config,
+                commands: &mut commands,
+                tracking: &mut tracking,
+                me,
+            },
+            shutdown.as_mut(),
+        )
+        .await?;
+        if !admitted {
+            if let Some(server) = admin_server {
+                server.stop().await;
+            }
+            return Ok(None);
+        }
+    }
 
     let dataset = Dataset::load(&config.data.schema)?;
     let site = dataset
@@ -158,7 +199,20 @@ pub async fn run(
     experiment.model = spec.digest()?;
     let training = config.training.clone();
     let init_seed = config.init_seed;
-    let train_rows = site.train.clone();
+    let train_rows = match config.data.shard {
+        Some(shard) => site.train.every(shard.index, shard.count),
+        None => site.train.clone(),
+    };
+    anyhow::ensure!(
+        !train_rows.is_empty(),
+        "site {:?} has no training rows{}",
+        config.data.site,
+        if config.data.shard.is_some() {
+            " in this shard"
+        } else {
+            ""
+        }
+    );
     let mut trainer = Trainer::spawn(&config.data.site, move || {
         TchLearner::new(spec, training, init_seed, &train_rows)
     })?;
@@ -168,37 +222,36 @@ pub async fn run(
         .state(CHECKPOINT_KEY)?
         .and_then(|b| wire::decode::<Checkpoint>(&b).ok());
     let stored_params = store.state(PARAMS_KEY)?.and_then(|b| params_from_bytes(&b));
-    let (checkpoint, params) = match (checkpoint, stored_params) {
+    let (mut checkpoint, mut params) = match (checkpoint, stored_params) {
         (Some(c), Some(p)) if p.len() == trainer.dim => {
             tracing::info!(round = c.round, "resuming from the stored checkpoint");
             (c, p)
         }
         _ => (Checkpoint::default(), trainer.init.clone()),
     };
+    // Never sign a second, different version for a round this key already announced (that
+    // is equivocation, and the others would exclude us): a node killed after announcing a
+    // round but before its next checkpoint continues after that round, from what it announced.
+    if let Some((own, own_params)) = last_own_version(&store, &me, trainer.dim)?
+        && own.round >= checkpoint.round
+    {
+        tracing::info!(
+            round = own.round,
+            "this node already announced that round before it stopped; continuing after it"
+        );
+        checkpoint = Checkpoint {
+            round: own.round + 1,
+            parents: vec![own.id()],
+        };
+        params = own_params;
+    }
     let samples = trainer.samples as u64;
     let mut peer = Peer::resume(experiment, key.clone(), chain, params, samples, checkpoint)?;
-
-    let mut swarm = network::build_swarm(&key, &config.network, peer.chain().current())?;
     let topic = network::topic(&peer.chain().current().mesh);
-    tracing::info!(member = %me.short(), peer_id = %swarm.local_peer_id(), site = %config.data.site, "node started");
+    status.roster_version = peer.chain().current().version;
+    status.round = peer.round();
+    status.phase = admin::Phase::Starting;
 
-    let mut status = admin::Status {
-        member: me,
-        peer_id: swarm.local_peer_id().to_string(),
-        site: config.data.site.clone(),
-        mesh: peer.chain().current().mesh.clone(),
-        roster_version: peer.chain().current().version,
-        round: peer.round(),
-        ..admin::Status::default()
-    };
-    let reporter = admin::Reporter::new(status.clone(), started);
-    let telemetry = reporter.metrics();
-    let admin_server = match config.admin {
-        Some(addr) => Some(reporter.serve(addr).await?),
-        None => None,
-    };
-
-    let mut tracking = Tracking::default();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut training_since: Option<Instant> = None;
     let mut finished_at: Option<Instant> = None;
@@ -217,7 +270,6 @@ pub async fn run(
     let min_peers = config.min_peers.unwrap_or(others);
     let start_deadline = started + Duration::from_millis(config.start_timeout_ms);
     let mut ready = min_peers == 0;
-    tokio::pin!(shutdown);
 
     loop {
         // Carry out everything the peer asked for.
@@ -413,6 +465,18 @@ pub async fn run(
                 status.training = Some(admin::Training { round: done.round, seconds, metrics: metrics.clone() });
                 peer.handle_trained(started.elapsed(), params, metrics)?;
             }
+            Some(command) = commands.recv() => match command {
+                admin::Command::Roster { update, reply } => {
+                    let answer = peer
+                        .handle_command(started.elapsed(), Command::Roster(update))
+                        .map(|()| peer.chain().current().version)
+                        .map_err(|e| e.to_string());
+                    if let Err(reason) = &answer {
+                        tracing::warn!(%reason, "operator's roster update refused");
+                    }
+                    let _ = reply.send(answer);
+                }
+            },
             () = sleep_until(wake.into()) => {
                 peer.handle_timeout(started.elapsed());
             }
@@ -426,6 +490,201 @@ pub async fn run(
         server.stop().await;
     }
     Ok(outcome)
+}
+
+/// This member's newest stored version and its parameters, if its payload is stored and fits
+/// the model.
+fn last_own_version(
+    store: &Store,
+    me: &MemberId,
+    dim: usize,
+) -> anyhow::Result<
+    Option<(
+        medmesh_protocol::identity::Verified<medmesh_protocol::update::Version>,
+        Vec<f32>,
+    )>,
+> {
+    let Some(own) = store
+        .versions()?
+        .into_iter()
+        .filter(|v| v.signer() == *me)
+        .max_by_key(|v| v.round)
+    else {
+        return Ok(None);
+    };
+    let Some(bytes) = store.payload(&own.id())? else {
+        return Ok(None);
+    };
+    let mut params = Vec::new();
+    if medmesh_protocol::update::decode_payload(&own.payload, &bytes, &mut params).is_err()
+        || params.len() != dim
+    {
+        return Ok(None);
+    }
+    Ok(Some((own, params)))
+}
+
+/// What [`await_admission`] works with.
+struct Admission<'a> {
+    swarm: &'a mut Swarm<network::Behaviour>,
+    chain: &'a mut Chain,
+    store: &'a Store,
+    config: &'a NodeConfig,
+    commands: &'a mut mpsc::Receiver<admin::Command>,
+    tracking: &'a mut Tracking,
+    me: MemberId,
+}
+
+/// A key that is not on the roster it knows: keeps dialing the bootstrap members (who refuse it
+/// until they follow a roster that admits it), asks each member it reaches for the roster
+/// versions after its own, and takes updates its operator posts to the admin endpoint. Every
+/// update is verified against the chain and stored. Returns `true` once a version admits this
+/// key, `false` on shutdown.
+async fn await_admission(
+    a: Admission<'_>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<bool> {
+    let Admission {
+        swarm,
+        chain,
+        store,
+        config,
+        commands,
+        tracking,
+        me,
+    } = a;
+    tracing::warn!(
+        member = %me,
+        version = chain.current().version,
+        mesh = %chain.current().mesh,
+        "this key is not on the roster; waiting to be admitted: a member proposes it \
+         (`medmesh roster propose --add`), a threshold of members sign, and \
+         `medmesh roster publish` hands the update to a running member"
+    );
+    let local = *swarm.local_peer_id();
+    let mut redial = tokio::time::interval(ADMISSION_REDIAL);
+    redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if chain.current().contains(&me) {
+            tracing::info!(
+                version = chain.current().version,
+                "admitted: this key is on the roster"
+            );
+            return Ok(true);
+        }
+        tokio::select! {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
+                    if num_established.get() == 1 =>
+                {
+                    request_roster(swarm, peer_id, chain.current());
+                }
+                SwarmEvent::Behaviour(network::Event::Roster(request_response::Event::Message {
+                    peer: from,
+                    message,
+                    ..
+                })) => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let answer = RosterResponse::answer(
+                            &chain.current().mesh,
+                            chain.history(),
+                            &request,
+                        );
+                        let _ = swarm.behaviour_mut().roster.send_response(channel, answer);
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        let mut advanced = false;
+                        for update in response.updates {
+                            match adopt(chain, store, update)? {
+                                Ok(changed) => advanced |= changed,
+                                Err(error) => {
+                                    tracing::warn!(peer = %from, %error, "roster update refused");
+                                    break;
+                                }
+                            }
+                        }
+                        if advanced {
+                            network::allow_members(swarm, chain.current());
+                            request_roster(swarm, from, chain.current());
+                        }
+                    }
+                },
+                SwarmEvent::Behaviour(network::Event::Gossip(gossipsub::Event::Subscribed {
+                    peer_id,
+                    ..
+                })) => {
+                    tracking.subscribed.insert(peer_id);
+                }
+                SwarmEvent::Behaviour(network::Event::Gossip(gossipsub::Event::Unsubscribed {
+                    peer_id,
+                    ..
+                })) => {
+                    tracking.subscribed.remove(&peer_id);
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!(?peer_id, %error, "member not reachable (or not admitting us yet)");
+                }
+                _ => {}
+            },
+            _ = redial.tick() => {
+                for address in &config.network.bootstrap {
+                    if let Some(Protocol::P2p(peer)) = address.iter().last()
+                        && peer != local
+                        && !swarm.is_connected(&peer)
+                    {
+                        let _ = swarm.dial(address.clone());
+                    }
+                }
+            }
+            Some(command) = commands.recv() => match command {
+                admin::Command::Roster { update, reply } => {
+                    let answer = match adopt(chain, store, update)? {
+                        Ok(_) => {
+                            network::allow_members(swarm, chain.current());
+                            Ok(chain.current().version)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.send(answer);
+                }
+            },
+            () = shutdown.as_mut() => {
+                tracing::info!("shutting down before admission");
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Offers a roster update to the chain and stores it if it advanced the chain: `Ok(Ok(true))`
+/// advanced, `Ok(Ok(false))` a duplicate, `Ok(Err(_))` refused; `Err` only when the store fails.
+fn adopt(
+    chain: &mut Chain,
+    store: &Store,
+    update: SignedRoster,
+) -> anyhow::Result<Result<bool, roster::Error>> {
+    match chain.apply(update) {
+        Ok(roster::Outcome::Advanced { version }) => {
+            store
+                .put(&Item::Roster(chain.current_signed().clone()))
+                .context("cannot store the roster update")?;
+            tracing::info!(version, "roster update accepted");
+            Ok(Ok(true))
+        }
+        Ok(roster::Outcome::Duplicate) => Ok(Ok(false)),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// Asks `peer` for the roster versions after `roster`'s.
+fn request_roster(swarm: &mut Swarm<network::Behaviour>, peer: PeerId, roster: &Roster) {
+    swarm.behaviour_mut().roster.send_request(
+        &peer,
+        RosterRequest {
+            mesh: roster.mesh.clone(),
+            after: roster.version,
+        },
+    );
 }
 
 fn evaluate(
@@ -539,14 +798,55 @@ fn handle_swarm_event(
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, "listening");
         }
-        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            num_established,
+            ..
+        } => {
             tracing::debug!(%peer_id, "connected");
+            // A member that was offline while a roster update spread learns it here.
+            if num_established.get() == 1 {
+                request_roster(swarm, peer_id, peer.chain().current());
+            }
+        }
+        SwarmEvent::Behaviour(network::Event::Roster(request_response::Event::Message {
+            peer: from,
+            message,
+            ..
+        })) => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                let chain = peer.chain();
+                let answer =
+                    RosterResponse::answer(&chain.current().mesh, chain.history(), &request);
+                let _ = swarm.behaviour_mut().roster.send_response(channel, answer);
+            }
+            request_response::Message::Response { response, .. } => {
+                let member = network::member_id(&from).unwrap_or_default();
+                let before = peer.chain().current().version;
+                let full = response.updates.len() >= network::ROSTER_BATCH;
+                for update in response.updates {
+                    // Through the peer, as if gossiped: verified, stored, counted if refused.
+                    let bytes = wire::Message::Roster(update).to_bytes();
+                    peer.handle_message(now, member, &bytes);
+                }
+                if full && peer.chain().current().version > before {
+                    request_roster(swarm, from, peer.chain().current());
+                }
+            }
+        },
+        SwarmEvent::Behaviour(network::Event::Roster(
+            request_response::Event::OutboundFailure { peer, error, .. },
+        )) => {
+            tracing::debug!(%peer, %error, "roster sync failed");
         }
         SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
             tracing::debug!(%peer_id, ?cause, "disconnected");
         }
-        SwarmEvent::IncomingConnectionError { error, .. } => {
-            tracing::debug!(%error, "incoming connection refused");
+        SwarmEvent::IncomingConnectionError { error, peer_id, .. } => {
+            telemetry.connections_refused.inc();
+            tracing::debug!(?peer_id, %error, "incoming connection refused");
         }
         _ => {}
     }

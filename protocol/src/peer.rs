@@ -20,7 +20,8 @@
 //! `fanout` sampled members' versions of the same round (Epidemic-Learning style), or of every
 //! fixed neighbour → merge with the configured [`aggregate::Rule`] → next round. There is no global
 //! barrier: a round closes when its pulls are done or at its timeout, whichever comes first, and
-//! a peer that finds others ahead uses their newest versions and jumps to their round.
+//! a peer that finds others ahead merges their newest versions and joins their round (it
+//! trains and announces that round too, so the others, gathering there, get its version).
 //!
 //! Hostile input is a [`Verdict::Reject`] with a [`Reason`] and an [`Event::Rejected`], never a
 //! panic: forged signatures, non-members, replays of older rounds, two different versions for one
@@ -990,7 +991,10 @@ impl Peer {
             summary,
             timed_out,
         });
-        self.round = newest + 1;
+        // A peer that merged versions of a later round (it was behind: restarted, or newly
+        // admitted) joins that round instead of skipping past it: the others are gathering
+        // there and wait for its version.
+        self.round = (round + 1).max(newest);
         self.fetching.clear();
         self.tried.clear();
         let floor = self.round;
@@ -998,9 +1002,11 @@ impl Peer {
             slot.retain(|r, _| *r >= floor);
         }
         self.candidates.retain(|_, slot| !slot.is_empty());
-        if self.config.max_rounds.is_some_and(|m| round >= m) {
+        if self.config.max_rounds.is_some_and(|m| self.round > m) {
             self.phase = Phase::Done;
-            self.event(Event::Finished { round });
+            self.event(Event::Finished {
+                round: self.round - 1,
+            });
         } else {
             self.phase = Phase::Training;
             self.actions.push_back(Action::Train {

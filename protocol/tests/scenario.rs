@@ -171,3 +171,115 @@ fn a_resumed_peer_continues_at_its_checkpoint() {
     assert!(done.is_finished());
     assert_eq!(done.params(), &[0.5; 4]);
 }
+
+#[test]
+fn a_peer_behind_joins_the_round_of_those_ahead_and_ends_with_them() {
+    use medmesh_protocol::peer::{Action, Checkpoint};
+    use medmesh_protocol::roster::Role;
+    use medmesh_protocol::wire::Message;
+
+    let k = keys(2);
+    let chain = common::chain(&k, &[Role::Hospital; 2]);
+    // One member is already at the last round (3) ...
+    let mut ahead = Peer::resume(
+        config(Rule::Mean, 1, 3, 0),
+        k[0].clone(),
+        chain.clone(),
+        vec![1.0; 4],
+        10,
+        Checkpoint {
+            round: 3,
+            parents: vec![],
+        },
+    )
+    .expect("resumes");
+    assert!(matches!(
+        ahead.poll_action(),
+        Some(Action::Train { round: 3, .. })
+    ));
+    ahead
+        .handle_trained(Duration::ZERO, vec![1.0; 4], Default::default())
+        .expect("trained");
+    let announce = std::iter::from_fn(|| ahead.poll_action())
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("announces");
+    // ... the other starts at round 1, merges that round-3 version and so reaches the end.
+    let mut behind = Peer::new(
+        config(Rule::Mean, 1, 3, 1),
+        k[1].clone(),
+        chain,
+        vec![0.0; 4],
+        10,
+    )
+    .expect("peer");
+    assert!(matches!(
+        behind.poll_action(),
+        Some(Action::Train { round: 1, .. })
+    ));
+    behind
+        .handle_trained(Duration::ZERO, vec![0.0; 4], Default::default())
+        .expect("trained");
+    while behind.poll_action().is_some() {}
+    behind.handle_message(Duration::ZERO, k[0].id(), &announce.to_bytes());
+    let (from, id) = std::iter::from_fn(|| behind.poll_action())
+        .find_map(|a| match a {
+            Action::Fetch { from, id } => Some((from, id)),
+            _ => None,
+        })
+        .expect("pulls the newer version");
+    behind.handle_payload(Duration::ZERO, from, id, ahead.payload(&id));
+    // It joins round 3, where the other is gathering, rather than skipping past it ...
+    let actions: Vec<Action> = std::iter::from_fn(|| behind.poll_action()).collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Train { round: 3, .. })),
+        "{actions:?}"
+    );
+    assert!(!behind.is_finished());
+    behind
+        .handle_trained(Duration::ZERO, vec![0.25; 4], Default::default())
+        .expect("trained");
+    let mut announced = None;
+    let mut pulled = None;
+    for action in std::iter::from_fn(|| behind.poll_action()) {
+        match action {
+            Action::Broadcast(Message::Announce(v)) => announced = Some(v),
+            Action::Fetch { from, id } => pulled = Some((from, id)),
+            _ => {}
+        }
+    }
+    let announced = announced
+        .expect("announces round 3")
+        .verify()
+        .expect("signed");
+    assert_eq!(announced.round, 3);
+    // ... its round-3 version is what the member ahead was waiting for ...
+    assert_eq!(
+        ahead.handle_message(
+            Duration::ZERO,
+            k[1].id(),
+            &Message::Announce(announced.signed().clone()).to_bytes()
+        ),
+        medmesh_protocol::peer::Verdict::Accept
+    );
+    // ... and it ends with the others at the last round, never past it.
+    let (from, id) = pulled.expect("pulls round 3 again");
+    behind.handle_payload(Duration::ZERO, from, id, ahead.payload(&id));
+    let actions: Vec<Action> = std::iter::from_fn(|| behind.poll_action()).collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(Event::Finished { round: 3 }))),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Train { .. })),
+        "trains past the last round: {actions:?}"
+    );
+    assert!(behind.is_finished());
+    assert_eq!(behind.params(), &[0.625; 4]);
+}

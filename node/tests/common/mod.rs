@@ -1,0 +1,84 @@
+//! What the multi-process tests share: a local mesh's settings, waiting on conditions with a
+//! deadline, and running the `medmesh` CLI.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use medmesh_node::config::{DataConfig, Shard};
+use medmesh_node::mesh::Options;
+
+/// The `medmesh` binary under test.
+pub fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_medmesh"))
+}
+
+/// The shipped heart-disease schema.
+pub fn schema() -> PathBuf {
+    std::fs::canonicalize(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/heart-disease/schema.toml"),
+    )
+    .expect("shipped schema")
+}
+
+/// A site's records, whole or one shard.
+pub fn data(site: &str, shard: Option<(usize, usize)>) -> DataConfig {
+    DataConfig {
+        schema: schema(),
+        site: site.into(),
+        shard: shard.map(|(index, count)| Shard { index, count }),
+    }
+}
+
+/// FLamby-like settings with short round timeouts (a missing member costs seconds, not a
+/// minute), for a mesh in `dir`.
+pub fn options(dir: &Path, rounds: u64) -> Options {
+    Options {
+        data: schema(),
+        dir: dir.to_owned(),
+        rounds,
+        steps: 100,
+        lr: 0.01,
+        seed: 42,
+        round_timeout: 8,
+        timeout: 600,
+        json: None,
+        resume: false,
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails naming `what` at the deadline.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `medmesh ARGS`, asserting success; its stdout.
+pub fn cli(args: &[&str]) -> String {
+    let output = Command::new(exe())
+        .args(args)
+        .output()
+        .expect("medmesh runs");
+    assert!(
+        output.status.success(),
+        "medmesh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A log file's text (empty if missing).
+pub fn log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

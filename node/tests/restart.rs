@@ -1,0 +1,141 @@
+//! `kill -9` of one hospital's process mid-run: the others keep training; every signed item the
+//! killed node had stored is still in its store and verifies; restarted on the same config, it
+//! resumes from its checkpoint (never signing a second version for a round it announced),
+//! rejoins, and the mesh ends together.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{data, options, wait_for};
+use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
+use medmesh_node::node::write_roster;
+use medmesh_node::store::Store;
+use medmesh_protocol::identity::ContentId;
+
+/// The ids of every version, payload and roster version in a store, after checking that every
+/// record verifies.
+fn audit(node: &LocalNode) -> (BTreeSet<ContentId>, BTreeSet<ContentId>, usize) {
+    let store = Store::open(&node.store()).expect("the store opens after the kill");
+    let audit = store.verify_all().expect("readable");
+    assert!(audit.is_clean(), "{}: {:?}", node.name, audit.faults);
+    let versions: BTreeSet<ContentId> = store
+        .versions()
+        .expect("versions")
+        .iter()
+        .map(|v| v.id())
+        .collect();
+    let payloads = versions
+        .iter()
+        .filter(|id| store.payload(id).expect("payload").is_some())
+        .copied()
+        .collect();
+    (versions, payloads, audit.rosters)
+}
+
+#[test]
+fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let options = options(dir, 15);
+    let nodes = ["cleveland", "hungarian", "switzerland", "va"]
+        .map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
+    let all: Vec<&LocalNode> = nodes.iter().collect();
+    let genesis = dir.join("roster.json");
+    write_roster(
+        &genesis,
+        &mesh::genesis("heart-disease-mesh", &all, "US").expect("genesis"),
+    )
+    .expect("write genesis");
+    let spec = MeshSpec {
+        options: &options,
+        inputs: 13,
+        experiment: "heart-disease",
+        genesis: &genesis,
+    };
+    let mut children = Children::default();
+    for (i, node) in nodes.iter().enumerate() {
+        let config = node.config(&spec, i, 3, &all).expect("config");
+        node.write_config(&config).expect("write config");
+        children.set(i, node.spawn(common::exe()).expect("spawn"));
+    }
+
+    // Kill Hungary's process with SIGKILL once it is a few rounds in.
+    let victim = 1;
+    let killed_at = wait_for("hungarian's fourth round", Duration::from_secs(180), || {
+        nodes[victim]
+            .status()
+            .map(|s| s.round)
+            .filter(|round| *round >= 4)
+    });
+    children.kill(victim);
+    let (versions, payloads, rosters) = audit(&nodes[victim]);
+    assert!(
+        versions.len() >= 3,
+        "only {} versions stored by round {killed_at}",
+        versions.len()
+    );
+    assert_eq!(rosters, 1);
+
+    // The others go on without it (their rounds close on the timeout).
+    let others_round = |nodes: &[LocalNode]| {
+        [0, 2, 3]
+            .iter()
+            .map(|&i| nodes[i].status().map_or(0, |s| s.round))
+            .min()
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the others to move on two rounds",
+        Duration::from_secs(120),
+        || (others_round(&nodes) >= killed_at + 2).then_some(()),
+    );
+
+    // Restarted on the same config and store, it resumes and rejoins.
+    children.set(victim, nodes[victim].spawn(common::exe()).expect("restart"));
+    let indices = [0, 1, 2, 3];
+    let outcomes = mesh::wait_for_outcomes(
+        &all,
+        &mut children,
+        &indices,
+        Instant::now() + Duration::from_secs(400),
+        |line| eprintln!("{line}"),
+    )
+    .expect("every node finishes");
+    for outcome in &outcomes {
+        assert_eq!(outcome.rounds, options.rounds, "{}", outcome.site);
+        assert!(
+            !outcome.rejections.contains_key("equivocation"),
+            "{}: {:?}",
+            outcome.site,
+            outcome.rejections
+        );
+    }
+    let mean = outcomes.iter().map(|o| o.test.accuracy).sum::<f64>() / 4.0;
+    assert!(mean >= 0.70, "mean accuracy {mean}");
+    let distance = mesh::max_relative_distance(&outcomes);
+    assert!(
+        distance <= 1e-3,
+        "hospitals disagree after the restart: {distance}"
+    );
+    let log = common::log(&nodes[victim].log());
+    assert!(log.contains("resuming from the stored checkpoint"), "{log}");
+
+    // Let the processes exit (linger) or kill them; then every item stored before the kill is
+    // still there and verifies, and nothing the others hold is broken either.
+    drop(children);
+    let (after_versions, after_payloads, after_rosters) = audit(&nodes[victim]);
+    assert!(
+        versions.is_subset(&after_versions),
+        "versions lost after the restart: {:?}",
+        versions.difference(&after_versions).collect::<Vec<_>>()
+    );
+    assert!(payloads.is_subset(&after_payloads), "payloads lost");
+    assert_eq!(after_rosters, 1);
+    for (i, node) in nodes.iter().enumerate() {
+        if i != victim {
+            let _ = audit(node);
+        }
+    }
+}
