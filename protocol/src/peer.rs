@@ -16,6 +16,10 @@
 //! Time is a [`Duration`] since an epoch the driver picks; randomness comes from the seed in
 //! [`Config`].
 //!
+//! After the last round a peer announces its merged model as its final version (round
+//! `max_rounds + 1`, see [`Config::max_rounds`]), the one a hospital deploys and validators
+//! judge.
+//!
 //! A round: train locally → announce a signed [`Version`] by gossip → pull the payloads of
 //! `fanout` sampled members' versions of the same round (Epidemic-Learning style), or of every
 //! fixed neighbour → merge with the configured [`aggregate::Rule`] → next round. There is no global
@@ -47,6 +51,11 @@ use crate::wire::{self, Message};
 /// How many recent rounds per author are remembered to tell duplicates, replays and
 /// equivocations apart.
 const AUTHOR_WINDOW: u64 = 16;
+/// Announcements an author may send in a burst; an honest member sends one per round (two
+/// with its final version), so only a flood comes near it.
+const RATE_BURST: f64 = 32.0;
+/// Announcements per second an author's allowance refills by.
+const RATE_PER_SECOND: f64 = 4.0;
 /// How many versions per author at or above the current round are kept as candidates.
 const CANDIDATES_PER_AUTHOR: usize = 2;
 /// How many recent content ids of versions are remembered so reports can name them.
@@ -74,10 +83,13 @@ pub struct Config {
     /// A payload pull that has not answered by then is given up and another member is tried.
     #[serde(with = "millis")]
     pub fetch_timeout: Duration,
-    /// Stop after this many rounds (`None`: run until stopped).
+    /// Stop after this many rounds (`None`: run until stopped); the merged model of the last
+    /// round is then announced as the final version, numbered `max_rounds + 1`.
     pub max_rounds: Option<u64>,
     /// Seed of the peer's random choices (which members to pull from).
     pub seed: u64,
+    /// When a model version counts as certified by the validation reports (none: never).
+    pub certification: Option<validation::Policy>,
 }
 
 impl Default for Config {
@@ -92,6 +104,7 @@ impl Default for Config {
             fetch_timeout: Duration::from_secs(10),
             max_rounds: None,
             seed: 0,
+            certification: None,
         }
     }
 }
@@ -138,6 +151,13 @@ impl Config {
         }
         if self.round_timeout.is_zero() || self.fetch_timeout.is_zero() {
             return Err(ConfigError::Invalid("timeouts must be positive".into()));
+        }
+        if let Some(p) = &self.certification
+            && (p.metric.is_empty() || !p.min.is_finite() || p.validators == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "certification needs a metric, a finite bar and at least one validator".into(),
+            ));
         }
         Ok(())
     }
@@ -209,6 +229,9 @@ pub enum Reason {
     /// A roster update that does not extend the chain.
     #[error("roster: {0}")]
     Roster(#[from] roster::Error),
+    /// The author announces faster than any honest member would.
+    #[error("{0} announces faster than its allowance")]
+    RateLimited(MemberId),
 }
 
 impl Reason {
@@ -236,6 +259,7 @@ impl Reason {
             Reason::UnexpectedPayload => "unexpected_payload",
             Reason::UnknownModel(_) => "unknown_model",
             Reason::Roster(_) => "roster",
+            Reason::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -407,6 +431,27 @@ struct AuthorState {
     latest: u64,
     seen: BTreeMap<u64, ContentId>,
     flagged: bool,
+    /// Announcements this author may still send now (a token bucket, see [`RATE_BURST`]).
+    tokens: f64,
+    /// When the bucket was last filled.
+    filled_at: Option<Duration>,
+}
+
+impl AuthorState {
+    /// Takes a token for one announcement at `now`; `false` when the author is over its rate.
+    fn take_token(&mut self, now: Duration) -> bool {
+        let elapsed = self.filled_at.map_or(RATE_BURST, |t| {
+            now.saturating_sub(t).as_secs_f64() * RATE_PER_SECOND
+        });
+        self.tokens = (self.tokens + elapsed).min(RATE_BURST);
+        self.filled_at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -679,6 +724,9 @@ impl Peer {
         let state = self.authors.entry(author).or_default();
         if state.flagged {
             return self.reject(from, Reason::Flagged);
+        }
+        if state.seen.get(&round) != Some(&id) && !state.take_token(now) {
+            return self.reject(from, Reason::RateLimited(author));
         }
         match state.seen.get(&round) {
             Some(seen) if *seen == id && round >= state.latest => {
@@ -977,12 +1025,18 @@ impl Peer {
         drop(others);
         let mut contributors = vec![self.id];
         self.parents = vec![own.id()];
-        let mut newest = self.round;
+        let mut rounds = Vec::with_capacity(self.fetched.len());
         for (v, _) in self.fetched.drain(..) {
             contributors.push(v.signer());
             self.parents.push(v.id());
-            newest = newest.max(v.round);
+            rounds.push(v.round);
         }
+        // The round the merged members are at: the lower median of their rounds, so that one
+        // member claiming a far-off round cannot drag everyone there (and past max_rounds).
+        rounds.sort_unstable();
+        let newest = rounds
+            .get(rounds.len().saturating_sub(1) / 2)
+            .map_or(self.round, |r| (*r).max(self.round));
         self.params = out;
         let round = self.round;
         self.event(Event::RoundCompleted {
@@ -1002,8 +1056,11 @@ impl Peer {
             slot.retain(|r, _| *r >= floor);
         }
         self.candidates.retain(|_, slot| !slot.is_empty());
-        if self.config.max_rounds.is_some_and(|m| self.round > m) {
+        if let Some(m) = self.config.max_rounds
+            && self.round > m
+        {
             self.phase = Phase::Done;
+            self.announce_final(m + 1);
             self.event(Event::Finished {
                 round: self.round - 1,
             });
@@ -1014,6 +1071,36 @@ impl Peer {
                 params: std::mem::take(&mut self.params),
             });
         }
+    }
+
+    /// Signs and announces the merged model of the last round as this peer's final version:
+    /// round `max_rounds + 1`, not trained further, its parents the versions it was averaged
+    /// from. It is what the hospital deploys, exports and has validated.
+    fn announce_final(&mut self, round: u64) {
+        let payload = update::encode_f32(&self.params, &mut self.encode_buf);
+        let version = self.key.sign(Version {
+            experiment: self.config.experiment.clone(),
+            model: self.config.model,
+            round,
+            author: self.id,
+            samples: self.samples,
+            degree: u32::try_from(self.target()).unwrap_or(u32::MAX),
+            parents: self.parents.clone(),
+            metrics: BTreeMap::new(),
+            payload,
+        });
+        let id = version.id();
+        let bytes = Bytes::copy_from_slice(&self.encode_buf);
+        self.served.push_back((id, bytes.clone()));
+        self.remember(id);
+        self.actions
+            .push_back(Action::Persist(Item::Version(version.signed().clone())));
+        self.actions
+            .push_back(Action::Persist(Item::Payload { id, bytes }));
+        self.actions.push_back(Action::Broadcast(Message::Announce(
+            version.signed().clone(),
+        )));
+        self.event(Event::Announced { round, id });
     }
 
     fn accept_report(&mut self, signed: Signed<Report>) -> Result<Verdict, Reason> {

@@ -7,11 +7,12 @@
 //! evaluated over the reports a peer holds, so every peer reaches the same verdict on its own.
 //! This module only defines and checks the report; it never evaluates a model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{ContentId, MemberId, Signable};
+use crate::identity::{ContentId, MemberId, Signable, Verified};
+use crate::roster::Roster;
 
 /// Most metrics per report.
 pub const MAX_METRICS: usize = 32;
@@ -121,6 +122,87 @@ impl Report {
     }
 }
 
+/// When a model version counts as certified: enough validators, from enough countries, each
+/// reporting a metric at or above a bar on enough samples. Part of the experiment's config, so
+/// every peer evaluates the same rule over the signed reports it holds and reaches the same
+/// verdict without asking anyone.
+///
+/// ```toml
+/// [experiment.certification]   # certified when ≥ 2 validators from ≥ 2 countries
+/// metric = "auc"               # report AUC ≥ 0.80 on ≥ 100 samples each
+/// min = 0.80
+/// min_samples = 100
+/// validators = 2
+/// countries = 2
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The metric a report must carry (e.g. `auc`).
+    pub metric: String,
+    /// Its lowest acceptable point estimate.
+    pub min: f64,
+    /// Fewest samples a qualifying report must have evaluated.
+    pub min_samples: u64,
+    /// Fewest distinct qualifying validators.
+    pub validators: usize,
+    /// Fewest distinct countries among them, as the roster lists each validator's country
+    /// (the roster's word, not the report's).
+    pub countries: usize,
+}
+
+/// The verdict of a [`Policy`] on one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Certification {
+    /// The model version judged.
+    pub model: ContentId,
+    /// Whether the policy is met.
+    pub certified: bool,
+    /// Validators whose report qualifies, in id order.
+    pub validators: Vec<MemberId>,
+    /// Their countries, per the roster.
+    pub countries: Vec<String>,
+}
+
+impl Policy {
+    /// Judges `model` from `reports` (verified, as a peer stores them): only reports on this
+    /// model, by a member of `roster` whose role may validate, carrying the metric at or above
+    /// the bar on enough samples count; a validator counts once however many reports it sent.
+    pub fn judge(
+        &self,
+        roster: &Roster,
+        model: &ContentId,
+        reports: &[Verified<Report>],
+    ) -> Certification {
+        let mut validators = BTreeSet::new();
+        let mut countries = BTreeSet::new();
+        for report in reports {
+            let signer = report.signer();
+            let Some(member) = roster.member(&signer) else {
+                continue;
+            };
+            let qualifies = report.model == *model
+                && member.role.may_validate()
+                && report.check(signer).is_ok()
+                && report.samples >= self.min_samples
+                && report
+                    .metrics
+                    .get(&self.metric)
+                    .is_some_and(|m| m.value >= self.min);
+            if qualifies {
+                validators.insert(signer);
+                countries.insert(member.country.clone());
+            }
+        }
+        Certification {
+            model: *model,
+            certified: validators.len() >= self.validators && countries.len() >= self.countries,
+            validators: validators.into_iter().collect(),
+            countries: countries.into_iter().collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +266,85 @@ mod tests {
         let mut r = report(k.id());
         r.metrics.clear();
         assert!(r.check(k.id()).is_err());
+    }
+
+    #[test]
+    fn policy_counts_distinct_validators_and_countries_per_the_roster() {
+        use crate::roster::{Member, Role, Roster};
+
+        let keys: Vec<Keypair> = (1..=5).map(|i| Keypair::from_seed([i; 32])).collect();
+        let member = |k: &Keypair, country: &str, role: Role| Member {
+            id: k.id(),
+            name: "m".into(),
+            site: "s".into(),
+            country: country.into(),
+            role,
+            addresses: Vec::new(),
+        };
+        let roster = Roster::genesis(
+            "m",
+            1,
+            vec![
+                member(&keys[0], "US", Role::Observer),
+                member(&keys[1], "DE", Role::Validator),
+                member(&keys[2], "DE", Role::Validator),
+                member(&keys[3], "NL", Role::Validator),
+            ],
+        )
+        .expect("roster");
+        let model = ContentId([4; 32]);
+        let signed = |k: &Keypair, auc: f64, samples: u64| {
+            let mut r = report(k.id());
+            r.samples = samples;
+            r.metrics.insert(
+                "auc".into(),
+                Metric {
+                    value: auc,
+                    low: None,
+                    high: None,
+                },
+            );
+            k.sign(r).signed().clone().verify().expect("verifies")
+        };
+        let policy = Policy {
+            metric: "auc".into(),
+            min: 0.80,
+            min_samples: 100,
+            validators: 2,
+            countries: 2,
+        };
+        // Two validators, one country: not enough countries.
+        let two_de = [signed(&keys[1], 0.85, 104), signed(&keys[2], 0.9, 120)];
+        let verdict = policy.judge(&roster, &model, &two_de);
+        assert!(!verdict.certified);
+        assert_eq!((verdict.validators.len(), verdict.countries.len()), (2, 1));
+        // An observer (may not validate), a non-member, too few samples, a low score, another
+        // model, and a repeat by one validator do not count.
+        let mut other_model = report(keys[3].id());
+        other_model.model = ContentId([5; 32]);
+        let noise = vec![
+            signed(&keys[0], 0.95, 500),
+            signed(&keys[4], 0.95, 500),
+            signed(&keys[3], 0.95, 99),
+            signed(&keys[3], 0.79, 500),
+            keys[3]
+                .sign(other_model)
+                .signed()
+                .clone()
+                .verify()
+                .expect("verifies"),
+            signed(&keys[1], 0.99, 1000),
+        ];
+        let mut all = two_de.to_vec();
+        all.extend(noise);
+        let verdict = policy.judge(&roster, &model, &all);
+        assert!(!verdict.certified, "{verdict:?}");
+        assert_eq!(verdict.countries, ["DE"]);
+        // A qualifying report from the Netherlands certifies it.
+        all.push(signed(&keys[3], 0.81, 100));
+        let verdict = policy.judge(&roster, &model, &all);
+        assert!(verdict.certified);
+        assert_eq!(verdict.countries, ["DE", "NL"]);
+        assert_eq!(verdict.validators.len(), 3);
     }
 }

@@ -439,3 +439,73 @@ fn honest_mesh_converges_while_attacked() {
         "attacker had no influence"
     );
 }
+
+#[test]
+fn a_flood_of_announcements_is_rate_limited_without_hurting_others() {
+    let (k, mut peer) = setup();
+    let mut accepted = 0;
+    let mut limited = 0;
+    // One member announces 200 rounds within a second.
+    for round in 1..=200u64 {
+        let (v, _) = version(&k[1], round, 0.5);
+        let at = Duration::from_millis(round * 5);
+        match peer.handle_message(at, k[1].id(), &announce(&v)) {
+            Verdict::Accept => accepted += 1,
+            Verdict::Reject(r) if r.label() == "rate_limited" => limited += 1,
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    assert!((32..=40).contains(&accepted), "accepted {accepted}");
+    assert_eq!(accepted + limited, 200);
+    // Another member is unaffected, and the flooder gets a fresh allowance in time.
+    let (v, _) = version(&k[2], 1, 0.5);
+    assert_eq!(
+        peer.handle_message(Duration::from_secs(1), k[2].id(), &announce(&v)),
+        Verdict::Accept
+    );
+    let (v, _) = version(&k[1], 500, 0.5);
+    assert_eq!(
+        peer.handle_message(Duration::from_secs(60), k[1].id(), &announce(&v)),
+        Verdict::Accept
+    );
+}
+
+#[test]
+fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
+    let k = keys(4);
+    let c = chain(&k, &[Role::Hospital; 4]);
+    let config = Config {
+        fanout: 3,
+        max_rounds: Some(10),
+        ..cfg()
+    };
+    let mut peer = Peer::new(config, k[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
+    assert!(matches!(
+        peer.poll_action(),
+        Some(Action::Train { round: 1, .. })
+    ));
+    peer.handle_trained(T, vec![0.0; DIM], BTreeMap::new())
+        .expect("trained");
+    // Two honest members are at round 2; the third claims round 1,000.
+    let mut payloads = BTreeMap::new();
+    for (key, round) in [(&k[1], 2), (&k[2], 2), (&k[3], 1000)] {
+        let (v, bytes) = version(key, round, 1.0);
+        payloads.insert(v.id(), Bytes::from(bytes));
+        assert_eq!(
+            peer.handle_message(T, key.id(), &announce(&v)),
+            Verdict::Accept
+        );
+    }
+    let pulls: Vec<_> = std::iter::from_fn(|| peer.poll_action())
+        .filter_map(|a| match a {
+            Action::Fetch { from, id } => Some((from, id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pulls.len(), 3);
+    for (from, id) in pulls {
+        peer.handle_payload(T, from, id, payloads.get(&id).cloned());
+    }
+    assert!(!peer.is_finished(), "dragged past max_rounds");
+    assert_eq!(peer.round(), 2, "follows the honest majority's round");
+}

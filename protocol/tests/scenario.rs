@@ -282,4 +282,23 @@ fn a_peer_behind_joins_the_round_of_those_ahead_and_ends_with_them() {
     );
     assert!(behind.is_finished());
     assert_eq!(behind.params(), &[0.625; 4]);
+    // Its merged model is announced as its final version, after the last round, with the
+    // versions it was averaged from as parents.
+    let last = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Broadcast(Message::Announce(v)) => Some(v.clone().verify().expect("signed")),
+            _ => None,
+        })
+        .expect("announces its final version");
+    assert_eq!((last.round, last.author), (4, k[1].id()));
+    assert_eq!(last.parents, [announced.id(), id]);
+    let mut params = Vec::new();
+    medmesh_protocol::update::decode_payload(
+        &last.payload,
+        &behind.payload(&last.id()).expect("served"),
+        &mut params,
+    )
+    .expect("decodes");
+    assert_eq!(params, [0.625; 4]);
 }
