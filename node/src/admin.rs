@@ -21,7 +21,7 @@
 //! Export reads the store and writes files; it needs the store to itself (redb allows one
 //! process), so it runs while the node is stopped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use medmesh_protocol::identity::{self, ContentId, MemberId};
+use medmesh_protocol::identity::{self, ContentId, MemberId, Verified};
 use medmesh_protocol::roster::SignedRoster;
 use medmesh_protocol::update::{self, Encoding, Version};
 use medmesh_protocol::wire;
@@ -54,6 +54,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::bundle;
 use crate::config::NodeConfig;
 use crate::data::{Dataset, Table};
 use crate::learner::{self, ModelSpec, TchLearner, TrainConfig};
@@ -79,6 +80,8 @@ const MAX_REQUEST_BODY: usize = medmesh_protocol::wire::MAX_GOSSIP;
 const COMMAND_QUEUE: usize = 8;
 /// How long a command waits for the event loop's answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a validation may take (pulling the model from its author, evaluating it).
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(25);
 /// Content type of `/metrics` (what `prometheus-client` encodes).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -206,6 +209,10 @@ pub enum Error {
         /// What failed.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Export: the bundle around the weights (lineage, reports, roster, manifest) cannot be
+    /// written.
+    #[error(transparent)]
+    Bundle(#[from] bundle::Error),
 }
 
 /// Where a node is in its round.
@@ -300,6 +307,9 @@ pub struct Status {
     pub rejections: BTreeMap<String, u64>,
     /// Rounds that closed on their timeout.
     pub rounds_timed_out: u64,
+    /// Model versions the experiment's certification policy certifies, as this node judges.
+    #[serde(default)]
+    pub certified: Vec<ContentId>,
     /// Seconds since the node started (filled in when served).
     pub uptime_seconds: f64,
 }
@@ -547,6 +557,14 @@ pub struct Reporter {
 /// An operator's request, carried out by the event loop, which answers on `reply`.
 #[derive(Debug)]
 pub enum Command {
+    /// Validate a model version on the node's local test split and publish the signed
+    /// report; the answer is a line describing the report, or why it failed.
+    Validate {
+        /// Which version.
+        model: Selection,
+        /// Where the loop answers (once the model was pulled and evaluated).
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Apply a signed roster update and spread it; the answer is the roster version followed
     /// afterwards, or why the update was refused.
     Roster {
@@ -652,6 +670,7 @@ async fn serve(addr: SocketAddr, shared: Shared) -> Result<Server, Error> {
         .route("/status", routing::get(status_handler))
         .route("/metrics", routing::get(metrics_handler))
         .route("/roster", routing::post(roster_handler))
+        .route("/validate", routing::post(validate_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(shared);
     let (stop, stopped) = oneshot::channel();
@@ -710,6 +729,52 @@ async fn roster_handler(State(shared): State<Shared>, body: Bytes) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "the node did not answer").into_response()
         }
     }
+}
+
+/// `POST /validate` with body `latest` or a content id: 200 with the report's description once
+/// the node pulled, evaluated and published it; 422 when it cannot; 503 when busy.
+async fn validate_handler(State(shared): State<Shared>, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let model: Selection = match text.trim().parse() {
+        Ok(model) => model,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not `latest` or a content id: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let queued = shared
+        .commands
+        .send_timeout(Command::Validate { model, reply }, COMMAND_TIMEOUT)
+        .await;
+    if queued.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is busy or stopping",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(VALIDATE_TIMEOUT, answer).await {
+        Ok(Ok(Ok(line))) => line.into_response(),
+        Ok(Ok(Err(reason))) => (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response(),
+        Ok(Err(_)) | Err(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "the node did not answer").into_response()
+        }
+    }
+}
+
+/// Asks the node at `addr` to validate `model` and publish the report; its description.
+pub async fn validate(addr: SocketAddr, model: &str) -> Result<String, Error> {
+    let body = tokio::time::timeout(
+        CLIENT_TIMEOUT + VALIDATE_TIMEOUT,
+        exchange(addr, "/validate", Some(Bytes::from(model.to_owned()))),
+    )
+    .await
+    .map_err(|_| Error::Timeout { addr })??;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Accepts connections until `stop` fires (or its sender is dropped), at most
@@ -859,6 +924,25 @@ impl FromStr for Selection {
     }
 }
 
+impl Selection {
+    /// The stored version this selects: for `Latest`, the highest round by `author` (by anyone
+    /// when `None`), ties broken by content id; `None` when nothing matches.
+    pub fn find(
+        &self,
+        store: &Store,
+        author: Option<MemberId>,
+    ) -> Result<Option<Verified<Version>>, store::Error> {
+        match self {
+            Selection::Id(id) => store.version(id),
+            Selection::Latest => Ok(store
+                .versions()?
+                .into_iter()
+                .filter(|v| author.is_none_or(|a| v.author == a))
+                .max_by_key(|v| (v.round, v.id()))),
+        }
+    }
+}
+
 /// Names and shapes of a model's tensors, in the order its parameters flatten.
 pub type Layout = Vec<(String, Vec<i64>)>;
 
@@ -918,6 +1002,8 @@ pub struct Exported {
     pub tensors: usize,
     /// The files written.
     pub files: Vec<PathBuf>,
+    /// What the bundle around the weights holds.
+    pub bundle: bundle::Written,
 }
 
 impl Exported {
@@ -934,20 +1020,37 @@ impl Exported {
         for file in &self.files {
             let _ = writeln!(out, "wrote {}", file.display());
         }
+        let b = &self.bundle;
+        let _ = writeln!(
+            out,
+            "lineage: {} versions ({} ancestors not stored), {} reports, roster version {}",
+            b.versions,
+            b.missing,
+            b.reports,
+            b.roster.map_or("none".to_owned(), |v| v.to_string())
+        );
+        if b.roster.is_none() {
+            out.push_str(
+                "warning: the store holds no roster, so `medmesh verify` cannot check who trained \
+                 and validated: it will refuse this bundle\n",
+            );
+        }
         out
     }
 }
 
-/// Writes the selected version of the store at `store_path` into `out` (created if missing):
-/// `model.safetensors` (tensors named and shaped by `layout`, or one flat `params` tensor when
-/// there is none), `version.json` ([`VersionRecord`]) and `version.bin` (the signed envelope as
-/// stored: `wire::encode` of a `Signed<Version>`). `Latest` picks the highest round by `author`
-/// (by anyone when `None`). Everything read is verified again: signature, content id, payload
-/// digest, finite values.
+/// Writes the selected version of the store at `store_path` into `out` (created if missing) as a
+/// [`bundle`]: `model.safetensors` (tensors named and shaped by `layout`, or one flat `params`
+/// tensor when there is none), `version.json` ([`VersionRecord`]) and `version.bin` (the signed
+/// envelope as stored: `wire::encode` of a `Signed<Version>`), then `model.json` (with `spec`
+/// when known), the signed lineage, reports and roster chain, and `MANIFEST.json`. `Latest`
+/// picks the highest round by `author` (by anyone when `None`). Everything read is verified
+/// again: signature, content id, payload digest, finite values.
 pub fn export(
     store_path: &Path,
     selection: Selection,
     author: Option<MemberId>,
+    spec: Option<&ModelSpec>,
     layout: Option<&[(String, Vec<i64>)]>,
     out: &Path,
 ) -> Result<Exported, Error> {
@@ -956,21 +1059,18 @@ pub fn export(
     }
     let store = Store::open(store_path)?;
     let where_ = || store_path.to_owned();
-    let version = match selection {
-        Selection::Id(id) => store.version(&id)?.ok_or_else(|| Error::NotFound {
-            store: where_(),
-            id,
-        })?,
-        Selection::Latest => store
-            .versions()?
-            .into_iter()
-            .filter(|v| author.is_none_or(|a| v.author == a))
-            .max_by_key(|v| (v.round, v.id()))
-            .ok_or_else(|| Error::NoVersions {
+    let version = selection
+        .find(&store, author)?
+        .ok_or_else(|| match selection {
+            Selection::Id(id) => Error::NotFound {
+                store: where_(),
+                id,
+            },
+            Selection::Latest => Error::NoVersions {
                 store: where_(),
                 author,
-            })?,
-    };
+            },
+        })?;
     let id = version.id();
     let payload = store.payload(&id)?.ok_or_else(|| Error::NoPayload {
         store: where_(),
@@ -1013,6 +1113,7 @@ pub fn export(
             found: params.len(),
         });
     }
+    let model_file = bundle::ModelFile::new(&version, spec, &shapes);
 
     std::fs::create_dir_all(out).map_err(|e| Error::Write {
         path: out.to_owned(),
@@ -1036,19 +1137,7 @@ pub fn export(
         id,
         version: version.value().clone(),
     };
-    let info = HashMap::from([
-        ("format".to_owned(), "pt".to_owned()),
-        ("medmesh.version".to_owned(), id.to_string()),
-        (
-            "medmesh.author".to_owned(),
-            record.version.author.to_string(),
-        ),
-        ("medmesh.round".to_owned(), record.version.round.to_string()),
-        (
-            "medmesh.experiment".to_owned(),
-            record.version.experiment.clone(),
-        ),
-    ]);
+    let info = bundle::tensor_metadata(id, &record.version);
     let tensors = views.len();
     let model = out.join("model.safetensors");
     safetensors::serialize_to_file(views, Some(info), &model).map_err(|e| Error::Write {
@@ -1063,10 +1152,14 @@ pub fn export(
     write(&json, (text + "\n").as_bytes())?;
     let bin = out.join("version.bin");
     write(&bin, &wire::encode(version.signed()))?;
+    let bundle = bundle::write(&store, &version, &model_file, out)?;
+    let mut files = vec![model, json, bin];
+    files.extend(bundle.files.iter().cloned());
     Ok(Exported {
         version: record,
         tensors,
-        files: vec![model, json, bin],
+        files,
+        bundle,
     })
 }
 
@@ -1115,6 +1208,7 @@ mod tests {
             test: None,
             rejections: BTreeMap::from([("duplicate".to_owned(), 4)]),
             rounds_timed_out: 1,
+            certified: Vec::new(),
             uptime_seconds: 0.0,
         }
     }
@@ -1383,6 +1477,7 @@ mod tests {
             &path,
             Selection::Latest,
             Some(key(1).id()),
+            None,
             Some(&layout),
             &out,
         )
@@ -1427,7 +1522,7 @@ mod tests {
 
         // By id, without a layout: one flat tensor. `latest` with no author: the highest round.
         let flat = dir.path().join("flat");
-        export(&path, Selection::Id(old.id()), None, None, &flat).expect("exports");
+        export(&path, Selection::Id(old.id()), None, None, None, &flat).expect("exports");
         let file = std::fs::read(flat.join("model.safetensors")).expect("written");
         let tensors = safetensors::SafeTensors::deserialize(&file).expect("safetensors");
         let t = tensors.tensor("params").expect("params");
@@ -1436,6 +1531,7 @@ mod tests {
         let any = export(
             &path,
             Selection::Latest,
+            None,
             None,
             None,
             &dir.path().join("any"),
@@ -1449,7 +1545,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store.redb");
         let out = dir.path().join("out");
-        let err = export(&path, Selection::Latest, None, None, &out).expect_err("no store");
+        let err = export(&path, Selection::Latest, None, None, None, &out).expect_err("no store");
         assert!(matches!(err, Error::NoStore(_)));
         assert!(!path.exists(), "export never creates a store");
 
@@ -1459,18 +1555,33 @@ mod tests {
             put(&store, &v, &bytes);
         }
         let missing = ContentId([5; 32]);
-        let err = export(&path, Selection::Id(missing), None, None, &out).expect_err("missing");
+        let err =
+            export(&path, Selection::Id(missing), None, None, None, &out).expect_err("missing");
         let text = err.to_string();
         assert!(
             text.contains(&path.display().to_string()) && text.contains(&missing.to_string()),
             "{text}"
         );
-        let err = export(&path, Selection::Latest, Some(key(2).id()), None, &out)
-            .expect_err("nothing by member 2");
+        let err = export(
+            &path,
+            Selection::Latest,
+            Some(key(2).id()),
+            None,
+            None,
+            &out,
+        )
+        .expect_err("nothing by member 2");
         assert!(matches!(err, Error::NoVersions { .. }), "{err}");
         let layout: Layout = vec![("w".into(), vec![3])];
-        let err = export(&path, Selection::Id(v.id()), None, Some(&layout), &out)
-            .expect_err("wrong layout");
+        let err = export(
+            &path,
+            Selection::Id(v.id()),
+            None,
+            None,
+            Some(&layout),
+            &out,
+        )
+        .expect_err("wrong layout");
         assert!(
             matches!(
                 err,

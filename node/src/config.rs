@@ -129,6 +129,10 @@ pub struct NodeConfig {
     pub min_peers: Option<usize>,
     /// Start anyway after waiting this long for `min_peers` (milliseconds).
     pub start_timeout_ms: u64,
+    /// A member that validates (and does not train) validates the final version of every
+    /// training member on its local test split and publishes the reports; it finishes once it
+    /// has validated them all.
+    pub validate_final: bool,
     /// Local data.
     pub data: DataConfig,
     /// The shared model.
@@ -153,6 +157,7 @@ impl Default for NodeConfig {
             admin: None,
             min_peers: None,
             start_timeout_ms: 60_000,
+            validate_final: false,
             data: DataConfig::default(),
             model: ModelSpec::Logistic { inputs: 13 },
             training: TrainConfig::default(),

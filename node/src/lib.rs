@@ -6,10 +6,12 @@
 
 pub mod admin;
 pub mod baseline;
+pub mod bundle;
 pub mod config;
 pub mod data;
 pub mod keys;
 pub mod learner;
+pub mod lineage;
 pub mod mesh;
 pub mod metrics;
 pub mod network;
@@ -17,3 +19,7 @@ pub mod node;
 pub mod privacy;
 pub mod store;
 pub mod trainer;
+pub mod validate;
+
+#[cfg(test)]
+mod testkit;

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medmesh_node::config::NodeConfig;
 use medmesh_node::learner::TrainConfig;
-use medmesh_node::{admin, baseline, keys, mesh, node};
-use medmesh_protocol::identity::MemberId;
+use medmesh_node::{admin, baseline, bundle, keys, lineage, mesh, node};
+use medmesh_protocol::identity::{Digest, MemberId};
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 
 /// medmesh: train medical AI models across hospitals with no central server.
@@ -42,8 +42,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a stored model version as `model.safetensors` plus its signed metadata
-    /// (`version.json`, `version.bin`). Run it while the node is stopped (the store is locked).
+    /// Write a stored model version as a self-contained bundle: `model.safetensors` plus its
+    /// signed metadata (`version.json`, `version.bin`), its model description (`model.json`),
+    /// its signed lineage, reports and roster chain, and `MANIFEST.json` (check it with
+    /// `medmesh verify`). Run it while the node is stopped (the store is locked).
     Export {
         /// The node's store (default: `store` of `--config`).
         #[arg(long)]
@@ -59,6 +61,52 @@ enum Command {
         /// Folder to write into (created if missing).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Validate a model version on a running node's local test split (its `[data]`): the node
+    /// pulls the version over the mesh if it does not hold it, evaluates it (AUC, accuracy,
+    /// balanced accuracy with bootstrap 95 % intervals) and publishes the signed report.
+    Validate {
+        /// A version's content id, or `latest` (the highest round the node holds).
+        #[arg(long, default_value = "latest")]
+        model: String,
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+        #[arg(long, env = "MEDMESH_ADMIN")]
+        admin: Option<SocketAddr>,
+        /// Take the admin address from this node config.
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Show where a stored model version came from: the versions it was averaged from back to
+    /// initialization, who trained each (named from the roster chain) and the validation
+    /// reports on them. Run it while the node is stopped (the store is locked).
+    Lineage {
+        /// A version's content id, or `latest`: this node's newest with `--config` (the highest
+        /// round of anyone without).
+        model: admin::Selection,
+        /// The node's store (default: `store` of `--config`).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// A node config: its store, and its key (whose versions `latest` means).
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+        /// `tree` (indented text), `dot` (Graphviz) or `json`.
+        #[arg(long, default_value = "tree")]
+        format: lineage::Format,
+        /// Follow at most this many generations back (all of them when not given).
+        #[arg(long)]
+        depth: Option<usize>,
+    },
+    /// Check an exported bundle offline, on any machine: the manifest's digests, the roster
+    /// chain from genesis, every signature, that authors were allowed to train and validators to
+    /// validate, the parent links, and the weights against the signed payload digest. Exits
+    /// non-zero naming the file and the item that fail.
+    Verify {
+        /// The bundle folder (what `medmesh export --out` wrote).
+        bundle: PathBuf,
+        /// Digest of the mesh's genesis roster, from a trusted source: the bundle must belong to
+        /// that mesh (without it, only to the roster chain it carries).
+        #[arg(long)]
+        genesis: Option<Digest>,
     },
     /// Run a whole mesh on this machine: one `medmesh run` process per site of a dataset, on
     /// loopback, then print each hospital's accuracy next to training alone.
@@ -394,8 +442,50 @@ fn export_command(
         }
         None => (None, None),
     };
-    let exported = admin::export(&store, model, author, layout.as_deref(), &out)?;
+    let spec = config.as_ref().map(|c| &c.model);
+    let exported = admin::export(&store, model, author, spec, layout.as_deref(), &out)?;
     print!("{}", exported.to_text());
+    Ok(())
+}
+
+fn lineage_command(
+    model: admin::Selection,
+    store: Option<PathBuf>,
+    config: Option<PathBuf>,
+    format: lineage::Format,
+    depth: Option<usize>,
+) -> anyhow::Result<()> {
+    let config = config.map(|path| NodeConfig::load(&path)).transpose()?;
+    let store = store
+        .or_else(|| config.as_ref().map(|c| c.store.clone()))
+        .context("give the store (--store) or the node's --config")?;
+    let author = match (&config, model) {
+        (Some(config), admin::Selection::Latest) => Some(keys::load(&config.key)?.id()),
+        _ => None,
+    };
+    let found = lineage::read(&store, model, author, depth)?;
+    print!("{}", found.render(format));
+    if format != lineage::Format::Tree {
+        // The tree ends with it; other formats keep stdout machine-readable.
+        eprintln!("{}", found.summary());
+    }
+    Ok(())
+}
+
+fn verify_command(dir: PathBuf, genesis: Option<Digest>) -> anyhow::Result<()> {
+    let options = bundle::Options { genesis };
+    let checked = bundle::verify(&dir, &options, &mut |line| println!("{line}"))
+        .with_context(|| format!("bundle {} does NOT verify", dir.display()))?;
+    println!("{}", checked.lineage.summary());
+    println!(
+        "bundle {} verifies: model version {} of mesh {:?} (genesis {}{}, roster version {})",
+        dir.display(),
+        checked.root,
+        checked.mesh,
+        checked.genesis,
+        if genesis.is_some() { ", pinned" } else { "" },
+        checked.roster_version
+    );
     Ok(())
 }
 
@@ -412,6 +502,14 @@ fn main() -> anyhow::Result<()> {
             model,
             out,
         } => export_command(store, config, model, out)?,
+        Command::Lineage {
+            model,
+            store,
+            config,
+            format,
+            depth,
+        } => lineage_command(model, store, config, format, depth)?,
+        Command::Verify { bundle, genesis } => verify_command(bundle, genesis)?,
         Command::Run { config, json_logs } => {
             init_logs(json_logs);
             let config = NodeConfig::load(&config)?;
@@ -430,6 +528,17 @@ fn main() -> anyhow::Result<()> {
             if let Some(path) = &options.json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
             }
+        }
+        Command::Validate {
+            model,
+            admin,
+            config,
+        } => {
+            let addr = admin_address(admin, config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            println!("{}", runtime.block_on(admin::validate(addr, &model))?);
         }
         Command::Roster(command) => roster_command(command)?,
         Command::Init { key } => {

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::identity::Keypair;
+use medmesh_protocol::identity::{ContentId, Keypair};
 use medmesh_protocol::peer;
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
+use medmesh_protocol::validation::Policy;
 use serde::Serialize;
 
 use crate::config::{DataConfig, NodeConfig};
@@ -55,6 +56,10 @@ pub struct Options {
     /// Continue from the stores of a previous run in the same folder instead of starting over.
     #[arg(long)]
     pub resume: bool,
+    /// Leave out the validator abroad (by default a fifth peer validates every hospital's
+    /// final model on its own patients and the mesh certifies them).
+    #[arg(long)]
+    pub no_validator: bool,
 }
 
 /// The mesh's results.
@@ -73,6 +78,12 @@ pub struct Report {
     pub max_relative_distance: f64,
     /// Seconds until every hospital finished.
     pub seconds: f64,
+    /// The validator abroad, if the mesh has one.
+    pub validator: Option<Validator>,
+    /// Whether every node reached the same certification verdict on every final version.
+    pub verdicts_agree: Option<bool>,
+    /// The certification policy every node applied.
+    pub policy: Policy,
 }
 
 /// One hospital's line.
@@ -91,6 +102,23 @@ pub struct Hospital {
     pub local_generalization: f64,
     /// Messages this hospital rejected.
     pub rejected: u64,
+    /// Its final version (the merged model it announced after the last round).
+    pub final_version: Option<ContentId>,
+    /// Whether that version is certified (as this hospital judged it); `None` if not judged.
+    pub certified: Option<bool>,
+}
+
+/// The validator's line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validator {
+    /// What it validates on.
+    pub site: String,
+    /// Its country.
+    pub country: String,
+    /// Final versions it validated.
+    pub validated: usize,
+    /// AUC of the last version it validated.
+    pub auc: Option<f64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -189,6 +217,7 @@ impl LocalNode {
             admin: Some(self.admin),
             min_peers: None,
             start_timeout_ms: 60_000,
+            validate_final: false,
             data: self.data.clone(),
             model: ModelSpec::Logistic {
                 inputs: spec.inputs,
@@ -413,39 +442,62 @@ pub fn run(
     std::fs::create_dir_all(&options.dir)?;
     let dir = std::fs::canonicalize(&options.dir)?;
     let inputs = i64::try_from(dataset.features.len())?;
+    let site_data = |site: &str| DataConfig {
+        schema: schema.clone(),
+        site: site.to_owned(),
+        shard: None,
+    };
 
     let nodes = dataset
         .sites
         .iter()
-        .map(|site| {
-            LocalNode::new(
-                &dir,
-                &site.name,
-                DataConfig {
-                    schema: schema.clone(),
-                    site: site.name.clone(),
-                    shard: None,
-                },
-            )
-        })
+        .map(|site| LocalNode::new(&dir, &site.name, site_data(&site.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let all: Vec<&LocalNode> = nodes.iter().collect();
+    // The partner abroad validates on a copy of the first hospital's test split (the only
+    // split with at least 100 patients); it never trains.
+    let validator_site = &dataset.sites[0].name;
+    let validator = if options.no_validator {
+        None
+    } else {
+        Some(LocalNode::new(
+            &dir,
+            "validator-abroad",
+            site_data(validator_site),
+        )?)
+    };
+    let hospitals_only: Vec<&LocalNode> = nodes.iter().collect();
+    let everyone: Vec<&LocalNode> = nodes.iter().chain(validator.as_ref()).collect();
 
     // The founders' genesis roster, signed by every founder. With --resume the stores and the
     // roster of the previous run are kept; new ports reach the configs' bootstrap lists.
     let genesis_path = dir.join("roster.json");
     if !options.resume {
-        for node in &nodes {
+        for node in &everyone {
             if node.store().exists() {
                 std::fs::remove_file(node.store())?;
             }
         }
     }
     if !options.resume || !genesis_path.exists() {
-        write_roster(
-            &genesis_path,
-            &genesis(&format!("{}-mesh", dataset.name), &all, "US")?,
-        )?;
+        let mut members = hospitals_only
+            .iter()
+            .map(|n| n.member("US", Role::Hospital))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(v) = &validator {
+            let mut member = v.member("DE", Role::Validator)?;
+            member.name = "university hospital abroad (validator)".into();
+            members.push(member);
+        }
+        let threshold = u32::try_from(members.len() / 2 + 1)?;
+        let mut roster = SignedRoster::new(Roster::genesis(
+            format!("{}-mesh", dataset.name),
+            threshold,
+            members,
+        )?);
+        for node in &everyone {
+            roster.sign(&node.key);
+        }
+        write_roster(&genesis_path, &roster)?;
     }
 
     let spec = MeshSpec {
@@ -456,8 +508,12 @@ pub fn run(
     };
     let mut children = Children::default();
     let started = Instant::now();
-    for (i, node) in nodes.iter().enumerate() {
-        let config = node.config(&spec, i, nodes.len() - 1, &all)?;
+    for (i, node) in everyone.iter().enumerate() {
+        let mut config = node.config(&spec, i, nodes.len() - 1, &everyone)?;
+        config.experiment.certification = Some(demo_policy());
+        if validator.as_ref().is_some_and(|v| v.name == node.name) {
+            config.validate_final = true;
+        }
         node.write_config(&config)?;
         let child = node.spawn(exe)?;
         progress(&format!(
@@ -470,10 +526,58 @@ pub fn run(
         children.set(i, child);
     }
 
-    let indices: Vec<usize> = (0..nodes.len()).collect();
+    let indices: Vec<usize> = (0..everyone.len()).collect();
     let deadline = started + Duration::from_secs(options.timeout);
-    let outcomes = wait_for_outcomes(&all, &mut children, &indices, deadline, &mut progress)?;
+    let mut outcomes =
+        wait_for_outcomes(&everyone, &mut children, &indices, deadline, &mut progress)?;
     let seconds = started.elapsed().as_secs_f64();
+    let validator_outcome = if validator.is_some() {
+        outcomes.pop()
+    } else {
+        None
+    };
+
+    // Certification: every node judges every final version from the reports it holds; wait
+    // (while they linger) until each has judged all of them, then compare the verdicts.
+    let finals: Vec<ContentId> = outcomes.iter().filter_map(|o| o.final_version).collect();
+    let mut verdicts_agree = None;
+    if validator.is_some() {
+        let judged_all = |o: &Outcome| {
+            finals
+                .iter()
+                .all(|f| o.certifications.iter().any(|c| c.model == *f))
+        };
+        let until = Instant::now() + Duration::from_secs(15);
+        let mut latest: Vec<Outcome> = Vec::new();
+        while Instant::now() < until {
+            latest = everyone.iter().filter_map(|n| n.outcome()).collect();
+            if latest.len() == everyone.len() && latest.iter().all(judged_all) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let key = |o: &Outcome| {
+            let mut v: Vec<(ContentId, bool)> = o
+                .certifications
+                .iter()
+                .filter(|c| finals.contains(&c.model))
+                .map(|c| (c.model, c.certified))
+                .collect();
+            v.sort();
+            v
+        };
+        verdicts_agree = Some(
+            latest.len() == everyone.len()
+                && latest.iter().all(judged_all)
+                && latest.windows(2).all(|w| key(&w[0]) == key(&w[1])),
+        );
+        for (outcome, fresh) in outcomes.iter_mut().zip(&latest) {
+            outcome.certifications = fresh.certifications.clone();
+        }
+        if verdicts_agree == Some(true) {
+            progress("every node reaches the same certification verdicts");
+        }
+    }
 
     // Local-only training with the same budget, for comparison.
     let mut hospitals = Vec::new();
@@ -496,6 +600,13 @@ pub fn run(
         for other in &dataset.sites {
             generalization += alone.evaluate(&other.test)?.accuracy / dataset.sites.len() as f64;
         }
+        let certified = outcome.final_version.and_then(|f| {
+            outcome
+                .certifications
+                .iter()
+                .find(|c| c.model == f)
+                .map(|c| c.certified)
+        });
         hospitals.push(Hospital {
             site: site.name.clone(),
             accuracy: outcome.test.accuracy,
@@ -503,6 +614,8 @@ pub fn run(
             local_accuracy: alone.evaluate(&site.test)?.accuracy,
             local_generalization: generalization,
             rejected: outcome.rejections.values().sum(),
+            final_version: outcome.final_version,
+            certified,
         });
     }
     let n = hospitals.len() as f64;
@@ -517,7 +630,26 @@ pub fn run(
         hospitals,
         max_relative_distance: max_relative_distance(&outcomes),
         seconds,
+        validator: validator_outcome.map(|o| Validator {
+            site: format!("{validator_site} test split"),
+            country: "DE".into(),
+            validated: o.validated.len(),
+            auc: o.test.auc,
+        }),
+        verdicts_agree,
+        policy: demo_policy(),
     })
+}
+
+/// The demo's certification policy: a validator reports AUC ≥ 0.80 on ≥ 100 patients.
+pub fn demo_policy() -> Policy {
+    Policy {
+        metric: "auc".into(),
+        min: 0.80,
+        min_samples: 100,
+        validators: 1,
+        countries: 1,
+    }
 }
 
 impl Report {
@@ -555,6 +687,39 @@ impl Report {
             "all hospitals agree within {:.2e} (relative L2); {:.1} s\n",
             self.max_relative_distance, self.seconds
         ));
+        if let Some(v) = &self.validator {
+            let p = &self.policy;
+            out.push_str(&format!(
+                "\nvalidator abroad ({}, {}) validated {} final versions (AUC {}).\n\
+                 policy: certified when {} validator(s) from {} country(ies) report {} >= {:.2} \
+                 on >= {} patients\n",
+                v.site,
+                v.country,
+                v.validated,
+                v.auc.map_or("-".into(), |a| format!("{a:.3}")),
+                p.validators,
+                p.countries,
+                p.metric,
+                p.min,
+                p.min_samples
+            ));
+            for h in &self.hospitals {
+                out.push_str(&format!(
+                    "  {:<14} final version {} {}\n",
+                    h.site,
+                    h.final_version.map_or("-".into(), |f| f.short()),
+                    match h.certified {
+                        Some(true) => "certified",
+                        Some(false) => "not certified",
+                        None => "not judged",
+                    }
+                ));
+            }
+            out.push_str(match self.verdicts_agree {
+                Some(true) => "every node reached the same verdicts on its own\n",
+                _ => "the nodes' verdicts differ or are incomplete\n",
+            });
+        }
         out
     }
 }

@@ -27,6 +27,7 @@ use libp2p::{PeerId, Swarm};
 use medmesh_protocol::identity::{ContentId, Digest, MemberId};
 use medmesh_protocol::peer::{Action, Checkpoint, Command, Event, Item, Peer};
 use medmesh_protocol::roster::{self, Chain, Roster, SignedRoster};
+use medmesh_protocol::validation::Certification;
 use medmesh_protocol::wire;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -38,7 +39,7 @@ use crate::learner::TchLearner;
 use crate::network::{self, Response, RosterRequest, RosterResponse};
 use crate::store::Store;
 use crate::trainer::{Job, Trainer};
-use crate::{admin, keys, metrics};
+use crate::{admin, keys, metrics, validate};
 
 const CHECKPOINT_KEY: &str = "checkpoint";
 const PARAMS_KEY: &str = "params";
@@ -70,6 +71,16 @@ pub struct Outcome {
     pub timeouts: u64,
     /// Wall time from start to the last round, seconds.
     pub seconds: f64,
+    /// This member's final version (the merged model it announced after the last round).
+    #[serde(default)]
+    pub final_version: Option<ContentId>,
+    /// Versions this member validated and reported on.
+    #[serde(default)]
+    pub validated: Vec<ContentId>,
+    /// The certification policy's verdict on every model version with reports, as this member
+    /// judged it from the signed reports it holds (updated as reports arrive).
+    #[serde(default)]
+    pub certifications: Vec<Certification>,
 }
 
 /// Reads a signed roster file (JSON).
@@ -110,11 +121,21 @@ struct Pending {
     since: Instant,
 }
 
+/// A validation waiting for its model's payload.
+struct Validation {
+    model: ContentId,
+    reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+}
+
 /// What the loop tracks about the network between swarm events.
 #[derive(Default)]
 struct Tracking {
     /// Payload pulls in flight.
     fetches: HashMap<OutboundRequestId, (MemberId, ContentId)>,
+    /// Payload pulls for validations in flight.
+    validations: HashMap<OutboundRequestId, Validation>,
+    /// Validations whose payload arrived (or could not be had), for the loop to finish.
+    arrived: Vec<(Validation, Option<bytes::Bytes>)>,
     /// Peers subscribed to the mesh's topic.
     subscribed: HashSet<PeerId>,
 }
@@ -199,40 +220,55 @@ pub async fn run(
     experiment.model = spec.digest()?;
     let training = config.training.clone();
     let init_seed = config.init_seed;
-    let train_rows = match config.data.shard {
-        Some(shard) => site.train.every(shard.index, shard.count),
-        None => site.train.clone(),
+    let trains = chain
+        .current()
+        .member(&me)
+        .is_some_and(|m| m.role.may_train());
+    let mut trainer = if trains {
+        let train_rows = match config.data.shard {
+            Some(shard) => site.train.every(shard.index, shard.count),
+            None => site.train.clone(),
+        };
+        anyhow::ensure!(
+            !train_rows.is_empty(),
+            "site {:?} has no training rows{}",
+            config.data.site,
+            if config.data.shard.is_some() {
+                " in this shard"
+            } else {
+                ""
+            }
+        );
+        Some(Trainer::spawn(&config.data.site, move || {
+            TchLearner::new(spec, training, init_seed, &train_rows)
+        })?)
+    } else {
+        tracing::info!("this member does not train (its roster role); validating only");
+        None
     };
-    anyhow::ensure!(
-        !train_rows.is_empty(),
-        "site {:?} has no training rows{}",
-        config.data.site,
-        if config.data.shard.is_some() {
-            " in this shard"
-        } else {
-            ""
-        }
-    );
-    let mut trainer = Trainer::spawn(&config.data.site, move || {
-        TchLearner::new(spec, training, init_seed, &train_rows)
-    })?;
 
     // Resume where a previous run stopped, or start from the shared initialization.
-    let checkpoint = store
-        .state(CHECKPOINT_KEY)?
-        .and_then(|b| wire::decode::<Checkpoint>(&b).ok());
-    let stored_params = store.state(PARAMS_KEY)?.and_then(|b| params_from_bytes(&b));
-    let (mut checkpoint, mut params) = match (checkpoint, stored_params) {
-        (Some(c), Some(p)) if p.len() == trainer.dim => {
-            tracing::info!(round = c.round, "resuming from the stored checkpoint");
-            (c, p)
+    let (mut checkpoint, mut params, samples) = match &trainer {
+        Some(t) => {
+            let checkpoint = store
+                .state(CHECKPOINT_KEY)?
+                .and_then(|b| wire::decode::<Checkpoint>(&b).ok());
+            let stored_params = store.state(PARAMS_KEY)?.and_then(|b| params_from_bytes(&b));
+            match (checkpoint, stored_params) {
+                (Some(c), Some(p)) if p.len() == t.dim => {
+                    tracing::info!(round = c.round, "resuming from the stored checkpoint");
+                    (c, p, t.samples as u64)
+                }
+                _ => (Checkpoint::default(), t.init.clone(), t.samples as u64),
+            }
         }
-        _ => (Checkpoint::default(), trainer.init.clone()),
+        None => (Checkpoint::default(), Vec::new(), 0),
     };
     // Never sign a second, different version for a round this key already announced (that
     // is equivocation, and the others would exclude us): a node killed after announcing a
     // round but before its next checkpoint continues after that round, from what it announced.
-    if let Some((own, own_params)) = last_own_version(&store, &me, trainer.dim)?
+    if let Some(t) = &trainer
+        && let Some((own, own_params)) = last_own_version(&store, &me, t.dim)?
         && own.round >= checkpoint.round
     {
         tracing::info!(
@@ -245,7 +281,8 @@ pub async fn run(
         };
         params = own_params;
     }
-    let samples = trainer.samples as u64;
+    let final_round = experiment.max_rounds.map(|m| m + 1);
+    let policy = experiment.certification.clone();
     let mut peer = Peer::resume(experiment, key.clone(), chain, params, samples, checkpoint)?;
     let topic = network::topic(&peer.chain().current().mesh);
     status.roster_version = peer.chain().current().version;
@@ -258,6 +295,12 @@ pub async fn run(
     let mut outcome: Option<Outcome> = None;
     let mut jobs: VecDeque<Job> = VecDeque::new();
     let mut last_round = 0u64;
+    let mut final_version: Option<ContentId> = None;
+    let mut validated: Vec<ContentId> = Vec::new();
+    let mut validated_authors: HashSet<MemberId> = HashSet::new();
+    let mut certifications: BTreeMap<ContentId, Certification> = BTreeMap::new();
+    let mut last_validation: Option<metrics::Binary> = None;
+    let validator = !trains && config.validate_final;
     // Start barrier: the first round waits until the other members listen on the topic, or
     // its timeout, so the first announcements are not published into an empty mesh.
     let others = peer
@@ -340,9 +383,42 @@ pub async fn run(
                         tracing::info!(round, "all rounds done");
                         finished_at = Some(Instant::now());
                     }
-                    Event::Announced { id, .. } => {
+                    Event::Announced { id, round } => {
                         status.own_version = Some(*id);
+                        if Some(*round) == final_round {
+                            tracing::info!(id = %id, "final version announced");
+                            final_version = Some(*id);
+                        }
                         tracing::debug!(?event);
+                    }
+                    Event::Accepted {
+                        kind: "announce",
+                        signer,
+                        id,
+                    } if validator && !validated_authors.contains(signer) => {
+                        let is_final = store
+                            .version(id)?
+                            .is_some_and(|v| Some(v.round) == final_round);
+                        if is_final {
+                            validated_authors.insert(*signer);
+                            start_validation(*id, None, &store, &peer, &mut swarm, &mut tracking)?;
+                        }
+                    }
+                    Event::Accepted { kind: "report", .. } => {
+                        tracing::debug!(?event);
+                        if let Some(policy) = &policy {
+                            let changed =
+                                judge(&store, peer.chain().current(), policy, &mut certifications)?;
+                            if changed && let Some(outcome) = &mut outcome {
+                                outcome.certifications = certifications.values().cloned().collect();
+                                write_outcome(&config, outcome)?;
+                            }
+                            status.certified = certifications
+                                .values()
+                                .filter(|c| c.certified)
+                                .map(|c| c.model)
+                                .collect();
+                        }
                     }
                     Event::Accepted { .. } => {
                         tracing::debug!(?event);
@@ -357,7 +433,10 @@ pub async fn run(
                 "mesh formed; starting rounds"
             );
         }
-        if ready && let Some(job) = jobs.pop_front() {
+        if ready
+            && let Some(trainer) = &trainer
+            && let Some(job) = jobs.pop_front()
+        {
             trainer.submit(job).await?;
             training_since = Some(Instant::now());
         }
@@ -389,8 +468,48 @@ pub async fn run(
                 }
             }
         }
-        if peer.is_finished() && outcome.is_none() {
-            let test = evaluate(&config, peer.params(), &site.test)?;
+        // Validations whose payload arrived: evaluate, sign and publish the report.
+        for (validation, bytes) in std::mem::take(&mut tracking.arrived) {
+            let Validation { model, reply } = validation;
+            let result = finish_validation(
+                &config,
+                &store,
+                &mut peer,
+                &site.test,
+                &dataset.name,
+                model,
+                bytes,
+                started,
+            );
+            let answer = match result {
+                Ok((found, author)) => {
+                    let line = validate::describe(&found.report, me);
+                    tracing::info!("{line}");
+                    validated.push(model);
+                    validated_authors.insert(author);
+                    last_validation = Some(found.binary);
+                    Ok(line)
+                }
+                Err(e) => {
+                    tracing::warn!(model = %model, error = %format!("{e:#}"), "validation failed");
+                    Err(format!("{e:#}"))
+                }
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
+        }
+        let validated_all =
+            validator && others > 0 && validated.len() >= others && tracking.validations.is_empty();
+        if (peer.is_finished() || validated_all) && outcome.is_none() {
+            let test = match (&last_validation, trains) {
+                (Some(binary), false) => *binary,
+                _ => evaluate(&config, peer.params(), &site.test)?,
+            };
+            if validated_all {
+                tracing::info!(validated = validated.len(), "validated every final version");
+                finished_at = Some(Instant::now());
+            }
             let result = Outcome {
                 member: me,
                 site: config.data.site.clone(),
@@ -401,6 +520,9 @@ pub async fn run(
                 rejections: status.rejections.clone(),
                 timeouts: status.rounds_timed_out,
                 seconds: started.elapsed().as_secs_f64(),
+                final_version,
+                validated: validated.clone(),
+                certifications: certifications.values().cloned().collect(),
             };
             tracing::info!(accuracy = result.test.accuracy, auc = ?result.test.auc, "final model on the local test split");
             status.test = Some(admin::Test {
@@ -409,10 +531,7 @@ pub async fn run(
                 auc: result.test.auc,
             });
             telemetry.local_test_accuracy.set(result.test.accuracy);
-            if let Some(path) = &config.results {
-                std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n")
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
+            write_outcome(&config, &result)?;
             outcome = Some(result);
         }
         status.round = peer.round();
@@ -454,7 +573,7 @@ pub async fn run(
             event = swarm.select_next_some() => {
                 handle_swarm_event(event, &mut swarm, &mut peer, &store, &mut tracking, telemetry, started);
             }
-            done = trainer.next() => {
+            done = next_trained(&mut trainer) => {
                 let Some(done) = done else { anyhow::bail!("the training thread stopped") };
                 let (params, metrics) = done.result.with_context(|| format!("training round {} failed", done.round))?;
                 let seconds = training_since.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -466,6 +585,14 @@ pub async fn run(
                 peer.handle_trained(started.elapsed(), params, metrics)?;
             }
             Some(command) = commands.recv() => match command {
+                admin::Command::Validate { model, reply } => {
+                    match resolve(&store, model)? {
+                        Some(id) => start_validation(id, Some(reply), &store, &peer, &mut swarm, &mut tracking)?,
+                        None => {
+                            let _ = reply.send(Err("this node holds no model version yet".into()));
+                        }
+                    }
+                }
                 admin::Command::Roster { update, reply } => {
                     let answer = peer
                         .handle_command(started.elapsed(), Command::Roster(update))
@@ -522,6 +649,140 @@ fn last_own_version(
         return Ok(None);
     }
     Ok(Some((own, params)))
+}
+
+/// The trainer's next result; never, for a member that does not train.
+async fn next_trained(trainer: &mut Option<Trainer>) -> Option<crate::trainer::Done> {
+    match trainer {
+        Some(t) => t.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the outcome to the config's results file, if it names one.
+fn write_outcome(config: &NodeConfig, outcome: &Outcome) -> anyhow::Result<()> {
+    if let Some(path) = &config.results {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(
+            &mut tmp,
+            (serde_json::to_string_pretty(outcome)? + "\n").as_bytes(),
+        )?;
+        tmp.persist(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Re-judges every model with stored reports; whether a verdict changed.
+fn judge(
+    store: &Store,
+    roster: &Roster,
+    policy: &medmesh_protocol::validation::Policy,
+    verdicts: &mut BTreeMap<ContentId, Certification>,
+) -> anyhow::Result<bool> {
+    let reports = store.reports(None)?;
+    let models: std::collections::BTreeSet<ContentId> = reports.iter().map(|r| r.model).collect();
+    let mut changed = false;
+    for model in models {
+        let verdict = policy.judge(roster, &model, &reports);
+        if verdicts.get(&model) != Some(&verdict) {
+            if verdict.certified {
+                tracing::info!(
+                    model = %model,
+                    validators = verdict.validators.len(),
+                    countries = ?verdict.countries,
+                    "model version certified"
+                );
+            }
+            verdicts.insert(model, verdict);
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// The version a selection names: an id as given, `latest` the highest round held (ties: the
+/// lowest id, so every node picks the same).
+fn resolve(store: &Store, selection: admin::Selection) -> anyhow::Result<Option<ContentId>> {
+    Ok(match selection {
+        admin::Selection::Id(id) => Some(id),
+        admin::Selection::Latest => store
+            .versions()?
+            .iter()
+            .max_by(|a, b| a.round.cmp(&b.round).then(b.id().cmp(&a.id())))
+            .map(|v| v.id()),
+    })
+}
+
+/// Starts validating `model`: from the payload at hand, or by pulling it from its author.
+fn start_validation(
+    model: ContentId,
+    reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    store: &Store,
+    peer: &Peer,
+    swarm: &mut Swarm<network::Behaviour>,
+    tracking: &mut Tracking,
+) -> anyhow::Result<()> {
+    let validation = Validation { model, reply };
+    let Some(version) = store.version(&model)? else {
+        if let Some(reply) = validation.reply {
+            let _ = reply.send(Err(format!(
+                "no model version {model} is known to this node"
+            )));
+        }
+        return Ok(());
+    };
+    if let Some(bytes) = peer.payload(&model).or(store.payload(&model)?) {
+        tracking.arrived.push((validation, Some(bytes)));
+        return Ok(());
+    }
+    match network::peer_id(&version.author) {
+        Ok(author) => {
+            let request = swarm.behaviour_mut().payload.send_request(&author, model);
+            tracking.validations.insert(request, validation);
+        }
+        Err(_) => tracking.arrived.push((validation, None)),
+    }
+    Ok(())
+}
+
+/// Evaluates a pulled model on the local test split and publishes the signed report; the
+/// report and the model's author.
+#[allow(clippy::too_many_arguments)]
+fn finish_validation(
+    config: &NodeConfig,
+    store: &Store,
+    peer: &mut Peer,
+    test: &crate::data::Table,
+    dataset: &str,
+    model: ContentId,
+    bytes: Option<bytes::Bytes>,
+    started: Instant,
+) -> anyhow::Result<(validate::Found, MemberId)> {
+    let version = store
+        .version(&model)?
+        .with_context(|| format!("model version {model} is not stored"))?;
+    let bytes = bytes.context("its author did not serve the payload")?;
+    let mut params = Vec::new();
+    medmesh_protocol::update::decode_payload(&version.payload, &bytes, &mut params)
+        .context("the payload does not match the signed version")?;
+    let me = peer.id();
+    let member = peer
+        .chain()
+        .current()
+        .member(&me)
+        .cloned()
+        .context("this node is not on the roster")?;
+    let found = validate::evaluate(config, model, &member, dataset, &params, test)?;
+    peer.handle_command(
+        started.elapsed(),
+        Command::PublishReport(found.report.clone()),
+    )?;
+    Ok((found, version.author))
 }
 
 /// What [`await_admission`] works with.
@@ -637,6 +898,9 @@ async fn await_admission(
                 }
             }
             Some(command) = commands.recv() => match command {
+                admin::Command::Validate { reply, .. } => {
+                    let _ = reply.send(Err("this node is not admitted to the roster yet".into()));
+                }
                 admin::Command::Roster { update, reply } => {
                     let answer = match adopt(chain, store, update)? {
                         Ok(_) => {
@@ -761,7 +1025,13 @@ fn handle_swarm_event(
                 request_id,
                 response,
             } => {
-                if let Some((member, id)) = tracking.fetches.remove(&request_id) {
+                if let Some(validation) = tracking.validations.remove(&request_id) {
+                    let bytes = match response {
+                        Response::Payload(bytes) => Some(bytes),
+                        Response::NotFound => None,
+                    };
+                    tracking.arrived.push((validation, bytes));
+                } else if let Some((member, id)) = tracking.fetches.remove(&request_id) {
                     let data = match response {
                         Response::Payload(bytes) => {
                             telemetry.payload_bytes_in.inc_by(bytes.len() as u64);
@@ -778,7 +1048,10 @@ fn handle_swarm_event(
                 request_id, error, ..
             },
         )) => {
-            if let Some((member, id)) = tracking.fetches.remove(&request_id) {
+            if let Some(validation) = tracking.validations.remove(&request_id) {
+                tracing::warn!(model = %validation.model, %error, "cannot pull the model to validate");
+                tracking.arrived.push((validation, None));
+            } else if let Some((member, id)) = tracking.fetches.remove(&request_id) {
                 tracing::debug!(member = %member.short(), %error, "payload pull failed");
                 peer.handle_payload(now, member, id, None);
             }

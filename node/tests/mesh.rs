@@ -5,6 +5,13 @@
 use std::path::Path;
 use std::process::Command;
 
+fn medmesh(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_medmesh"))
+        .args(args)
+        .output()
+        .expect("medmesh runs")
+}
+
 #[test]
 fn four_hospital_processes_train_heart_disease_serverlessly() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -42,12 +49,83 @@ fn four_hospital_processes_train_heart_disease_serverlessly() {
     // Collaboration beats training alone on how models generalize across hospitals.
     let alone = report["mean_local_generalization"].as_f64().expect("alone");
     assert!(mean > alone, "mesh {mean} vs alone {alone}");
+    // The validator abroad validated every hospital's final version on its own patients, and
+    // every node, judging the signed reports it holds, reached the same verdict: certified.
+    assert_eq!(report["validator"]["validated"], 4, "{report}");
+    assert_eq!(report["verdicts_agree"], true, "{report}");
+    for h in hospitals {
+        assert_eq!(h["certified"], true, "{h}");
+    }
     // Every node kept its signed items: each store holds the roster and versions.
-    for site in ["cleveland", "hungarian", "switzerland", "va"] {
+    for site in [
+        "cleveland",
+        "hungarian",
+        "switzerland",
+        "va",
+        "validator-abroad",
+    ] {
         let store = dir.path().join("mesh").join(site).join("store.redb");
         assert!(
             store.metadata().map(|m| m.len() > 0).unwrap_or(false),
             "{site} store"
         );
     }
+
+    // Lineage: Cleveland's final model was averaged from all four hospitals' work, and the
+    // validator's report on it is part of its history.
+    let final_id = hospitals[0]["final_version"]
+        .as_str()
+        .expect("final version id")
+        .to_owned();
+    let store = dir.path().join("mesh/cleveland/store.redb");
+    let store = store.to_string_lossy();
+    let lineage = medmesh(&["lineage", &final_id, "--store", &store, "--format", "json"]);
+    assert!(
+        lineage.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lineage.stderr)
+    );
+    let lineage: serde_json::Value = serde_json::from_slice(&lineage.stdout).expect("json");
+    let mut sites: Vec<&str> = lineage["contributors"]
+        .as_array()
+        .expect("contributors")
+        .iter()
+        .filter_map(|p| p["site"].as_str())
+        .collect();
+    sites.sort_unstable();
+    assert_eq!(sites, ["cleveland", "hungarian", "switzerland", "va"]);
+    assert_eq!(lineage["validators"].as_array().map(Vec::len), Some(1));
+
+    // Export it as a bundle and verify it offline; a flipped byte is caught and named.
+    let bundle = dir.path().join("bundle");
+    let config = dir.path().join("mesh/cleveland/node.toml");
+    let export = medmesh(&[
+        "export",
+        "--config",
+        &config.to_string_lossy(),
+        "--model",
+        &final_id,
+        "--out",
+        &bundle.to_string_lossy(),
+    ]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let verify = medmesh(&["verify", &bundle.to_string_lossy()]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let weights = bundle.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("weights");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).expect("tamper");
+    let verify = medmesh(&["verify", &bundle.to_string_lossy()]);
+    assert!(!verify.status.success());
+    let why = String::from_utf8_lossy(&verify.stderr);
+    assert!(why.contains("model.safetensors"), "{why}");
 }

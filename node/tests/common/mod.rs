@@ -11,12 +11,12 @@ use medmesh_node::config::{DataConfig, Shard};
 use medmesh_node::mesh::Options;
 
 /// The `medmesh` binary under test.
-pub fn exe() -> &'static Path {
+pub(crate) fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_medmesh"))
 }
 
 /// The shipped heart-disease schema.
-pub fn schema() -> PathBuf {
+pub(crate) fn schema() -> PathBuf {
     std::fs::canonicalize(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/heart-disease/schema.toml"),
     )
@@ -24,7 +24,7 @@ pub fn schema() -> PathBuf {
 }
 
 /// A site's records, whole or one shard.
-pub fn data(site: &str, shard: Option<(usize, usize)>) -> DataConfig {
+pub(crate) fn data(site: &str, shard: Option<(usize, usize)>) -> DataConfig {
     DataConfig {
         schema: schema(),
         site: site.into(),
@@ -34,7 +34,7 @@ pub fn data(site: &str, shard: Option<(usize, usize)>) -> DataConfig {
 
 /// FLamby-like settings with short round timeouts (a missing member costs seconds, not a
 /// minute), for a mesh in `dir`.
-pub fn options(dir: &Path, rounds: u64) -> Options {
+pub(crate) fn options(dir: &Path, rounds: u64) -> Options {
     Options {
         data: schema(),
         dir: dir.to_owned(),
@@ -46,11 +46,12 @@ pub fn options(dir: &Path, rounds: u64) -> Options {
         timeout: 600,
         json: None,
         resume: false,
+        no_validator: true,
     }
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or fails naming `what` at the deadline.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
@@ -65,7 +66,7 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
 }
 
 /// Runs `medmesh ARGS`, asserting success; its stdout.
-pub fn cli(args: &[&str]) -> String {
+pub(crate) fn cli(args: &[&str]) -> String {
     let output = Command::new(exe())
         .args(args)
         .output()
@@ -79,6 +80,6 @@ pub fn cli(args: &[&str]) -> String {
 }
 
 /// A log file's text (empty if missing).
-pub fn log(path: &Path) -> String {
+pub(crate) fn log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }

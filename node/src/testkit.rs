@@ -1,0 +1,249 @@
+//! Fixtures for the node's unit tests: member keys, a signed roster chain, model versions with
+//! their payloads, validation reports, and a store holding a small mesh history (three hospitals
+//! over three rounds, one validator). Compiled only for tests; it must never be reachable from
+//! the binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use medmesh_protocol::identity::{ContentId, Keypair, Verified};
+use medmesh_protocol::peer::Item;
+use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
+use medmesh_protocol::update::{self, Version};
+use medmesh_protocol::validation::{Dataset, Metric, Report};
+
+use crate::learner::ModelSpec;
+use crate::store::Store;
+
+/// The member key with seed `[n; 32]`.
+pub(crate) fn key(n: u8) -> Keypair {
+    Keypair::from_seed([n; 32])
+}
+
+/// Country of fixture member `n`, so reports and summaries cross borders.
+pub(crate) fn country(n: u8) -> &'static str {
+    ["DE", "FR", "US", "NL", "IT", "ES"][usize::from(n.saturating_sub(1)) % 6]
+}
+
+/// Member `n` with `role`: named `Hospital n` (or `Validator n`), at `Campus n`.
+pub(crate) fn member(n: u8, role: Role) -> Member {
+    let title = match role {
+        Role::Hospital => "Hospital",
+        Role::Validator => "Validator",
+        Role::Observer => "Observer",
+    };
+    Member {
+        id: key(n).id(),
+        name: format!("{title} {n}"),
+        site: format!("Campus {n}"),
+        country: country(n).into(),
+        role,
+        addresses: Vec::new(),
+    }
+}
+
+/// `roster` signed by the keys `signers`.
+pub(crate) fn signed_by(roster: Roster, signers: &[u8]) -> SignedRoster {
+    let mut signed = SignedRoster::new(roster);
+    for &n in signers {
+        signed.sign(&key(n));
+    }
+    signed
+}
+
+/// The model every fixture version trains: logistic regression over 3 inputs (4 parameters).
+pub(crate) fn spec() -> ModelSpec {
+    ModelSpec::Logistic { inputs: 3 }
+}
+
+/// A version of [`spec`] by `author`, signed, with its payload bytes.
+pub(crate) fn version(
+    author: &Keypair,
+    round: u64,
+    parents: Vec<ContentId>,
+    params: &[f32],
+) -> (Verified<Version>, Bytes) {
+    let mut bytes = Vec::new();
+    let payload = update::encode_f32(params, &mut bytes);
+    let model = spec().digest().expect("a built-in spec hashes");
+    let version = author.sign(Version {
+        experiment: "heart".into(),
+        model,
+        round,
+        author: author.id(),
+        samples: 100 + round * 10 + u64::from(author.id().0[0] % 7),
+        degree: 2,
+        parents,
+        metrics: BTreeMap::from([
+            ("accuracy".to_string(), 0.7 + round as f64 / 100.0),
+            ("loss".to_string(), 0.6 - round as f64 / 20.0),
+        ]),
+        payload,
+    });
+    (version, Bytes::from(bytes))
+}
+
+/// A report by `validator` on `model` with an AUC and its confidence interval.
+pub(crate) fn report(validator: &Keypair, n: u8, model: ContentId, auc: f64) -> Verified<Report> {
+    validator.sign(Report {
+        model,
+        validator: validator.id(),
+        dataset: Dataset {
+            name: format!("test split {n}"),
+            site: format!("Campus {n}"),
+            country: country(n).into(),
+            description: "held-out patients".into(),
+        },
+        samples: 80 + u64::from(n),
+        metrics: BTreeMap::from([(
+            "auc".to_string(),
+            Metric {
+                value: auc,
+                low: Some(auc - 0.05),
+                high: Some(auc + 0.04),
+            },
+        )]),
+        issued_at_ms: 1_795_000_000_000,
+    })
+}
+
+/// Stores a version and its payload.
+pub(crate) fn put(store: &Store, version: &Verified<Version>, bytes: &Bytes) {
+    store
+        .put_all(&[
+            Item::Version(version.signed().clone()),
+            Item::Payload {
+                id: version.id(),
+                bytes: bytes.clone(),
+            },
+        ])
+        .expect("stores the version");
+}
+
+/// Stores a report.
+pub(crate) fn put_report(store: &Store, report: &Verified<Report>) {
+    store
+        .put(&Item::Report(report.signed().clone()))
+        .expect("stores the report");
+}
+
+/// The roster chain of the fixture mesh: genesis founded by hospitals 1, 2, 3 and validator 4
+/// (threshold 2), then version 1 admitting hospital 5, signed by 1, 2 and 3 (one more than
+/// needed).
+pub(crate) fn rosters() -> Vec<SignedRoster> {
+    let founders = vec![
+        member(1, Role::Hospital),
+        member(2, Role::Hospital),
+        member(3, Role::Hospital),
+        member(4, Role::Validator),
+    ];
+    let genesis = Roster::genesis("test mesh", 2, founders.clone()).expect("genesis");
+    let mut next = founders;
+    next.push(member(5, Role::Hospital));
+    let next = genesis.next(next, 2).expect("next roster");
+    vec![
+        signed_by(genesis, &[1, 2, 3, 4]),
+        signed_by(next, &[1, 2, 3]),
+    ]
+}
+
+/// What [`mesh`] stored.
+pub(crate) struct Mesh {
+    /// Keeps the folder alive.
+    pub(crate) _dir: tempfile::TempDir,
+    /// The store file (closed: open it again).
+    pub(crate) path: PathBuf,
+    /// Versions by name: `a1`, `b1`, `c1`, `a2`, `b2`, `c2`, `a3`, and `e1` (outside the
+    /// lineage of `a3`).
+    pub(crate) versions: BTreeMap<&'static str, Verified<Version>>,
+    /// A parent of `b2` that was never stored.
+    pub(crate) missing: ContentId,
+    /// Reports on the lineage of `a3`: validator 4 on `a3` and `b2`, hospital 1 on `c1`.
+    pub(crate) reports: Vec<Verified<Report>>,
+    /// A report outside the lineage of `a3` (validator 4 on `e1`).
+    pub(crate) unrelated: Verified<Report>,
+}
+
+impl Mesh {
+    /// The version named `name`.
+    pub(crate) fn get(&self, name: &str) -> &Verified<Version> {
+        self.versions.get(name).expect("a fixture version")
+    }
+}
+
+/// A store holding three rounds of hospitals 1 (`a`), 2 (`b`) and 3 (`c`): round 1 starts from
+/// nothing; `a2` averages `a1` and `b1`, `b2` averages `b1`, `c1` and a version that was never
+/// stored, `c2` averages `c1` and `a1`; `a3` averages the three round-2 versions. Hospital 5
+/// adds `e1` on its own. Plus the roster chain and the reports of [`Mesh`].
+pub(crate) fn mesh() -> Mesh {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let (versions, missing, reports, unrelated) = {
+        let store = Store::open(&path).expect("opens the store");
+        fill(&store)
+    };
+    Mesh {
+        _dir: dir,
+        path,
+        versions,
+        missing,
+        reports,
+        unrelated,
+    }
+}
+
+type Filled = (
+    BTreeMap<&'static str, Verified<Version>>,
+    ContentId,
+    Vec<Verified<Report>>,
+    Verified<Report>,
+);
+
+fn fill(store: &Store) -> Filled {
+    for roster in rosters() {
+        store.put(&Item::Roster(roster)).expect("stores the roster");
+    }
+    let params = |seed: f32| [seed, seed * 0.5, -seed, 0.25];
+    let mut versions = BTreeMap::new();
+    let mut add = |name: &'static str, n: u8, round, parents: Vec<ContentId>| {
+        let (v, bytes) = version(
+            &key(n),
+            round,
+            parents,
+            &params(round as f32 + f32::from(n)),
+        );
+        put(store, &v, &bytes);
+        versions.insert(name, v.clone());
+        v.id()
+    };
+    let missing = ContentId([0xAB; 32]);
+    let a1 = add("a1", 1, 1, vec![]);
+    let b1 = add("b1", 2, 1, vec![]);
+    let c1 = add("c1", 3, 1, vec![]);
+    let a2 = add("a2", 1, 2, vec![a1, b1]);
+    let b2 = add("b2", 2, 2, vec![b1, c1, missing]);
+    let c2 = add("c2", 3, 2, vec![c1, a1]);
+    let a3 = add("a3", 1, 3, vec![a2, b2, c2]);
+    let e1 = add("e1", 5, 1, vec![]);
+    let reports = vec![
+        report(&key(4), 4, a3, 0.86),
+        report(&key(4), 4, b2, 0.81),
+        report(&key(1), 1, c1, 0.78),
+    ];
+    for r in &reports {
+        put_report(store, r);
+    }
+    let unrelated = report(&key(4), 4, e1, 0.7);
+    put_report(store, &unrelated);
+    (versions, missing, reports, unrelated)
+}
+
+/// Copies every file of folder `from` into a new folder `to`.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creates the copy");
+    for entry in std::fs::read_dir(from).expect("lists") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copies");
+    }
+}

@@ -1,0 +1,124 @@
+//! Validation of a model version on a partner's own records: the model's predictions on the
+//! local test split, scored with the trainer's metrics and percentile-bootstrap 95 % confidence
+//! intervals, as the [`Report`] the partner signs and gossips. Nothing leaves the site but the
+//! metrics and the sample count.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use medmesh_protocol::identity::{ContentId, MemberId};
+use medmesh_protocol::roster::Member;
+use medmesh_protocol::validation::{Dataset, Metric, Report};
+
+use crate::config::NodeConfig;
+use crate::data::Table;
+use crate::learner::{Learner, TchLearner};
+use crate::metrics;
+
+/// Bootstrap resamples per interval.
+pub const RESAMPLES: usize = 1000;
+
+/// What a validation found, before it is signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// The report to sign.
+    pub report: Report,
+    /// The metrics without intervals, for logs and the node's outcome.
+    pub binary: metrics::Binary,
+}
+
+/// Evaluates `params` (the model of `config`) on `test`, the validator's local split, and
+/// drafts the report `validator` signs. `dataset` names the data; the site and country are the
+/// roster's entry for the validator. The bootstrap is seeded from the model id, so validating
+/// the same model on the same data always gives the same report (but for its time stamp).
+pub fn evaluate(
+    config: &NodeConfig,
+    model: ContentId,
+    validator: &Member,
+    dataset: &str,
+    params: &[f32],
+    test: &Table,
+) -> anyhow::Result<Found> {
+    anyhow::ensure!(!test.is_empty(), "no local test rows to validate on");
+    let mut learner = TchLearner::new(
+        config.model.clone(),
+        config.training.clone(),
+        config.init_seed,
+        test,
+    )?;
+    learner
+        .load(params)
+        .context("the version does not fit this node's model spec")?;
+    let probs = learner.predict(test)?;
+    let binary = metrics::binary(&probs, &test.y, 0.5)?;
+    let seed = u64::from_le_bytes(model.0[..8].try_into().unwrap_or_default());
+    let mut scores = BTreeMap::new();
+    let interval = |metric: fn(&[f32], &[f32]) -> Option<f64>| {
+        metrics::bootstrap(&probs, &test.y, RESAMPLES, seed, metric)
+    };
+    if binary.auc.is_some() {
+        let ci = interval(|p, y| metrics::auc(p, y).ok().flatten())?;
+        scores.insert("auc".to_owned(), metric(ci));
+    }
+    let ci = interval(|p, y| metrics::binary(p, y, 0.5).ok().map(|b| b.accuracy))?;
+    scores.insert("accuracy".to_owned(), metric(ci));
+    let ci = interval(|p, y| metrics::binary(p, y, 0.5).ok().map(|b| b.balanced_accuracy))?;
+    scores.insert("balanced_accuracy".to_owned(), metric(ci));
+    let issued_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let report = Report {
+        model,
+        validator: validator.id,
+        dataset: Dataset {
+            name: dataset.chars().take(64).collect(),
+            site: validator.site.chars().take(64).collect(),
+            country: validator.country.clone(),
+            description: format!(
+                "test split of site {:?}: {} rows, {} positive",
+                config.data.site,
+                test.rows,
+                test.positives()
+            ),
+        },
+        samples: test.rows as u64,
+        metrics: scores,
+        issued_at_ms,
+    };
+    report
+        .check(validator.id)
+        .context("the drafted report breaks a rule")?;
+    Ok(Found { report, binary })
+}
+
+fn metric(ci: metrics::Interval) -> Metric {
+    // The percentile interval of a skewed statistic can exclude the point estimate by a hair;
+    // widen it to contain the estimate, as the report's rules require.
+    Metric {
+        value: ci.value,
+        low: Some(ci.low.min(ci.value)),
+        high: Some(ci.high.max(ci.value)),
+    }
+}
+
+/// A readable line for a report.
+pub fn describe(report: &Report, validator: MemberId) -> String {
+    let metrics: Vec<String> = report
+        .metrics
+        .iter()
+        .map(|(name, m)| match (m.low, m.high) {
+            (Some(l), Some(h)) => format!("{name} {:.3} [{l:.3}, {h:.3}]", m.value),
+            _ => format!("{name} {:.3}", m.value),
+        })
+        .collect();
+    format!(
+        "model {} validated by {} ({}, {}) on {} samples: {}",
+        report.model.short(),
+        validator.short(),
+        report.dataset.site,
+        report.dataset.country,
+        report.samples,
+        metrics.join(", ")
+    )
+}
