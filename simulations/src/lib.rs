@@ -6,24 +6,31 @@
 //!
 //! The simulator is a discrete-event loop: a priority queue of deliveries ordered by virtual time
 //! (ties broken by insertion order), each handed to its peer, whose actions schedule new
-//! deliveries. Gossip goes to every other peer after a sampled latency (and may be lost); a
-//! payload pull answers after a round trip plus the payload's size over the link bandwidth.
+//! deliveries. Gossip goes to every other peer (or to fixed neighbours, or to a random sample of
+//! `gossip_reach` peers) after a sampled latency, and may be lost; a payload pull answers after a
+//! round trip plus the payload's size over the link bandwidth. Byzantine peers are real peers
+//! too: an [`Adversary`] may rewrite what they broadcast (see [`attack`]).
 //!
 //! It never touches a socket or the wall clock except to report how long a run took.
 
+pub mod attack;
+pub mod compare;
 pub mod demo;
 pub mod native;
+pub mod plot;
 pub mod scenario;
+pub mod synthetic;
 pub mod topology;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use medmesh_protocol::identity::{ContentId, Keypair, MemberId};
 use medmesh_protocol::peer::{Action, Config, Event, Peer};
 use medmesh_protocol::roster::{Chain, Member, Role, Roster, SignedRoster};
+use medmesh_protocol::wire::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -94,6 +101,39 @@ impl Learner for AveragingOnly {
     }
 }
 
+/// Byzantine behaviour on the wire: sees every message a controlled peer broadcasts and decides
+/// what goes out instead (altered, duplicated, replayed or withheld). Peers it does not control
+/// are never touched.
+pub trait Adversary {
+    /// Whether peer `peer`'s broadcasts pass through [`Adversary::broadcast`].
+    fn controls(&self, peer: usize) -> bool;
+
+    /// Controlled peer `index` (the real protocol state machine, whose payloads the adversary
+    /// may read) broadcasts `message` at `now`. Each message pushed to `out` goes out as a
+    /// broadcast of that peer (same reach, latencies and loss); pass `message` on to send it.
+    fn broadcast(
+        &mut self,
+        now: Duration,
+        index: usize,
+        peer: &Peer,
+        message: Message,
+        out: &mut Outbox,
+    ) -> anyhow::Result<()>;
+}
+
+/// What an [`Adversary`] sends for one broadcast.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Gossip messages.
+    pub messages: Vec<Message>,
+    /// Payloads of versions the adversary signed itself, served (by content id) when someone
+    /// pulls them from the peer.
+    pub payloads: Vec<(ContentId, Bytes)>,
+}
+
+/// Payloads of adversary-made versions kept to serve (oldest dropped first).
+const ADVERSARY_PAYLOADS: usize = 4096;
+
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Delivery {
     Gossip {
@@ -132,6 +172,8 @@ pub struct Stats {
     pub rejections: BTreeMap<String, u64>,
     /// Rounds that closed on their timeout.
     pub timeouts: u64,
+    /// Rounds completed, summed over peers (peer-rounds).
+    pub rounds: u64,
 }
 
 /// Everything a simulation starts from.
@@ -182,6 +224,17 @@ pub struct Sim<L> {
     keep_events: bool,
     neighbours: Option<Vec<Vec<usize>>>,
     gossip_reach: Option<usize>,
+    /// How many peers have completed each round count (for `min_completed` in O(log n)).
+    completed_counts: BTreeMap<u64, usize>,
+    finished: usize,
+    adversary: Option<Box<dyn Adversary>>,
+    /// Payloads of adversary-made versions, by content id, and their order for eviction.
+    adversary_payloads: BTreeMap<ContentId, Bytes>,
+    adversary_order: VecDeque<ContentId>,
+    /// Gossip targets, reused between broadcasts.
+    targets: Vec<usize>,
+    /// Each peer's earliest pending timeout delivery.
+    wakeups: Vec<Option<Duration>>,
 }
 
 /// Deterministic member keys for simulated peers.
@@ -253,6 +306,7 @@ impl<L: Learner> Sim<L> {
         }
         let index = peers.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
         let n = peers.len();
+        let finished = peers.iter().filter(|p| p.is_finished()).count();
         let mut sim = Self {
             peers,
             index,
@@ -271,11 +325,28 @@ impl<L: Learner> Sim<L> {
             keep_events: false,
             neighbours,
             gossip_reach,
+            completed_counts: BTreeMap::from([(0, n)]),
+            finished,
+            adversary: None,
+            adversary_payloads: BTreeMap::new(),
+            adversary_order: VecDeque::new(),
+            targets: Vec::new(),
+            wakeups: vec![None; n],
         };
         for i in 0..n {
-            sim.drain(i);
+            sim.drain(i)?;
         }
         Ok(sim)
+    }
+
+    /// Lets `adversary` decide what the peers it controls broadcast from now on.
+    pub fn set_adversary(&mut self, adversary: Box<dyn Adversary>) {
+        self.adversary = Some(adversary);
+    }
+
+    /// Whether every peer reached its last round.
+    pub fn all_finished(&self) -> bool {
+        self.finished == self.peers.len()
     }
 
     /// Keeps every event for inspection (tests); off by default to bound memory.
@@ -310,7 +381,9 @@ impl<L: Learner> Sim<L> {
 
     /// The lowest round every peer has completed.
     pub fn min_completed(&self) -> u64 {
-        self.completed.iter().copied().min().unwrap_or(0)
+        self.completed_counts
+            .first_key_value()
+            .map_or(0, |(round, _)| *round)
     }
 
     /// Injects raw gossip bytes from outside (an attacker) to peer `to` at time `at`.
@@ -333,7 +406,66 @@ impl<L: Learner> Sim<L> {
         Duration::from_secs_f64((self.network.latency_ms + jitter).max(0.0) / 1e3)
     }
 
-    fn drain(&mut self, i: usize) {
+    /// Sends gossip `bytes` from peer `i` to its targets: fixed neighbours, a random sample of
+    /// `gossip_reach` peers, or everyone.
+    fn gossip(&mut self, i: usize, bytes: &Bytes) {
+        let n = self.peers.len();
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        match (&self.neighbours, self.gossip_reach) {
+            (Some(neighbours), _) => targets.extend_from_slice(&neighbours[i]),
+            (None, Some(reach)) if reach + 1 < n => targets.extend(
+                rand::seq::index::sample(&mut self.rng, n - 1, reach)
+                    .into_iter()
+                    .map(|j| if j >= i { j + 1 } else { j }),
+            ),
+            (None, _) => targets.extend((0..n).filter(|&to| to != i)),
+        }
+        for &to in &targets {
+            if self.network.loss > 0.0 && self.rng.random_bool(self.network.loss) {
+                self.stats.gossip_lost += 1;
+                continue;
+            }
+            let at = self.now + self.latency();
+            self.push(
+                at,
+                Delivery::Gossip {
+                    to,
+                    from: i,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+        self.targets = targets;
+    }
+
+    /// Hands a broadcast of controlled peer `i` to the adversary and sends what it returns.
+    fn tamper(&mut self, i: usize, message: Message) -> anyhow::Result<()> {
+        let Some(mut adversary) = self.adversary.take() else {
+            self.gossip(i, &Bytes::from(message.to_bytes()));
+            return Ok(());
+        };
+        let mut out = Outbox::default();
+        let result = adversary.broadcast(self.now, i, &self.peers[i], message, &mut out);
+        self.adversary = Some(adversary);
+        result?;
+        for (id, bytes) in out.payloads {
+            if self.adversary_payloads.insert(id, bytes).is_none() {
+                self.adversary_order.push_back(id);
+            }
+            while self.adversary_order.len() > ADVERSARY_PAYLOADS {
+                if let Some(old) = self.adversary_order.pop_front() {
+                    self.adversary_payloads.remove(&old);
+                }
+            }
+        }
+        for message in out.messages {
+            self.gossip(i, &Bytes::from(message.to_bytes()));
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, i: usize) -> anyhow::Result<()> {
         while let Some(action) = self.peers[i].poll_action() {
             match action {
                 Action::Train { round, params } => {
@@ -346,37 +478,19 @@ impl<L: Learner> Sim<L> {
                     self.push(at, Delivery::Trained { to: i });
                 }
                 Action::Broadcast(message) => {
-                    let bytes = Bytes::from(message.to_bytes());
-                    let n = self.peers.len();
-                    let targets: Vec<usize> = match (&self.neighbours, self.gossip_reach) {
-                        (Some(neighbours), _) => neighbours[i].clone(),
-                        (None, Some(reach)) if reach + 1 < n => {
-                            rand::seq::index::sample(&mut self.rng, n - 1, reach)
-                                .into_iter()
-                                .map(|j| if j >= i { j + 1 } else { j })
-                                .collect()
-                        }
-                        (None, _) => (0..n).filter(|&to| to != i).collect(),
-                    };
-                    for to in targets {
-                        if self.network.loss > 0.0 && self.rng.random_bool(self.network.loss) {
-                            self.stats.gossip_lost += 1;
-                            continue;
-                        }
-                        let at = self.now + self.latency();
-                        self.push(
-                            at,
-                            Delivery::Gossip {
-                                to,
-                                from: i,
-                                bytes: bytes.clone(),
-                            },
-                        );
+                    if self.adversary.as_ref().is_some_and(|a| a.controls(i)) {
+                        self.tamper(i, message)?;
+                    } else {
+                        self.gossip(i, &Bytes::from(message.to_bytes()));
                     }
                 }
                 Action::Fetch { from, id } => {
                     let source = self.index.get(&from).copied();
-                    let data = source.and_then(|j| self.peers[j].payload(&id));
+                    let data = source.and_then(|j| {
+                        self.peers[j]
+                            .payload(&id)
+                            .or_else(|| self.adversary_payloads.get(&id).cloned())
+                    });
                     let size = data.as_ref().map_or(0, Bytes::len) as f64;
                     let transfer = size / (self.network.bandwidth_mbps * 1e6);
                     let at = self.now
@@ -398,9 +512,32 @@ impl<L: Learner> Sim<L> {
                 Action::Event(event) => self.record(i, event),
             }
         }
+        // One pending wake-up per peer, at or before its next deadline: a later deadline is
+        // re-read when the earlier wake-up fires, so the queue does not fill with duplicates.
         if let Some(t) = self.peers[i].poll_timeout() {
-            self.push(t.max(self.now), Delivery::Timeout { to: i });
+            let t = t.max(self.now);
+            if self.wakeups[i].is_none_or(|w| t < w) {
+                self.wakeups[i] = Some(t);
+                self.push(t, Delivery::Timeout { to: i });
+            }
         }
+        Ok(())
+    }
+
+    /// Moves peer `i`'s completed round count to `round`.
+    fn complete(&mut self, i: usize, round: u64) {
+        let old = self.completed[i];
+        if old == round {
+            return;
+        }
+        if let Some(count) = self.completed_counts.get_mut(&old) {
+            *count -= 1;
+            if *count == 0 {
+                self.completed_counts.remove(&old);
+            }
+        }
+        *self.completed_counts.entry(round).or_default() += 1;
+        self.completed[i] = round;
     }
 
     fn record(&mut self, i: usize, event: Event) {
@@ -415,11 +552,13 @@ impl<L: Learner> Sim<L> {
             Event::RoundCompleted {
                 round, timed_out, ..
             } => {
-                self.completed[i] = *round;
+                self.complete(i, *round);
                 self.stats.timeouts += u64::from(*timed_out);
+                self.stats.rounds += 1;
             }
             Event::Finished { round } => {
-                self.completed[i] = *round;
+                self.complete(i, *round);
+                self.finished += 1;
                 self.latest[i].clear();
                 self.latest[i].extend_from_slice(self.peers[i].params());
             }
@@ -461,19 +600,22 @@ impl<L: Learner> Sim<L> {
                 to
             }
             Delivery::Timeout { to } => {
+                if self.wakeups[to] == Some(at) {
+                    self.wakeups[to] = None;
+                }
                 if self.peers[to].poll_timeout().is_some_and(|t| t <= at) {
                     self.peers[to].handle_timeout(at);
                 }
                 to
             }
         };
-        self.drain(to);
+        self.drain(to)?;
         Ok(true)
     }
 
     /// Runs until every peer finished, nothing is left, or virtual time passes `limit`.
     pub fn run_until(&mut self, limit: Duration) -> anyhow::Result<()> {
-        while self.now <= limit && !self.peers.iter().all(Peer::is_finished) {
+        while self.now <= limit && !self.all_finished() {
             if !self.step()? {
                 break;
             }

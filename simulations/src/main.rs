@@ -14,7 +14,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a scenario file (see simulations/scenarios/) for each of its seeds; writes
-    /// OUT/rounds.csv (one row per round and seed) and OUT/summary.json.
+    /// OUT/rounds.csv (one row per round and seed), OUT/summary.json, and the plots
+    /// OUT/accuracy.png and OUT/consensus.png.
     Run {
         /// The scenario file.
         scenario: std::path::PathBuf,
@@ -24,6 +25,15 @@ enum Command {
         /// Run only these seeds instead of the scenario's (comma-separated).
         #[arg(long, value_delimiter = ',')]
         seeds: Option<Vec<u64>>,
+    },
+    /// Run every combination of a grid of scenario variants (see simulations/README.md);
+    /// writes OUT/compare.csv, OUT/compare.md, OUT/compare.png and each run under OUT/runs/.
+    Compare {
+        /// The grid file.
+        grid: std::path::PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "target/compare")]
+        out: std::path::PathBuf,
     },
     /// A mesh of hospitals averaging with no coordinator while an outsider injects forgeries.
     Demo(medmesh_simulations::demo::Options),
@@ -53,9 +63,27 @@ fn main() -> anyhow::Result<()> {
                 summary.wall_seconds,
                 summary.peer_rounds_per_second
             );
+            medmesh_simulations::plot::write_run_plots(&out, &summary.name, plot_font().as_ref())?;
             eprintln!(
                 "wrote {}/rounds.csv and {}/summary.json",
                 out.display(),
+                out.display()
+            );
+            eprintln!(
+                "wrote {}/accuracy.png and {}/consensus.png",
+                out.display(),
+                out.display()
+            );
+        }
+        Command::Compare { grid, out } => {
+            let grid = medmesh_simulations::compare::Grid::load(&grid)?;
+            let font = plot_font();
+            let outcomes = medmesh_simulations::compare::run(&grid, &out, font.as_ref(), |line| {
+                eprintln!("{line}")
+            })?;
+            println!(
+                "{} combinations; wrote {}/compare.md, compare.csv and compare.png",
+                outcomes.len(),
                 out.display()
             );
         }
@@ -65,4 +93,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The font for plot text; without one, plots are still written, without text.
+fn plot_font() -> Option<medmesh_simulations::plot::Font> {
+    medmesh_simulations::plot::Font::system()
+        .inspect_err(|e| eprintln!("warning: {e}; plots are drawn without text"))
+        .ok()
 }

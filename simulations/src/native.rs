@@ -7,21 +7,22 @@
 //! shuffled epochs, deterministic from a seed. Pure Rust, no I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use medmesh_node::data::Table;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::Learner;
+use crate::{Evaluate, Learner};
 
 /// One peer's local data and training state.
 #[derive(Debug, Clone)]
 pub struct Local {
     /// Training rows.
     pub train: Table,
-    /// Test rows.
-    pub test: Table,
+    /// Test rows (often one table shared by many peers).
+    pub test: Arc<Table>,
     order: Vec<usize>,
     cursor: usize,
     rng: ChaCha8Rng,
@@ -29,13 +30,13 @@ pub struct Local {
 
 impl Local {
     /// A peer's data, with its batch order seeded by `seed`.
-    pub fn new(train: Table, test: Table, seed: u64) -> Self {
+    pub fn new(train: Table, test: impl Into<Arc<Table>>, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut order: Vec<usize> = (0..train.rows).collect();
         order.shuffle(&mut rng);
         Self {
             train,
-            test,
+            test: test.into(),
             order,
             cursor: 0,
             rng,
@@ -146,6 +147,14 @@ impl Learner for Logistic {
             metrics.insert("loss".to_owned(), loss);
         }
         metrics
+    }
+}
+
+impl Evaluate for Logistic {
+    fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
+        self.peers
+            .get(peer)
+            .map_or(0.0, |local| accuracy(params, &local.test))
     }
 }
 

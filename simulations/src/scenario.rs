@@ -10,6 +10,8 @@
 //! [data]
 //! schema = "../../data/heart-disease/schema.toml"   # relative to the scenario file
 //! split = { kind = "natural" }          # or { kind = "iid", peers = 64 } / { kind = "dirichlet", peers = 64, alpha = 0.5 }
+//! # or, with no schema, a synthetic task (see the `synthetic` module):
+//! # split = { kind = "synthetic", peers = 64, samples = 60, features = 13, alpha = 0.5 }
 //!
 //! [training]
 //! lr = 0.01
@@ -19,10 +21,13 @@
 //! [protocol]
 //! rule = { rule = "mean" }
 //! fanout = 3
+//! # gossip_reach = 14                   # each announcement heard by 14 random peers (default: all)
 //!
-//! [attack]                              # optional: Byzantine members
-//! kind = "sign_flip"                    # or "noise" (uses `std`) or "none"
+//! [attack]                              # optional: Byzantine members (see the `attack` module)
+//! kind = "sign_flip"                    # "noise", "alie", "model_replacement", "stale_replay",
+//!                                       # "forged_signature", "equivocation" or "none"
 //! fraction = 0.2
+//! placement = "random"                  # or "first"
 //! scale = 10.0                          # sign flip: start - scale * honest update
 //! ```
 //!
@@ -32,20 +37,23 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use medmesh_node::data::{Dataset, Table};
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::peer::{Config, Peer};
+use medmesh_protocol::peer::Config;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Gamma, StandardNormal};
+use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
 
-use crate::native::{self, Local, Logistic};
-use crate::{Evaluate, Learner, Network, Setup, Sim, Training, genesis, keys};
+pub use crate::attack::{Attack, AttackKind, Placement};
+use crate::attack::{Byzantine, Poisoned};
+use crate::native::{Local, Logistic};
+use crate::{Evaluate, Learner, Network, Setup, Sim, Training, genesis, keys, synthetic};
 
 /// A scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,8 +93,10 @@ fn default_seeds() -> Vec<u64> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    /// A dataset schema (see medmesh-node's `data` module), relative to the scenario file.
-    pub schema: PathBuf,
+    /// A dataset schema (see medmesh-node's `data` module), relative to the scenario file;
+    /// not needed by a synthetic split.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
     /// How rows are assigned to peers.
     #[serde(default)]
     pub split: Split,
@@ -113,6 +123,9 @@ pub enum Split {
         /// Concentration (small = very skewed).
         alpha: f64,
     },
+    /// A generated "heart-disease-like" task (no dataset needed); every peer tests on one shared
+    /// held-out set.
+    Synthetic(synthetic::Spec),
 }
 
 /// Local training settings.
@@ -147,6 +160,9 @@ pub struct ProtocolSpec {
     pub fanout: usize,
     /// A round closes after this long whatever arrived (milliseconds).
     pub round_timeout_ms: u64,
+    /// How many random peers hear each announcement, as a bounded gossip mesh delivers it;
+    /// `None` = every peer (exact, but O(n²) messages per round).
+    pub gossip_reach: Option<usize>,
 }
 
 impl Default for ProtocolSpec {
@@ -155,45 +171,9 @@ impl Default for ProtocolSpec {
             rule: Rule::Mean,
             fanout: 3,
             round_timeout_ms: 10_000,
+            gossip_reach: None,
         }
     }
-}
-
-/// Byzantine members: they are on the roster, sign correctly, and send poisoned parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Attack {
-    /// What they send.
-    pub kind: AttackKind,
-    /// Fraction of peers that attack (the first ⌊fraction·n⌋ of a seeded shuffle).
-    pub fraction: f64,
-    /// Sign flip: the attacker sends its start minus `scale` × its honest update.
-    pub scale: f32,
-    /// Noise: the attacker sends its start plus Gaussian noise of this standard deviation.
-    pub std: f32,
-}
-
-impl Default for Attack {
-    fn default() -> Self {
-        Self {
-            kind: AttackKind::None,
-            fraction: 0.0,
-            scale: 10.0,
-            std: 1.0,
-        }
-    }
-}
-
-/// Attack kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttackKind {
-    /// Honest.
-    None,
-    /// A flipped, amplified update.
-    SignFlip,
-    /// Random parameters around the start.
-    Noise,
 }
 
 /// One round of one seed, as a `rounds.csv` row.
@@ -240,6 +220,17 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Peer-rounds simulated per wall second.
     pub peer_rounds_per_second: f64,
+    /// Rounds completed, summed over peers and seeds.
+    pub peer_rounds: u64,
+    /// Gossip messages delivered over all seeds; each one is decoded and its signature checked
+    /// by the peer that receives it.
+    pub gossip_messages: u64,
+    /// Messages refused by honest and attacking peers, by reason, summed over seeds.
+    pub rejections: BTreeMap<String, u64>,
+    /// (honest peer, attacker) pairs where the peer flagged the attacker, summed over seeds.
+    pub flagged_attackers: u64,
+    /// (honest peer, honest author) pairs flagged: false alarms, summed over seeds.
+    pub flagged_honest: u64,
 }
 
 impl Scenario {
@@ -249,9 +240,11 @@ impl Scenario {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut scenario: Scenario = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid scenario", path.display()))?;
-        if scenario.data.schema.is_relative() {
+        if let Some(schema) = &mut scenario.data.schema
+            && schema.is_relative()
+        {
             let base = path.parent().unwrap_or(Path::new("."));
-            scenario.data.schema = base.join(&scenario.data.schema);
+            *schema = base.join(&*schema);
         }
         anyhow::ensure!(
             !scenario.seeds.is_empty(),
@@ -263,11 +256,14 @@ impl Scenario {
             "{}: rounds must be positive",
             path.display()
         );
-        anyhow::ensure!(
-            (0.0..0.5).contains(&scenario.attack.fraction),
-            "{}: attack fraction must be in [0, 0.5)",
-            path.display()
-        );
+        scenario
+            .attack
+            .check()
+            .with_context(|| format!("{}: [attack]", path.display()))?;
+        if let Split::Synthetic(spec) = &scenario.data.split {
+            spec.check()
+                .with_context(|| format!("{}: [data] split", path.display()))?;
+        }
         scenario
             .protocol
             .rule
@@ -276,20 +272,37 @@ impl Scenario {
         Ok(scenario)
     }
 
-    /// Splits the data over peers: (train, test) per peer.
-    fn peers_data(&self, seed: u64) -> anyhow::Result<Vec<(Table, Table)>> {
-        let dataset = Dataset::load(&self.data.schema)?;
+    /// Splits the data over peers: (train, test) per peer; peers that test on the same rows
+    /// share one table.
+    fn peers_data(&self, seed: u64) -> anyhow::Result<Vec<(Table, Arc<Table>)>> {
+        let dataset = || -> anyhow::Result<Dataset> {
+            let schema = self
+                .data
+                .schema
+                .as_deref()
+                .context("[data] schema is needed unless the split is synthetic")?;
+            Ok(Dataset::load(schema)?)
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a);
         Ok(match &self.data.split {
-            Split::Natural => dataset
+            Split::Synthetic(spec) => {
+                let data = spec.generate(seed)?;
+                let test = Arc::new(data.test);
+                data.train
+                    .into_iter()
+                    .map(|t| (t, Arc::clone(&test)))
+                    .collect()
+            }
+            Split::Natural => dataset()?
                 .sites
                 .into_iter()
-                .map(|s| (s.train, s.test))
+                .map(|s| (s.train, Arc::new(s.test)))
                 .collect(),
             Split::Iid { peers } => {
                 anyhow::ensure!(*peers >= 2, "an IID split needs at least 2 peers");
+                let dataset = dataset()?;
                 let train = dataset.pooled_train();
-                let test = dataset.pooled_test();
+                let test = Arc::new(dataset.pooled_test());
                 let mut rows: Vec<usize> = (0..train.rows).collect();
                 rows.shuffle(&mut rng);
                 let mut parts = vec![Vec::new(); *peers];
@@ -298,7 +311,7 @@ impl Scenario {
                 }
                 parts
                     .into_iter()
-                    .map(|p| (select(&train, &p), test.clone()))
+                    .map(|p| (select(&train, &p), Arc::clone(&test)))
                     .collect()
             }
             Split::Dirichlet { peers, alpha } => {
@@ -306,8 +319,9 @@ impl Scenario {
                     *peers >= 2 && *alpha > 0.0,
                     "a Dirichlet split needs peers >= 2 and alpha > 0"
                 );
+                let dataset = dataset()?;
                 let train = dataset.pooled_train();
-                let test = dataset.pooled_test();
+                let test = Arc::new(dataset.pooled_test());
                 let gamma = Gamma::new(*alpha, 1.0)?;
                 let mut parts = vec![Vec::new(); *peers];
                 for class in [0.0f32, 1.0] {
@@ -337,7 +351,7 @@ impl Scenario {
                 }
                 parts
                     .into_iter()
-                    .map(|p| (select(&train, &p), test.clone()))
+                    .map(|p| (select(&train, &p), Arc::clone(&test)))
                     .collect()
             }
         })
@@ -360,44 +374,6 @@ fn select(table: &Table, rows: &[usize]) -> Table {
     out
 }
 
-/// Honest learner plus attackers' poison.
-struct Attacked {
-    inner: Logistic,
-    attackers: Vec<bool>,
-    attack: Attack,
-    rng: ChaCha8Rng,
-}
-
-impl Learner for Attacked {
-    fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
-        let start = params.to_vec();
-        let metrics = self.inner.train(peer, round, params);
-        if self.attackers[peer] {
-            match self.attack.kind {
-                AttackKind::None => {}
-                AttackKind::SignFlip => {
-                    for (p, s) in params.iter_mut().zip(&start) {
-                        *p = s - self.attack.scale * (*p - s);
-                    }
-                }
-                AttackKind::Noise => {
-                    for (p, s) in params.iter_mut().zip(&start) {
-                        let z: f32 = StandardNormal.sample(&mut self.rng);
-                        *p = s + self.attack.std * z;
-                    }
-                }
-            }
-        }
-        metrics
-    }
-}
-
-impl Evaluate for Attacked {
-    fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
-        native::accuracy(params, &self.inner.peers[peer].test)
-    }
-}
-
 /// Runs every seed, writing `rounds.csv` and `summary.json` into `out`; `progress` gets a line
 /// per finished seed.
 pub fn run(
@@ -413,20 +389,15 @@ pub fn run(
     let mut peers = 0;
     let mut attackers = 0;
     let mut peer_rounds = 0u64;
+    let mut gossip_messages = 0u64;
+    let mut rejections = BTreeMap::<String, u64>::new();
+    let (mut flagged_attackers, mut flagged_honest) = (0, 0);
     for &seed in &scenario.seeds {
         let data = scenario.peers_data(seed)?;
         peers = data.len();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00a7_7ac4);
-        let mut order: Vec<usize> = (0..peers).collect();
-        order.shuffle(&mut rng);
-        attackers = (scenario.attack.fraction * peers as f64).floor() as usize;
-        if scenario.attack.kind == AttackKind::None {
-            attackers = 0;
-        }
-        let mut is_attacker = vec![false; peers];
-        for &i in &order[..attackers] {
-            is_attacker[i] = true;
-        }
+        anyhow::ensure!(peers >= 2, "a scenario needs at least 2 peers");
+        let is_attacker = scenario.attack.attackers(peers, seed);
+        attackers = is_attacker.iter().filter(|a| **a).count();
         let samples: Vec<u64> = data.iter().map(|(t, _)| t.rows.max(1) as u64).collect();
         let locals: Vec<Local> = data
             .into_iter()
@@ -463,18 +434,21 @@ pub fn run(
                 training: scenario.timing.clone(),
                 seed,
                 neighbours: None,
-                gossip_reach: None,
+                gossip_reach: scenario.protocol.gossip_reach,
             },
-            Attacked {
-                inner: learner,
-                attackers: is_attacker.clone(),
-                attack: scenario.attack.clone(),
-                rng: ChaCha8Rng::seed_from_u64(seed ^ 0xbad),
-            },
+            Poisoned::new(learner, is_attacker.clone(), scenario.attack.clone(), seed),
         )?;
+        if scenario.attack.kind.on_wire() {
+            sim.set_adversary(Box::new(Byzantine::new(
+                scenario.attack.clone(),
+                is_attacker.clone(),
+                &k,
+                seed,
+            )));
+        }
         let mut shown = 0;
         let mut last = None;
-        while !sim.peers().iter().all(Peer::is_finished) && sim.step()? {
+        while !sim.all_finished() && sim.step()? {
             let done = sim.min_completed();
             if done > shown {
                 shown = done;
@@ -486,7 +460,15 @@ pub fn run(
         let row = measure(&sim, &is_attacker, seed, sim.min_completed());
         final_accuracy.push(row.mean_accuracy);
         final_consensus.push(row.consensus_distance);
-        peer_rounds += peers as u64 * sim.min_completed();
+        let stats = sim.stats();
+        peer_rounds += stats.rounds;
+        gossip_messages += stats.gossip_messages;
+        for (reason, count) in &stats.rejections {
+            *rejections.entry(reason.clone()).or_default() += count;
+        }
+        let (of_attackers, of_honest) = crate::attack::flags(sim.peers(), &is_attacker);
+        flagged_attackers += of_attackers;
+        flagged_honest += of_honest;
         progress(&format!(
             "{} seed {seed}: {} rounds, mean honest accuracy {:.3}, consensus distance {:.2e}",
             scenario.name, row.round, row.mean_accuracy, row.consensus_distance
@@ -507,6 +489,11 @@ pub fn run(
         attackers,
         wall_seconds,
         peer_rounds_per_second: peer_rounds as f64 / wall_seconds.max(1e-9),
+        peer_rounds,
+        gossip_messages,
+        rejections,
+        flagged_attackers,
+        flagged_honest,
     };
     let mut file = std::fs::File::create(out.join("summary.json"))?;
     writeln!(file, "{}", serde_json::to_string_pretty(&summary)?)?;
@@ -601,5 +588,42 @@ mod tests {
             attacked_median > clean - 0.05,
             "median: {attacked_median} vs {clean}"
         );
+    }
+
+    #[test]
+    fn synthetic_split_needs_no_schema_and_refuses_unknown_fields() {
+        let text = r#"
+            name = "s"
+            rounds = 2
+            [data]
+            split = { kind = "synthetic", peers = 8, samples = 20, alpha = 0.5 }
+            [protocol]
+            gossip_reach = 4
+            [attack]
+            kind = "stale_replay"
+            fraction = 0.25
+            placement = "first"
+        "#;
+        let scenario: Scenario = toml::from_str(text).expect("parses");
+        assert_eq!(scenario.data.schema, None);
+        assert_eq!(
+            scenario.data.split,
+            Split::Synthetic(synthetic::Spec {
+                peers: 8,
+                samples: 20,
+                alpha: Some(0.5),
+                ..synthetic::Spec::default()
+            })
+        );
+        assert_eq!(scenario.protocol.gossip_reach, Some(4));
+        assert_eq!(scenario.attack.placement, Placement::First);
+        let data = scenario.peers_data(1).expect("generates");
+        assert_eq!(data.len(), 8);
+        assert!(
+            data.iter().all(|(_, test)| Arc::ptr_eq(test, &data[0].1)),
+            "one shared test set"
+        );
+        let typo = text.replace("samples = 20", "sample = 20");
+        assert!(toml::from_str::<Scenario>(&typo).is_err(), "unknown field");
     }
 }

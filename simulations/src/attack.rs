@@ -1,0 +1,514 @@
+//! Byzantine members of a simulated mesh.
+//!
+//! Attackers are on the roster and run the real protocol [`Peer`]: they train, announce, pull and
+//! merge like everyone else, and sign with their own keys. The simulator lets them lie in one of
+//! two places:
+//! - **in their parameters** ([`Poisoned`], a [`Learner`] wrapper): sign flip, noise, "a little
+//!   is enough" and model replacement announce a correctly signed version of poisoned
+//!   parameters, which only the merge rule can hold back;
+//! - **on the wire** ([`Byzantine`], an [`Adversary`]): stale replays of old announcements,
+//!   announcements with forged signatures, and equivocation (two signed versions for one round).
+//!   These reach honest peers as bytes and go through exactly the checks a hospital's node runs,
+//!   so what is refused is counted by the honest peers themselves.
+//!
+//! Which peers attack is [`Attack::attackers`]: a fraction, placed at random or as the first
+//! peers. Honest peers are never altered. Everything random comes from the seed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use medmesh_protocol::identity::{Keypair, MemberId, Signed};
+use medmesh_protocol::peer::Peer;
+use medmesh_protocol::update::{self, Version};
+use medmesh_protocol::wire::Message;
+use rand::SeedableRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::{Adversary, Evaluate, Learner, Outbox};
+
+/// Most recent honest updates an ALIE attacker estimates the honest mean and spread from.
+const ALIE_WINDOW: usize = 256;
+
+/// Byzantine members, as a scenario's `[attack]` section.
+///
+/// ```toml
+/// [attack]
+/// kind = "alie"            # see AttackKind
+/// fraction = 0.2           # ⌊fraction · peers⌋ attackers
+/// placement = "random"     # or "first"
+/// z = 1.0
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Attack {
+    /// What they do.
+    pub kind: AttackKind,
+    /// Fraction of peers that attack, in `[0, 0.5)`.
+    pub fraction: f64,
+    /// Which peers attack.
+    pub placement: Placement,
+    /// Sign flip: the attacker sends its start minus `scale` × its honest update. Equivocation:
+    /// the second version's parameters are `-scale` × the first's.
+    pub scale: f32,
+    /// Noise: the attacker sends its start plus Gaussian noise of this standard deviation.
+    pub std: f32,
+    /// "A little is enough": the attacker sends its start plus `mean + z · std` of recent honest
+    /// updates, per coordinate (a small `|z|` hides inside the honest spread).
+    pub z: f32,
+    /// Model replacement: the attacker sends `start + boost · (target − start)`, its target being
+    /// the label-flipped model (for a logistic model, the negation of its honestly trained one).
+    pub boost: f32,
+    /// Stale replay: with each new announcement the attacker re-sends its own announcement of
+    /// `lag` rounds earlier.
+    pub lag: u64,
+}
+
+impl Default for Attack {
+    fn default() -> Self {
+        Self {
+            kind: AttackKind::None,
+            fraction: 0.0,
+            placement: Placement::Random,
+            scale: 10.0,
+            std: 1.0,
+            z: 1.0,
+            boost: 10.0,
+            lag: 2,
+        }
+    }
+}
+
+/// Attack kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackKind {
+    /// Honest.
+    None,
+    /// A flipped, amplified update.
+    SignFlip,
+    /// Random parameters around the start.
+    Noise,
+    /// "A little is enough" (Baruch et al., 2019): per coordinate, the mean of honest updates
+    /// plus `z` of their standard deviations — small enough to pass robust rules' filters.
+    Alie,
+    /// Model replacement (Bagdasaryan et al., 2020): a boosted step toward the attacker's own
+    /// target model.
+    ModelReplacement,
+    /// Re-announces its own version of `lag` rounds earlier with every new one.
+    StaleReplay,
+    /// With every announcement, a forged one in an honest member's name (its signature does
+    /// not verify under that member's key).
+    ForgedSignature,
+    /// Announces two different, correctly signed versions for each round.
+    Equivocation,
+}
+
+impl AttackKind {
+    /// Whether the attack works through the parameters the attacker announces.
+    pub fn poisons(self) -> bool {
+        matches!(
+            self,
+            Self::SignFlip | Self::Noise | Self::Alie | Self::ModelReplacement
+        )
+    }
+
+    /// Whether the attack works through the messages the attacker sends.
+    pub fn on_wire(self) -> bool {
+        matches!(
+            self,
+            Self::StaleReplay | Self::ForgedSignature | Self::Equivocation
+        )
+    }
+}
+
+/// Where attackers sit among the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The first ⌊fraction · n⌋ peers of a seeded shuffle.
+    #[default]
+    Random,
+    /// Peers `0 … k−1`: neighbours of each other on a ring, torus or exponential graph.
+    First,
+}
+
+impl Attack {
+    /// Checks ranges.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0.0..0.5).contains(&self.fraction),
+            "attack fraction must be in [0, 0.5)"
+        );
+        anyhow::ensure!(
+            self.scale.is_finite()
+                && self.std.is_finite()
+                && self.z.is_finite()
+                && self.boost.is_finite(),
+            "attack scale, std, z and boost must be finite"
+        );
+        anyhow::ensure!(self.lag >= 1, "replay lag must be at least 1 round");
+        Ok(())
+    }
+
+    /// Which of `peers` attack under `seed`: `⌊fraction · peers⌋` of them, none if the kind is
+    /// `none`.
+    pub fn attackers(&self, peers: usize, seed: u64) -> Vec<bool> {
+        let count = if self.kind == AttackKind::None {
+            0
+        } else {
+            ((self.fraction * peers as f64).floor() as usize).min(peers)
+        };
+        let mut order: Vec<usize> = (0..peers).collect();
+        if self.placement == Placement::Random {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00a7_7ac4);
+            order.shuffle(&mut rng);
+        }
+        let mut attacker = vec![false; peers];
+        for &i in &order[..count] {
+            attacker[i] = true;
+        }
+        attacker
+    }
+}
+
+/// A learner whose attackers announce poisoned parameters; honest peers train as `inner` does.
+#[derive(Debug)]
+pub struct Poisoned<L> {
+    inner: L,
+    attackers: Vec<bool>,
+    attack: Attack,
+    rng: ChaCha8Rng,
+    /// Recent honest updates, oldest first (only kept for ALIE).
+    honest: VecDeque<Vec<f32>>,
+}
+
+impl<L> Poisoned<L> {
+    /// Wraps `inner`; `attackers[i]` says whether peer `i` attacks.
+    pub fn new(inner: L, attackers: Vec<bool>, attack: Attack, seed: u64) -> Self {
+        Self {
+            inner,
+            attackers,
+            attack,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0xbad),
+            honest: VecDeque::new(),
+        }
+    }
+
+    /// The honest learner.
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    fn alie(&self, start: &[f32], params: &mut [f32]) {
+        // Too few honest updates seen yet: look honest.
+        if self.honest.len() < 2 {
+            return;
+        }
+        let n = self.honest.len() as f64;
+        for (k, (p, s)) in params.iter_mut().zip(start).enumerate() {
+            let mean = self.honest.iter().map(|u| f64::from(u[k])).sum::<f64>() / n;
+            let var = self
+                .honest
+                .iter()
+                .map(|u| (f64::from(u[k]) - mean).powi(2))
+                .sum::<f64>()
+                / (n - 1.0);
+            *p = s + (mean + f64::from(self.attack.z) * var.sqrt()) as f32;
+        }
+    }
+}
+
+impl<L: Learner> Learner for Poisoned<L> {
+    fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
+        let kind = self.attack.kind;
+        if !kind.poisons() {
+            return self.inner.train(peer, round, params);
+        }
+        let start = params.to_vec();
+        let metrics = self.inner.train(peer, round, params);
+        let attacker = self.attackers.get(peer).copied().unwrap_or(false);
+        if !attacker {
+            if kind == AttackKind::Alie {
+                if self.honest.len() == ALIE_WINDOW {
+                    self.honest.pop_front();
+                }
+                self.honest
+                    .push_back(params.iter().zip(&start).map(|(p, s)| p - s).collect());
+            }
+            return metrics;
+        }
+        match kind {
+            AttackKind::SignFlip => {
+                for (p, s) in params.iter_mut().zip(&start) {
+                    *p = s - self.attack.scale * (*p - s);
+                }
+            }
+            AttackKind::Noise => {
+                for (p, s) in params.iter_mut().zip(&start) {
+                    let z: f32 = StandardNormal.sample(&mut self.rng);
+                    *p = s + self.attack.std * z;
+                }
+            }
+            AttackKind::Alie => self.alie(&start, params),
+            AttackKind::ModelReplacement => {
+                for (p, s) in params.iter_mut().zip(&start) {
+                    let target = -*p;
+                    *p = s + self.attack.boost * (target - s);
+                }
+            }
+            AttackKind::None
+            | AttackKind::StaleReplay
+            | AttackKind::ForgedSignature
+            | AttackKind::Equivocation => {}
+        }
+        metrics
+    }
+}
+
+impl<L: Evaluate> Evaluate for Poisoned<L> {
+    fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
+        self.inner.accuracy(peer, params)
+    }
+}
+
+/// Attackers on the wire: replays, forged signatures and equivocation (see [`AttackKind`]).
+/// Their messages are signed with the attackers' real keys where a signature is meant to verify.
+#[derive(Debug)]
+pub struct Byzantine {
+    attack: Attack,
+    attackers: Vec<bool>,
+    /// Every peer's key, by index (an attacker signs with its own).
+    keys: Vec<Keypair>,
+    /// Honest members, whom forgeries impersonate.
+    victims: Vec<MemberId>,
+    /// Each attacker's recent announcements, oldest first.
+    history: BTreeMap<usize, VecDeque<Message>>,
+    rng: ChaCha8Rng,
+    buf: Vec<u8>,
+    params: Vec<f32>,
+}
+
+impl Byzantine {
+    /// Attackers among peers holding `keys` (by index) act as `attack.kind` says.
+    pub fn new(attack: Attack, attackers: Vec<bool>, keys: &[Keypair], seed: u64) -> Self {
+        let victims = keys
+            .iter()
+            .zip(&attackers)
+            .filter(|(_, a)| !**a)
+            .map(|(k, _)| k.id())
+            .collect();
+        Self {
+            attack,
+            attackers,
+            keys: keys.to_vec(),
+            victims,
+            history: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0xb12a_4714),
+            buf: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    fn key(&self, index: usize) -> anyhow::Result<&Keypair> {
+        self.keys
+            .get(index)
+            .with_context(|| format!("no key for peer {index}"))
+    }
+}
+
+/// The same envelope claiming another signer: a forgery whose signature cannot verify.
+///
+/// `Signed` keeps its fields private so that only a key can make one; an attacker on the wire is
+/// not bound by that, and rewrites the encoded envelope instead (here through its serde form).
+pub fn impersonate(signed: &Signed<Version>, victim: MemberId) -> anyhow::Result<Signed<Version>> {
+    let mut value = serde_json::to_value(signed)?;
+    value
+        .as_object_mut()
+        .context("a signed envelope encodes as a map")?
+        .insert("signer".into(), serde_json::to_value(victim)?);
+    Ok(serde_json::from_value(value)?)
+}
+
+impl Adversary for Byzantine {
+    fn controls(&self, peer: usize) -> bool {
+        self.attack.kind.on_wire() && self.attackers.get(peer).copied().unwrap_or(false)
+    }
+
+    fn broadcast(
+        &mut self,
+        _now: Duration,
+        index: usize,
+        peer: &Peer,
+        message: Message,
+        out: &mut Outbox,
+    ) -> anyhow::Result<()> {
+        let Message::Announce(signed) = &message else {
+            out.messages.push(message);
+            return Ok(());
+        };
+        match self.attack.kind {
+            AttackKind::StaleReplay => {
+                let lag = usize::try_from(self.attack.lag).unwrap_or(usize::MAX);
+                let history = self.history.entry(index).or_default();
+                history.push_back(message.clone());
+                out.messages.push(message);
+                if history.len() > lag
+                    && let Some(old) = history.pop_front()
+                {
+                    out.messages.push(old);
+                }
+            }
+            AttackKind::ForgedSignature => {
+                let version = signed.clone().verify()?;
+                out.messages.push(message.clone());
+                let Some(&victim) = self.victims.choose(&mut self.rng) else {
+                    return Ok(());
+                };
+                let forged = self.key(index)?.sign(Version {
+                    author: victim,
+                    ..version.value().clone()
+                });
+                out.messages
+                    .push(Message::Announce(impersonate(forged.signed(), victim)?));
+            }
+            AttackKind::Equivocation => {
+                let version = signed.clone().verify()?;
+                let payload = peer
+                    .payload(&version.id())
+                    .context("an attacker serves its own announced payload")?;
+                update::decode_payload(&version.payload, &payload, &mut self.params)?;
+                for p in &mut self.params {
+                    *p *= -self.attack.scale;
+                }
+                let descriptor = update::encode_f32(&self.params, &mut self.buf);
+                let twin = self.key(index)?.sign(Version {
+                    payload: descriptor,
+                    ..version.value().clone()
+                });
+                out.payloads
+                    .push((twin.id(), Bytes::copy_from_slice(&self.buf)));
+                out.messages.push(message);
+                out.messages.push(Message::Announce(twin.signed().clone()));
+            }
+            _ => out.messages.push(message),
+        }
+        Ok(())
+    }
+}
+
+/// Authors each honest peer flagged, split into attackers and honest members (a false alarm).
+pub fn flags(peers: &[Peer], attackers: &[bool]) -> (u64, u64) {
+    let bad: BTreeSet<MemberId> = peers
+        .iter()
+        .zip(attackers)
+        .filter(|(_, a)| **a)
+        .map(|(p, _)| p.id())
+        .collect();
+    let (mut of_attackers, mut of_honest) = (0, 0);
+    for (p, _) in peers.iter().zip(attackers).filter(|(_, a)| !**a) {
+        for author in p.flagged() {
+            if bad.contains(&author) {
+                of_attackers += 1;
+            } else {
+                of_honest += 1;
+            }
+        }
+    }
+    (of_attackers, of_honest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use medmesh_protocol::identity::{Digest, Error};
+
+    use super::*;
+
+    fn version(author: MemberId) -> Version {
+        let mut buf = Vec::new();
+        Version {
+            experiment: "x".into(),
+            model: Digest::default(),
+            round: 3,
+            author,
+            samples: 10,
+            degree: 2,
+            parents: vec![],
+            metrics: BTreeMap::new(),
+            payload: update::encode_f32(&[1.0, 2.0], &mut buf),
+        }
+    }
+
+    #[test]
+    fn an_impersonation_names_the_victim_and_does_not_verify() {
+        let attacker = Keypair::from_seed([1; 32]);
+        let victim = Keypair::from_seed([2; 32]).id();
+        let signed = attacker.sign(version(victim));
+        let forged = impersonate(signed.signed(), victim).expect("rewrites");
+        assert_eq!(forged.signer(), victim);
+        assert_eq!(forged.body(), signed.signed().body());
+        assert_eq!(forged.verify(), Err(Error::BadSignature(victim)));
+        // The untouched envelope is fine.
+        assert!(signed.signed().clone().verify().is_ok());
+    }
+
+    #[test]
+    fn placement_and_count() {
+        let first = Attack {
+            kind: AttackKind::SignFlip,
+            fraction: 0.25,
+            placement: Placement::First,
+            ..Attack::default()
+        };
+        assert_eq!(
+            first.attackers(8, 1),
+            [true, true, false, false, false, false, false, false]
+        );
+        let random = Attack {
+            placement: Placement::Random,
+            ..first.clone()
+        };
+        let a = random.attackers(40, 1);
+        assert_eq!(a.iter().filter(|x| **x).count(), 10);
+        assert_eq!(a, random.attackers(40, 1), "seeded");
+        assert_ne!(a, random.attackers(40, 2));
+        let none = Attack {
+            kind: AttackKind::None,
+            ..first
+        };
+        assert!(none.attackers(8, 1).iter().all(|x| !x));
+    }
+
+    #[test]
+    fn alie_stays_within_the_honest_spread() {
+        struct Step;
+        impl Learner for Step {
+            fn train(&mut self, peer: usize, _: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
+                // Honest updates 1.0 and 3.0 alternate with the peer.
+                let step = if peer.is_multiple_of(2) { 1.0 } else { 3.0 };
+                params.iter_mut().for_each(|p| *p += step);
+                BTreeMap::new()
+            }
+        }
+        let attack = Attack {
+            kind: AttackKind::Alie,
+            fraction: 0.2,
+            z: 1.0,
+            ..Attack::default()
+        };
+        let mut poisoned = Poisoned::new(Step, vec![false, false, true], attack, 0);
+        let mut p = [0.0f32; 2];
+        poisoned.train(0, 1, &mut p);
+        poisoned.train(1, 1, &mut p);
+        let mut q = [10.0f32; 2];
+        poisoned.train(2, 1, &mut q);
+        // mean 2, sample std sqrt(2): start + 2 + 1.414.
+        assert!((q[0] - (12.0 + 2f32.sqrt())).abs() < 1e-5, "{q:?}");
+    }
+}
