@@ -25,7 +25,8 @@ use crate::wire;
 /// Errors from keys and signed envelopes.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum Error {
-    /// The public key bytes are not a valid ed25519 point.
+    /// The public key bytes are not a valid ed25519 point, or are a point of small order (a
+    /// key no one holds the secret of, for which signatures can be made up).
     #[error("invalid public key {0}")]
     InvalidKey(MemberId),
     /// The signature does not verify for the signer and the bytes.
@@ -311,8 +312,13 @@ impl<T: Signable> Signed<T> {
                 limit: T::MAX_LEN,
             });
         }
+        // A small-order key is refused here, not only by the strict check: the batch check
+        // does not test for it, and then takes a made-up signature (`R` the identity, `s = 0`)
+        // for one of any body by the identity point, and of some bodies by the other such keys.
         let key = VerifyingKey::from_bytes(self.signer.as_bytes())
-            .map_err(|_| Error::InvalidKey(self.signer))?;
+            .ok()
+            .filter(|key| !key.is_weak())
+            .ok_or(Error::InvalidKey(self.signer))?;
         let digest = Digest::of(T::CONTEXT, &self.body);
         let value = wire::decode(&self.body)?;
         Ok(Prepared { key, digest, value })

@@ -60,6 +60,8 @@ const RATE_PER_SECOND: f64 = 4.0;
 const CANDIDATES_PER_AUTHOR: usize = 2;
 /// How many recent content ids of versions are remembered so reports can name them.
 const KNOWN_VERSIONS: usize = 65_536;
+/// How many recent pulls are remembered to recognize late answers.
+const ASKED_REMEMBERED: usize = 1024;
 /// How many rounds of own payloads are kept to serve to others.
 const SERVED_ROUNDS: usize = 4;
 
@@ -489,6 +491,8 @@ pub struct Peer {
     tried: BTreeSet<MemberId>,
     fetched: Vec<(Verified<Version>, Vec<f32>)>,
     served: VecDeque<(ContentId, Bytes)>,
+    /// Content ids recently pulled, so a late answer is told from an unsolicited payload.
+    asked: VecDeque<ContentId>,
     known: BTreeSet<ContentId>,
     known_order: VecDeque<ContentId>,
     actions: VecDeque<Action>,
@@ -557,6 +561,7 @@ impl Peer {
             tried: BTreeSet::new(),
             fetched: Vec::new(),
             served: VecDeque::new(),
+            asked: VecDeque::new(),
             known: BTreeSet::new(),
             known_order: VecDeque::new(),
             actions: VecDeque::new(),
@@ -842,6 +847,10 @@ impl Peer {
                     deadline: now + self.config.fetch_timeout,
                 },
             );
+            if self.asked.len() >= ASKED_REMEMBERED {
+                self.asked.pop_front();
+            }
+            self.asked.push_back(id);
             self.actions.push_back(Action::Fetch { from: author, id });
         }
         self.maybe_close(now, false);
@@ -856,8 +865,9 @@ impl Peer {
         data: Option<Bytes>,
     ) {
         let Some(flight) = self.fetching.remove(&id) else {
-            // Late answer to a pull given up, or unsolicited.
-            if data.is_some() && !self.fetched.iter().any(|(v, _)| v.id() == id) {
+            // A late answer to a pull this peer gave up is nobody's fault; only a payload it
+            // never asked for is.
+            if data.is_some() && !self.asked.contains(&id) {
                 self.event(Event::Rejected {
                     from,
                     reason: Reason::UnexpectedPayload,

@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Net, chain, inits, keys};
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::identity::{ContentId, Digest, Keypair, Verified};
+use medmesh_protocol::identity::{self, ContentId, Digest, Keypair, MemberId, Signed, Verified};
 use medmesh_protocol::peer::{Action, Config, Event, Peer, Reason, Verdict};
 use medmesh_protocol::roster::{Role, SignedRoster};
 use medmesh_protocol::update::{self, Version};
 use medmesh_protocol::validation::{Dataset, Metric, Report};
-use medmesh_protocol::wire::Message;
+use medmesh_protocol::wire::{self, Message};
 
 const DIM: usize = 8;
 
@@ -178,7 +178,10 @@ fn payload_that_does_not_match_its_announcement_is_refused() {
     tampered[0] ^= 1;
     peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(tampered)));
     assert_eq!(rejected_reason(&mut peer), Some("payload_mismatch"));
-    // A payload nobody asked for is refused too.
+    // A second answer to a pull already settled is a late answer, not an attack ...
+    peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(bytes.clone())));
+    assert_eq!(rejected_reason(&mut peer), None);
+    // ... but a payload nobody asked for is refused.
     peer.handle_payload(T, k[3].id(), ContentId([7; 32]), Some(Bytes::from(bytes)));
     assert_eq!(rejected_reason(&mut peer), Some("unexpected_payload"));
 }
@@ -508,4 +511,34 @@ fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
     }
     assert!(!peer.is_finished(), "dragged past max_rounds");
     assert_eq!(peer.round(), 2, "follows the honest majority's round");
+}
+
+/// Found by the `signed_envelope` fuzz target (`fuzz/README.md`), input minimized by hand: an
+/// envelope "signed" by the identity point (a public key of small order that no one holds the
+/// secret of) with `R` the identity and `s = 0`. The strict check refused it, but a batch check
+/// accepted it as a verified version, alone or next to honest envelopes.
+#[test]
+fn a_small_order_signer_is_refused_alone_and_in_a_batch() {
+    let identity_point: [u8; 32] = std::array::from_fn(|i| u8::from(i == 0));
+    let mut input = vec![105]; // body length
+    input.extend([0; 105]); // body: a `Version` whose every field is zero or empty
+    input.extend(identity_point); // signer
+    input.push(64); // signature length
+    input.extend(identity_point); // R
+    input.extend([0; 32]); // s
+    let forged: Signed<Version> = wire::decode(&input).expect("decodes");
+    let signer = MemberId(identity_point);
+    assert_eq!(forged.signer(), signer);
+    let (honest, _) = version(&Keypair::from_seed([1; 32]), 1, 1.0);
+    let results = identity::verify_batch(vec![honest.signed().clone(), forged.clone()]);
+    assert_eq!(results[0], Ok(honest));
+    assert!(
+        results[1].is_err(),
+        "a made-up signature verified in a batch"
+    );
+    assert_eq!(results[1], Err(identity::Error::InvalidKey(signer)));
+    for result in identity::verify_batch(vec![forged.clone(), forged.clone()]) {
+        assert_eq!(result, Err(identity::Error::InvalidKey(signer)));
+    }
+    assert_eq!(forged.verify(), Err(identity::Error::InvalidKey(signer)));
 }
