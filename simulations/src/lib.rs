@@ -11,6 +11,10 @@
 //! round trip plus the payload's size over the link bandwidth. Byzantine peers are real peers
 //! too: an [`Adversary`] may rewrite what they broadcast (see [`attack`]).
 //!
+//! Faults, each drawn from its own generator seeded by the run's seed (so a run without them is
+//! unchanged): [`Partition`]s that cut the peers into groups and heal, [`Churn`] (peers offline
+//! for a while, coming back with their state) and [`Stragglers`] (slow trainers).
+//!
 //! It never touches a socket or the wall clock except to report how long a run took.
 
 pub mod attack;
@@ -47,6 +51,133 @@ pub struct Network {
     pub bandwidth_mbps: f64,
     /// Probability that a gossip message to one peer is lost.
     pub loss: f64,
+    /// Partitions that open and heal (`[[network.partition]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partition: Vec<Partition>,
+    /// Peers that go offline and come back with their state (`[network.churn]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+}
+
+impl Network {
+    /// Checks the ranges of the fault settings.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for p in &self.partition {
+            anyhow::ensure!(
+                p.at >= 0.0 && p.heal > p.at && p.groups >= 2,
+                "a partition needs 0 <= at < heal and groups >= 2"
+            );
+        }
+        if let Some(churn) = &self.churn {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&churn.fraction),
+                "churn fraction must be in [0, 1]"
+            );
+            anyhow::ensure!(
+                churn.fraction == 0.0 || (churn.down > 0.0 && churn.every > churn.down),
+                "periodic churn needs every > down > 0"
+            );
+            for o in &churn.outages {
+                anyhow::ensure!(
+                    o.at >= 0.0 && o.down > 0.0,
+                    "an outage needs at >= 0 and down > 0"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A partition of the network, as `[[network.partition]] at = 30.0, heal = 60.0, groups = 2`:
+/// from `at` until `heal` (virtual seconds) gossip and payload pulls between peers of different
+/// groups are dropped, those already in flight across the cut included. Peers are cut into
+/// `groups` contiguous blocks of indices (two halves by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// When the partition opens, virtual seconds.
+    pub at: f64,
+    /// When it heals, virtual seconds.
+    pub heal: f64,
+    /// How many groups of peers it cuts the network into.
+    #[serde(default = "two")]
+    pub groups: usize,
+}
+
+fn two() -> usize {
+    2
+}
+
+impl Partition {
+    /// Whether peers `a` and `b` of `n` are on different sides at virtual time `t`.
+    fn cuts(&self, a: usize, b: usize, n: usize, t: f64) -> bool {
+        self.at <= t && t < self.heal && a * self.groups / n != b * self.groups / n
+    }
+}
+
+/// Churn, as `[network.churn] fraction = 0.1, down = 5.0, every = 30.0`: a seeded `fraction` of
+/// the peers each go offline for `down` virtual seconds once every `every` seconds (at a seeded
+/// phase of their own), plus any explicit `outages`. An offline peer receives nothing and sends
+/// nothing; its timers and a training result that completes meanwhile are held until it comes
+/// back, with its state, and catches up.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Churn {
+    /// Share of peers that go offline periodically.
+    pub fraction: f64,
+    /// How long each outage lasts, virtual seconds.
+    pub down: f64,
+    /// Period of a churning peer's outages, virtual seconds.
+    pub every: f64,
+    /// Explicit outages, as `outages = [{ peer = 3, at = 10.0, down = 5.0 }]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outages: Vec<Outage>,
+}
+
+/// One peer offline from `at` for `down` virtual seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Index of the peer.
+    pub peer: usize,
+    /// When it goes offline, virtual seconds.
+    pub at: f64,
+    /// How long it stays offline, virtual seconds.
+    pub down: f64,
+}
+
+/// Slow trainers, as `[timing] stragglers = { fraction = 0.2, slowdown = 5.0 }`: a seeded
+/// `fraction` of the peers take `slowdown` times longer to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stragglers {
+    /// Share of peers that are slow.
+    pub fraction: f64,
+    /// Factor on their training time.
+    pub slowdown: f64,
+}
+
+impl Stragglers {
+    /// Checks the ranges.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.fraction) && self.slowdown > 0.0,
+            "stragglers need fraction in [0, 1] and slowdown > 0"
+        );
+        Ok(())
+    }
+}
+
+/// `round(fraction × n)` distinct peers of `n`, drawn from a generator of their own so that
+/// turning a feature on does not shift any other random draw of the run.
+fn pick(n: usize, fraction: f64, seed: u64, salt: u64) -> (Vec<bool>, ChaCha8Rng) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt);
+    let k = ((fraction * n as f64).round() as usize).min(n);
+    let mut chosen = vec![false; n];
+    for i in rand::seq::index::sample(&mut rng, n, k) {
+        chosen[i] = true;
+    }
+    (chosen, rng)
 }
 
 impl Default for Network {
@@ -56,6 +187,8 @@ impl Default for Network {
             jitter_ms: 10.0,
             bandwidth_mbps: 100.0,
             loss: 0.0,
+            partition: Vec::new(),
+            churn: None,
         }
     }
 }
@@ -174,6 +307,8 @@ pub struct Stats {
     pub timeouts: u64,
     /// Rounds completed, summed over peers (peer-rounds).
     pub rounds: u64,
+    /// Gossip messages and payload pulls dropped by a partition or an offline peer.
+    pub faults: u64,
 }
 
 /// Everything a simulation starts from.
@@ -235,6 +370,14 @@ pub struct Sim<L> {
     targets: Vec<usize>,
     /// Each peer's earliest pending timeout delivery.
     wakeups: Vec<Option<Duration>>,
+    /// Seed of the run, for the fault generators.
+    seed: u64,
+    /// Factor on each peer's training time (stragglers).
+    slowdown: Vec<f64>,
+    /// Periodic churn: each churning peer's first outage, nanoseconds of virtual time.
+    churn_phase: Vec<Option<u64>>,
+    /// Explicit outages per peer: (start, end) in nanoseconds of virtual time.
+    outages: Vec<Vec<(u64, u64)>>,
 }
 
 /// Deterministic member keys for simulated peers.
@@ -307,6 +450,22 @@ impl<L: Learner> Sim<L> {
         let index = peers.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
         let n = peers.len();
         let finished = peers.iter().filter(|p| p.is_finished()).count();
+        network.check()?;
+        let mut churn_phase = vec![None; n];
+        let mut outages = vec![Vec::new(); n];
+        if let Some(churn) = &network.churn {
+            let (chosen, mut rng) = pick(n, churn.fraction, seed, 0xc4a2_0c4a_2000_0001);
+            for (i, phase) in churn_phase.iter_mut().enumerate() {
+                if chosen[i] {
+                    let p: f64 = rng.random_range(0.0..1.0);
+                    *phase = Some(nanos((1.0 - p) * churn.every));
+                }
+            }
+            for o in &churn.outages {
+                anyhow::ensure!(o.peer < n, "outage of peer {} of {n}", o.peer);
+                outages[o.peer].push((nanos(o.at), nanos(o.at + o.down)));
+            }
+        }
         let mut sim = Self {
             peers,
             index,
@@ -332,6 +491,10 @@ impl<L: Learner> Sim<L> {
             adversary_order: VecDeque::new(),
             targets: Vec::new(),
             wakeups: vec![None; n],
+            seed,
+            slowdown: vec![1.0; n],
+            churn_phase,
+            outages,
         };
         for i in 0..n {
             sim.drain(i)?;
@@ -342,6 +505,62 @@ impl<L: Learner> Sim<L> {
     /// Lets `adversary` decide what the peers it controls broadcast from now on.
     pub fn set_adversary(&mut self, adversary: Box<dyn Adversary>) {
         self.adversary = Some(adversary);
+    }
+
+    /// Makes a seeded subset of peers train `stragglers.slowdown` times slower from now on.
+    pub fn set_stragglers(&mut self, stragglers: &Stragglers) -> anyhow::Result<()> {
+        stragglers.check()?;
+        let (chosen, _) = pick(
+            self.peers.len(),
+            stragglers.fraction,
+            self.seed,
+            0x5709_9a1e_5000_0002,
+        );
+        for (s, c) in self.slowdown.iter_mut().zip(chosen) {
+            *s = if c { stragglers.slowdown } else { 1.0 };
+        }
+        Ok(())
+    }
+
+    /// Peers that train slower (see [`Sim::set_stragglers`]).
+    pub fn stragglers(&self) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|&i| self.slowdown[i] != 1.0)
+            .collect()
+    }
+
+    /// Peers that go offline now and then (periodic churn or explicit outages).
+    pub fn churned(&self) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|&i| self.churn_phase[i].is_some() || !self.outages[i].is_empty())
+            .collect()
+    }
+
+    /// When peer `i`, offline at virtual time `t`, comes back; `None` if it is online.
+    fn offline_until(&self, i: usize, t: Duration) -> Option<Duration> {
+        let t = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+        let mut end = None;
+        if let (Some(phase), Some(churn)) = (self.churn_phase[i], &self.network.churn)
+            && t >= phase
+        {
+            let (every, down) = (nanos(churn.every).max(1), nanos(churn.down));
+            let into = (t - phase) % every;
+            if into < down {
+                end = Some(t - into + down);
+            }
+        }
+        for &(start, stop) in &self.outages[i] {
+            if start <= t && t < stop {
+                end = end.max(Some(stop));
+            }
+        }
+        end.map(Duration::from_nanos)
+    }
+
+    /// Whether a partition separates peers `a` and `b` now.
+    fn cut(&self, a: usize, b: usize) -> bool {
+        let (n, t) = (self.peers.len(), self.now.as_secs_f64());
+        self.network.partition.iter().any(|p| p.cuts(a, b, n, t))
     }
 
     /// Whether every peer reached its last round.
@@ -426,6 +645,10 @@ impl<L: Learner> Sim<L> {
                 self.stats.gossip_lost += 1;
                 continue;
             }
+            if self.cut(i, to) {
+                self.stats.faults += 1;
+                continue;
+            }
             let at = self.now + self.latency();
             self.push(
                 at,
@@ -472,7 +695,8 @@ impl<L: Learner> Sim<L> {
                     self.latest[i].clone_from(&params);
                     let t = self
                         .rng
-                        .random_range(self.training.min_ms..=self.training.max_ms);
+                        .random_range(self.training.min_ms..=self.training.max_ms)
+                        * self.slowdown[i];
                     self.training_params[i] = Some((round, params));
                     let at = self.now + Duration::from_secs_f64(t / 1e3);
                     self.push(at, Delivery::Trained { to: i });
@@ -486,7 +710,13 @@ impl<L: Learner> Sim<L> {
                 }
                 Action::Fetch { from, id } => {
                     let source = self.index.get(&from).copied();
-                    let data = source.and_then(|j| {
+                    let reachable = source.is_none_or(|j| {
+                        !self.cut(i, j) && self.offline_until(j, self.now).is_none()
+                    });
+                    if !reachable {
+                        self.stats.faults += 1;
+                    }
+                    let data = source.filter(|_| reachable).and_then(|j| {
                         self.peers[j]
                             .payload(&id)
                             .or_else(|| self.adversary_payloads.get(&id).cloned())
@@ -575,7 +805,31 @@ impl<L: Learner> Sim<L> {
             return Ok(false);
         };
         self.now = at;
+        let to = match &delivery {
+            Delivery::Gossip { to, .. }
+            | Delivery::Payload { to, .. }
+            | Delivery::Trained { to }
+            | Delivery::Timeout { to } => *to,
+        };
+        if let Some(back) = self.offline_until(to, at) {
+            match delivery {
+                // Timers and a finished training wait for the peer to come back.
+                Delivery::Trained { .. } => self.push(back, delivery),
+                Delivery::Timeout { .. } => {
+                    if self.wakeups[to] == Some(at) {
+                        self.wakeups[to] = Some(back);
+                    }
+                    self.push(back, delivery);
+                }
+                Delivery::Gossip { .. } | Delivery::Payload { .. } => self.stats.faults += 1,
+            }
+            return Ok(true);
+        }
         let to = match delivery {
+            Delivery::Gossip { from, .. } if self.cut(from, to) => {
+                self.stats.faults += 1;
+                return Ok(true);
+            }
             Delivery::Gossip { to, from, bytes } => {
                 self.stats.gossip_messages += 1;
                 self.stats.gossip_bytes += bytes.len() as u64;
@@ -583,7 +837,18 @@ impl<L: Learner> Sim<L> {
                 self.peers[to].handle_message(at, from, &bytes);
                 to
             }
-            Delivery::Payload { to, from, id, data } => {
+            Delivery::Payload {
+                to,
+                from,
+                id,
+                mut data,
+            } => {
+                if data.is_some() && (self.cut(from, to) || self.offline_until(from, at).is_some())
+                {
+                    // The answer was lost on the way: the pull fails.
+                    data = None;
+                    self.stats.faults += 1;
+                }
                 if let Some(d) = &data {
                     self.stats.payloads += 1;
                     self.stats.payload_bytes += d.len() as u64;
@@ -634,6 +899,13 @@ impl<L: Learner + Evaluate> Sim<L> {
     pub fn evaluate(&self, i: usize) -> f64 {
         self.learner.accuracy(i, &self.latest[i])
     }
+}
+
+/// Virtual seconds as nanoseconds.
+fn nanos(seconds: f64) -> u64 {
+    Duration::try_from_secs_f64(seconds.max(0.0)).map_or(u64::MAX, |d| {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    })
 }
 
 /// Mean L2 distance of vectors to their average.

@@ -23,6 +23,22 @@
 //! fanout = 3
 //! # gossip_reach = 14                   # each announcement heard by 14 random peers (default: all)
 //!
+//! [timing]                              # virtual training time per round
+//! min_ms = 50.0
+//! max_ms = 500.0
+//! stragglers = { fraction = 0.2, slowdown = 5.0 }   # optional: a seeded 20 % train 5x slower
+//!
+//! [[network.partition]]                 # optional, repeatable: two halves cut from 30 s to 60 s
+//! at = 30.0
+//! heal = 60.0
+//! groups = 2
+//!
+//! [network.churn]                       # optional: a seeded 10 % go offline 5 s every 40 s
+//! fraction = 0.1
+//! down = 5.0
+//! every = 40.0
+//! # outages = [{ peer = 3, at = 10.0, down = 5.0 }]
+//!
 //! [attack]                              # optional: Byzantine members (see the `attack` module)
 //! kind = "sign_flip"                    # "noise", "alie", "model_replacement", "stale_replay",
 //!                                       # "forged_signature", "equivocation" or "none"
@@ -53,7 +69,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::attack::{Attack, AttackKind, Placement};
 use crate::attack::{Byzantine, Poisoned};
 use crate::native::{Local, Logistic};
-use crate::{Evaluate, Learner, Network, Setup, Sim, Training, genesis, keys, synthetic};
+use crate::{
+    Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, genesis, keys, synthetic,
+};
 
 /// A scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +97,7 @@ pub struct Scenario {
     pub network: Network,
     /// Simulated training time.
     #[serde(default)]
-    pub timing: Training,
+    pub timing: TimingSpec,
     /// Byzantine members, if any.
     #[serde(default)]
     pub attack: Attack,
@@ -126,6 +144,41 @@ pub enum Split {
     /// A generated "heart-disease-like" task (no dataset needed); every peer tests on one shared
     /// held-out set.
     Synthetic(synthetic::Spec),
+}
+
+/// Simulated training time, in virtual milliseconds (uniform in `[min_ms, max_ms]`), and slow
+/// trainers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimingSpec {
+    /// Shortest training time.
+    pub min_ms: f64,
+    /// Longest training time.
+    pub max_ms: f64,
+    /// A seeded subset of peers that train slower, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stragglers: Option<Stragglers>,
+}
+
+impl Default for TimingSpec {
+    fn default() -> Self {
+        let Training { min_ms, max_ms } = Training::default();
+        Self {
+            min_ms,
+            max_ms,
+            stragglers: None,
+        }
+    }
+}
+
+impl TimingSpec {
+    /// Training times as the simulator takes them.
+    pub fn training(&self) -> Training {
+        Training {
+            min_ms: self.min_ms,
+            max_ms: self.max_ms,
+        }
+    }
 }
 
 /// Local training settings.
@@ -263,6 +316,15 @@ impl Scenario {
         if let Split::Synthetic(spec) = &scenario.data.split {
             spec.check()
                 .with_context(|| format!("{}: [data] split", path.display()))?;
+        }
+        scenario
+            .network
+            .check()
+            .with_context(|| format!("{}: [network]", path.display()))?;
+        if let Some(stragglers) = &scenario.timing.stragglers {
+            stragglers
+                .check()
+                .with_context(|| format!("{}: [timing] stragglers", path.display()))?;
         }
         scenario
             .protocol
@@ -431,13 +493,16 @@ pub fn run(
                 inits: vec![vec![0.0; dim]; peers],
                 samples,
                 network: scenario.network.clone(),
-                training: scenario.timing.clone(),
+                training: scenario.timing.training(),
                 seed,
                 neighbours: None,
                 gossip_reach: scenario.protocol.gossip_reach,
             },
             Poisoned::new(learner, is_attacker.clone(), scenario.attack.clone(), seed),
         )?;
+        if let Some(stragglers) = &scenario.timing.stragglers {
+            sim.set_stragglers(stragglers)?;
+        }
         if scenario.attack.kind.on_wire() {
             sim.set_adversary(Box::new(Byzantine::new(
                 scenario.attack.clone(),
@@ -588,6 +653,38 @@ mod tests {
             attacked_median > clean - 0.05,
             "median: {attacked_median} vs {clean}"
         );
+    }
+
+    #[test]
+    fn fault_settings_parse_and_bad_ranges_are_refused() {
+        let text = r#"
+            name = "f"
+            rounds = 2
+            [data]
+            split = { kind = "synthetic", peers = 8 }
+            [timing]
+            stragglers = { fraction = 0.25, slowdown = 3.0 }
+            [[network.partition]]
+            at = 1.0
+            heal = 2.0
+            [network.churn]
+            fraction = 0.25
+            down = 1.0
+            every = 4.0
+            outages = [{ peer = 1, at = 0.5, down = 1.0 }]
+        "#;
+        let scenario: Scenario = toml::from_str(text).expect("parses");
+        assert_eq!(scenario.network.partition[0].groups, 2, "halves by default");
+        assert!(scenario.network.check().is_ok());
+        let churn = scenario.network.churn.as_ref().expect("churn");
+        assert_eq!(churn.outages[0].peer, 1);
+        let bad: Scenario =
+            toml::from_str(&text.replace("every = 4.0", "every = 0.5")).expect("parses");
+        assert!(bad.network.check().is_err(), "every must exceed down");
+        let bad: Scenario =
+            toml::from_str(&text.replace("heal = 2.0", "heal = 0.5")).expect("parses");
+        assert!(bad.network.check().is_err(), "heal after at");
+        assert!(toml::from_str::<Scenario>(&text.replace("slowdown", "slow")).is_err());
     }
 
     #[test]
