@@ -562,6 +562,8 @@ pub enum Command {
     Validate {
         /// Which version.
         model: Selection,
+        /// Validate on this dataset's site's test split instead of the node's own `[data]`.
+        data: Option<crate::config::DataConfig>,
         /// Where the loop answers (once the model was pulled and evaluated).
         reply: oneshot::Sender<Result<String, String>>,
     },
@@ -731,24 +733,46 @@ async fn roster_handler(State(shared): State<Shared>, body: Bytes) -> Response {
     }
 }
 
-/// `POST /validate` with body `latest` or a content id: 200 with the report's description once
-/// the node pulled, evaluated and published it; 422 when it cannot; 503 when busy.
+/// What `POST /validate` takes (JSON): the version, and optionally other local data to
+/// validate on (a schema file the node can read and a site in it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateRequest {
+    /// `latest` or a content id.
+    pub model: String,
+    /// A dataset schema file (default: the node's `[data]`).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// The site of that schema whose test split to use.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+/// `POST /validate` with a [`ValidateRequest`]: 200 with the report's description once the node
+/// pulled, evaluated and published it; 400 for a bad request; 422 when it cannot; 503 when busy.
 async fn validate_handler(State(shared): State<Shared>, body: Bytes) -> Response {
-    let text = String::from_utf8_lossy(&body);
-    let model: Selection = match text.trim().parse() {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
+    let request: ValidateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("not a validation request: {e}")),
+    };
+    let model: Selection = match request.model.trim().parse() {
         Ok(model) => model,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not `latest` or a content id: {e}"),
-            )
-                .into_response();
-        }
+        Err(e) => return bad(format!("not `latest` or a content id: {e}")),
+    };
+    let data = match (request.schema, request.site) {
+        (Some(schema), Some(site)) => Some(crate::config::DataConfig {
+            schema,
+            site,
+            shard: None,
+        }),
+        (None, None) => None,
+        _ => return bad("give both a schema and a site, or neither".into()),
     };
     let (reply, answer) = oneshot::channel();
     let queued = shared
         .commands
-        .send_timeout(Command::Validate { model, reply }, COMMAND_TIMEOUT)
+        .send_timeout(Command::Validate { model, data, reply }, COMMAND_TIMEOUT)
         .await;
     if queued.is_err() {
         return (
@@ -766,11 +790,12 @@ async fn validate_handler(State(shared): State<Shared>, body: Bytes) -> Response
     }
 }
 
-/// Asks the node at `addr` to validate `model` and publish the report; its description.
-pub async fn validate(addr: SocketAddr, model: &str) -> Result<String, Error> {
+/// Asks the node at `addr` to validate a model and publish the report; its description.
+pub async fn validate(addr: SocketAddr, request: &ValidateRequest) -> Result<String, Error> {
+    let body = serde_json::to_vec(request).map_err(|source| Error::Decode { addr, source })?;
     let body = tokio::time::timeout(
         CLIENT_TIMEOUT + VALIDATE_TIMEOUT,
-        exchange(addr, "/validate", Some(Bytes::from(model.to_owned()))),
+        exchange(addr, "/validate", Some(Bytes::from(body))),
     )
     .await
     .map_err(|_| Error::Timeout { addr })??;

@@ -69,6 +69,13 @@ enum Command {
         /// A version's content id, or `latest` (the highest round the node holds).
         #[arg(long, default_value = "latest")]
         model: String,
+        /// Validate on this dataset schema's `--site` test split instead of the node's own
+        /// `[data]` (a file on the node's machine).
+        #[arg(long, requires = "site")]
+        data: Option<PathBuf>,
+        /// The site of `--data` whose test split to validate on.
+        #[arg(long, requires = "data")]
+        site: Option<String>,
         /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
         #[arg(long, env = "MEDMESH_ADMIN")]
         admin: Option<SocketAddr>,
@@ -531,14 +538,28 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Validate {
             model,
+            data,
+            site,
             admin,
             config,
         } => {
             let addr = admin_address(admin, config.as_deref())?;
+            let schema = match data {
+                Some(path) => Some(
+                    std::fs::canonicalize(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let request = admin::ValidateRequest {
+                model,
+                schema,
+                site,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            println!("{}", runtime.block_on(admin::validate(addr, &model))?);
+            println!("{}", runtime.block_on(admin::validate(addr, &request))?);
         }
         Command::Roster(command) => roster_command(command)?,
         Command::Init { key } => {

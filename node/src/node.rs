@@ -124,6 +124,8 @@ struct Pending {
 /// A validation waiting for its model's payload.
 struct Validation {
     model: ContentId,
+    /// Other local data to validate on (default: the node's own test split).
+    data: Option<crate::config::DataConfig>,
     reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
 }
 
@@ -401,7 +403,15 @@ pub async fn run(
                             .is_some_and(|v| Some(v.round) == final_round);
                         if is_final {
                             validated_authors.insert(*signer);
-                            start_validation(*id, None, &store, &peer, &mut swarm, &mut tracking)?;
+                            start_validation(
+                                *id,
+                                None,
+                                None,
+                                &store,
+                                &peer,
+                                &mut swarm,
+                                &mut tracking,
+                            )?;
                         }
                     }
                     Event::Accepted { kind: "report", .. } => {
@@ -470,17 +480,30 @@ pub async fn run(
         }
         // Validations whose payload arrived: evaluate, sign and publish the report.
         for (validation, bytes) in std::mem::take(&mut tracking.arrived) {
-            let Validation { model, reply } = validation;
-            let result = finish_validation(
-                &config,
-                &store,
-                &mut peer,
-                &site.test,
-                &dataset.name,
-                model,
-                bytes,
-                started,
-            );
+            let Validation { model, data, reply } = validation;
+            let other = data
+                .as_ref()
+                .map(|d| -> anyhow::Result<(String, crate::data::Table)> {
+                    let set = Dataset::load(&d.schema)?;
+                    let test = set
+                        .site(&d.site)
+                        .with_context(|| {
+                            format!("site {:?} is not in {}", d.site, d.schema.display())
+                        })?
+                        .test
+                        .clone();
+                    Ok((set.name.clone(), test))
+                })
+                .transpose();
+            let result = other.and_then(|other| {
+                let (name, test) = match &other {
+                    Some((name, test)) => (name.as_str(), test),
+                    None => (dataset.name.as_str(), &site.test),
+                };
+                finish_validation(
+                    &config, &store, &mut peer, test, name, model, bytes, started,
+                )
+            });
             let answer = match result {
                 Ok((found, author)) => {
                     let line = validate::describe(&found.report, me);
@@ -585,9 +608,9 @@ pub async fn run(
                 peer.handle_trained(started.elapsed(), params, metrics)?;
             }
             Some(command) = commands.recv() => match command {
-                admin::Command::Validate { model, reply } => {
+                admin::Command::Validate { model, data, reply } => {
                     match resolve(&store, model)? {
-                        Some(id) => start_validation(id, Some(reply), &store, &peer, &mut swarm, &mut tracking)?,
+                        Some(id) => start_validation(id, data, Some(reply), &store, &peer, &mut swarm, &mut tracking)?,
                         None => {
                             let _ = reply.send(Err("this node holds no model version yet".into()));
                         }
@@ -721,13 +744,14 @@ fn resolve(store: &Store, selection: admin::Selection) -> anyhow::Result<Option<
 /// Starts validating `model`: from the payload at hand, or by pulling it from its author.
 fn start_validation(
     model: ContentId,
+    data: Option<crate::config::DataConfig>,
     reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
     store: &Store,
     peer: &Peer,
     swarm: &mut Swarm<network::Behaviour>,
     tracking: &mut Tracking,
 ) -> anyhow::Result<()> {
-    let validation = Validation { model, reply };
+    let validation = Validation { model, data, reply };
     let Some(version) = store.version(&model)? else {
         if let Some(reply) = validation.reply {
             let _ = reply.send(Err(format!(

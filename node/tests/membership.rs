@@ -193,6 +193,21 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     }
     let distance = mesh::max_relative_distance(&outcomes);
     assert!(distance <= 1e-3, "the five nodes disagree: {distance}");
+    // While the members linger, one validates the newest model on another site's test split
+    // on demand (hospitals may validate too) and publishes the signed report.
+    let schema = common::schema();
+    let line = cli(&[
+        "validate",
+        "--admin",
+        &founders[2].admin.to_string(),
+        "--model",
+        "latest",
+        "--data",
+        &schema.to_string_lossy(),
+        "--site",
+        "va",
+    ]);
+    assert!(line.contains("on 45 samples") && line.contains("auc"), "{line}");
     let log = common::log(&newcomer.log());
     assert!(log.contains("not on the roster"), "{log}");
     assert!(log.contains("admitted"), "{log}");
