@@ -207,7 +207,10 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
         "--site",
         "va",
     ]);
-    assert!(line.contains("on 45 samples") && line.contains("auc"), "{line}");
+    assert!(
+        line.contains("on 45 samples") && line.contains("auc"),
+        "{line}"
+    );
     let log = common::log(&newcomer.log());
     assert!(log.contains("not on the roster"), "{log}");
     assert!(log.contains("admitted"), "{log}");
