@@ -74,6 +74,8 @@
 //! to train and test: `per_site` uses each site's own train mean and unbiased standard deviation,
 //! `pooled` those of all sites' train rows together, `none` leaves values alone; every feature
 //! (one-hot columns included) becomes `(x − mean) / (std + 1e-9)`, so a constant column becomes 0.
+//! A value this takes beyond the `f32` range (a test value far from a train column with almost no
+//! spread) is refused with [`Error::TooLarge`].
 //!
 //! # Example
 //!
@@ -1194,7 +1196,8 @@ impl Schema {
         if let Splitter::File(table) = &splitter {
             table.check_used(self)?;
         }
-        normalize(&self.path, &self.sites, &mut sites, normalization)?;
+        let names = features.as_deref().unwrap_or_default();
+        normalize(&self.path, &self.sites, &mut sites, names, normalization)?;
         Ok(Dataset {
             name: self.name.clone(),
             features: features.unwrap_or_default(),
@@ -2279,21 +2282,56 @@ fn moments(tables: &[&Table], cols: usize) -> (usize, Vec<f64>, Vec<f64>) {
     (n, mean, std)
 }
 
-fn standardize(table: &mut Table, mean: &[f64], std: &[f64]) {
+/// Standardizes every value of `table` with train statistics. Returns the column of the first
+/// value that leaves the `f32` range, which only a test value far outside a train column of
+/// (almost) no spread can do.
+fn standardize(table: &mut Table, mean: &[f64], std: &[f64]) -> Option<usize> {
     if table.cols == 0 {
-        return;
+        return None;
     }
     for row in table.x.chunks_exact_mut(table.cols) {
         for ((v, m), s) in row.iter_mut().zip(mean).zip(std) {
             *v = ((f64::from(*v) - m) / (s + STD_EPSILON)) as f32;
         }
     }
+    let cols = table.cols;
+    table
+        .x
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| i % cols)
+}
+
+/// Standardizes a site's train and test rows; an infinity is refused, not handed to a learner.
+fn standardize_site(
+    site: &mut Site,
+    mean: &[f64],
+    std: &[f64],
+    features: &[String],
+    path: &Path,
+) -> Result<(), Error> {
+    for table in [&mut site.train, &mut site.test] {
+        if let Some(c) = standardize(table, mean, std) {
+            return Err(Error::TooLarge {
+                path: path.to_owned(),
+                message: format!(
+                    "column `{}` of site `{}` has a value that standardizes beyond the f32 range (train mean {}, standard deviation {})",
+                    features.get(c).map_or("?", String::as_str),
+                    site.name,
+                    mean[c],
+                    std[c]
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn normalize(
     schema: &Path,
     specs: &[SiteSpec],
     sites: &mut [Site],
+    features: &[String],
     normalization: Normalization,
 ) -> Result<(), Error> {
     match normalization {
@@ -2308,8 +2346,7 @@ fn normalize(
                         rows: n,
                     });
                 }
-                standardize(&mut site.train, &mean, &std);
-                standardize(&mut site.test, &mean, &std);
+                standardize_site(site, &mean, &std, features, &spec.path)?;
             }
         }
         Normalization::Pooled => {
@@ -2324,8 +2361,7 @@ fn normalize(
                 });
             }
             for site in sites.iter_mut() {
-                standardize(&mut site.train, &mean, &std);
-                standardize(&mut site.test, &mean, &std);
+                standardize_site(site, &mean, &std, features, schema)?;
             }
         }
     }
@@ -3187,6 +3223,37 @@ file = "a.csv"
         .error();
         assert!(matches!(e, Error::TooFewRows { rows: 1, .. }), "{e:?}");
         says(&e, &["a.csv", "site `a` has 1 train rows"]);
+    }
+
+    /// The `dataset` fuzz target's input (`fuzz/README.md`), split into its files: both train
+    /// rows have `v = 0`, so the test row's `1e30` standardized to `1e39`, an infinity as `f32`,
+    /// which the target's finiteness check caught.
+    #[test]
+    fn a_value_that_standardizes_beyond_f32_is_refused() {
+        const SCHEMA: &str = "name = \"x\"\nnormalization = \"per_site\"\n[label]\ncolumn = \"y\"\n\
+            [split]\nfile = \"split.csv\"\nline_column = \"line\"\nsplit_column = \"part\"\n\
+            [[sites]]\nname = \"a\"\nfile = \"a.csv\"\n";
+        let split = ("split.csv", "line,part\n2,train\n3,train\n4,test\n");
+        let e = Fixture::new(SCHEMA, &[("a.csv", "v,y\n0,0\n0,1\n1e30,0\n"), split]).error();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+        says(
+            &e,
+            &["a.csv", "column `v` of site `a`", "beyond the f32 range"],
+        );
+        // Pooled, it is refused too (naming the schema); a value that stays in range loads.
+        let pooled = SCHEMA.replace("per_site", "pooled");
+        let e = Fixture::new(&pooled, &[("a.csv", "v,y\n0,0\n0,1\n1e30,0\n"), split]).error();
+        says(
+            &e,
+            &[
+                "schema.toml",
+                "column `v` of site `a`",
+                "beyond the f32 range",
+            ],
+        );
+        let fine = Fixture::new(SCHEMA, &[("a.csv", "v,y\n0,0\n0,1\n1e20,0\n"), split]);
+        let data = fine.load().expect("1e20 / 1e-9 fits in f32");
+        assert!((data.sites[0].test.x[0] / 1e29 - 1.0).abs() < 1e-6);
     }
 
     #[test]

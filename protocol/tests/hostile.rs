@@ -516,7 +516,7 @@ fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
 /// Found by the `signed_envelope` fuzz target (`fuzz/README.md`), input minimized by hand: an
 /// envelope "signed" by the identity point (a public key of small order that no one holds the
 /// secret of) with `R` the identity and `s = 0`. The strict check refused it, but a batch check
-/// accepted it as a verified version, alone or next to honest envelopes.
+/// accepted it as a verified version, in a batch of copies of itself or next to honest envelopes.
 #[test]
 fn a_small_order_signer_is_refused_alone_and_in_a_batch() {
     let identity_point: [u8; 32] = std::array::from_fn(|i| u8::from(i == 0));
