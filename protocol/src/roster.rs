@@ -16,6 +16,7 @@
 //! OS randomness.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +25,10 @@ use crate::wire;
 
 /// BLAKE3 key-derivation context of a roster body's digest (the value members sign).
 pub const ROSTER_CONTEXT: &str = "medmesh 2026-11 roster v1";
-/// Most members one roster may hold.
-pub const MAX_MEMBERS: usize = 4096;
+/// Most members one roster may hold. A roster of more than about a thousand members no longer
+/// fits one gossip message ([`wire::MAX_GOSSIP`]); nodes then learn new versions by roster sync
+/// only. The simulator runs meshes up to this size.
+pub const MAX_MEMBERS: usize = 16_384;
 /// Longest mesh name, in bytes.
 pub const MAX_MESH_LEN: usize = 64;
 /// Longest member name or site, in bytes.
@@ -319,20 +322,19 @@ impl SignedRoster {
     /// Adds this key's signature over the body's digest, replacing an earlier one by the same key.
     /// Signing says nothing about whether the key is entitled to; the chain decides that.
     pub fn sign(&mut self, key: &Keypair) {
+        self.sign_all([key]);
+    }
+
+    /// [`SignedRoster::sign`] with each key in turn, hashing the body once (founders of a
+    /// simulated mesh of thousands sign one genesis).
+    pub fn sign_all<'a>(&mut self, keys: impl IntoIterator<Item = &'a Keypair>) {
         self.normalize();
-        let id = key.id();
-        let signature = Signature::new(key.sign_digest(&self.roster.digest()));
-        match self
-            .signatures
-            .binary_search_by_key(&id, |(signer, _)| *signer)
-        {
-            Ok(i) => {
-                if let Some(entry) = self.signatures.get_mut(i) {
-                    entry.1 = signature;
-                }
-            }
-            Err(i) => self.signatures.insert(i, (id, signature)),
+        let digest = self.roster.digest();
+        let mut signatures: BTreeMap<MemberId, Signature> = self.signatures.drain(..).collect();
+        for key in keys {
+            signatures.insert(key.id(), Signature::new(key.sign_digest(&digest)));
         }
+        self.signatures = signatures.into_iter().collect();
     }
 
     /// Adds the signatures of `other`, which must carry the same body, to this one. Only
@@ -447,12 +449,15 @@ pub enum Outcome {
 /// Each accepted version is stored with only the signatures that made it valid (verified, from
 /// entitled members, sorted), which is all a peer needs to replay the chain with
 /// [`Chain::from_history`].
+///
+/// Cloning a chain is cheap: clones share the accepted versions until one of them advances (the
+/// simulator gives each of thousands of peers a copy of one large roster).
 #[derive(Debug, Clone)]
 pub struct Chain {
     /// Every accepted version, genesis first; never empty, index = version.
-    history: Vec<SignedRoster>,
+    history: Arc<Vec<SignedRoster>>,
     /// Digest of each accepted body, index = version.
-    digests: Vec<Digest>,
+    digests: Arc<Vec<Digest>>,
 }
 
 impl Chain {
@@ -469,11 +474,11 @@ impl Chain {
         let digest = roster.digest();
         let signatures = tally(&genesis, roster, &digest, roster.members.len())?;
         Ok(Chain {
-            history: vec![SignedRoster {
+            history: Arc::new(vec![SignedRoster {
                 roster: genesis.roster,
                 signatures,
-            }],
-            digests: vec![digest],
+            }]),
+            digests: Arc::new(vec![digest]),
         })
     }
 
@@ -558,11 +563,11 @@ impl Chain {
         let digest = body.digest();
         let need = usize::try_from(current.threshold).unwrap_or(usize::MAX);
         let signatures = tally(&update, current, &digest, need)?;
-        self.history.push(SignedRoster {
+        Arc::make_mut(&mut self.history).push(SignedRoster {
             roster: update.roster,
             signatures,
         });
-        self.digests.push(digest);
+        Arc::make_mut(&mut self.digests).push(digest);
         Ok(Outcome::Advanced { version: got })
     }
 }
@@ -898,6 +903,34 @@ mod tests {
             Ok(Outcome::Duplicate)
         );
         assert_eq!(chain.history().len(), 2);
+    }
+
+    #[test]
+    fn clones_share_history_until_one_advances() {
+        let chain = founded();
+        let mut ahead = chain.clone();
+        let v1 = chain.current().next(members(&[1, 2, 3]), 2).expect("next");
+        ahead.apply(signed_by(v1, &[1, 2, 3])).expect("v1");
+        assert_eq!((chain.current().version, ahead.current().version), (0, 1));
+        assert_eq!((chain.history().len(), ahead.history().len()), (1, 2));
+        assert_eq!(chain.history()[0], ahead.history()[0]);
+    }
+
+    #[test]
+    fn sign_all_equals_signing_one_by_one() {
+        let roster = founded().current().clone();
+        let keys = [key(3), key(1), key(2)];
+        let mut together = SignedRoster::new(roster.clone());
+        together.sign(&key(1));
+        together.sign_all(&keys);
+        let mut apart = SignedRoster::new(roster);
+        for k in &keys {
+            apart.sign(k);
+        }
+        assert_eq!(together, apart);
+        assert_eq!(together.signers().count(), 3);
+        let signers: Vec<MemberId> = together.signers().collect();
+        assert!(signers.is_sorted());
     }
 
     #[test]
