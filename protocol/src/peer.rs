@@ -431,7 +431,9 @@ enum Phase {
 #[derive(Debug, Default)]
 struct AuthorState {
     latest: u64,
-    seen: BTreeMap<u64, ContentId>,
+    /// The version seen for each round within [`AUTHOR_WINDOW`] of `latest`, sorted by round: a
+    /// short vector, as a peer of a large mesh keeps one of these for every author it heard.
+    seen: Vec<(u64, ContentId)>,
     flagged: bool,
     /// Announcements this author may still send now (a token bucket, see [`RATE_BURST`]).
     tokens: f64,
@@ -440,6 +442,28 @@ struct AuthorState {
 }
 
 impl AuthorState {
+    fn seen(&self, round: u64) -> Option<&ContentId> {
+        self.seen
+            .binary_search_by_key(&round, |(r, _)| *r)
+            .ok()
+            .and_then(|i| self.seen.get(i))
+            .map(|(_, id)| id)
+    }
+
+    /// Records the version of `round` (the caller has checked there was none) and forgets the
+    /// rounds that fell out of the window.
+    fn see(&mut self, round: u64, id: ContentId) {
+        let at = self.seen.partition_point(|(r, _)| *r < round);
+        // Most authors of a large mesh are heard once or twice: grow one slot at a time.
+        if self.seen.len() == self.seen.capacity() {
+            self.seen.reserve_exact(1);
+        }
+        self.seen.insert(at, (round, id));
+        self.latest = self.latest.max(round);
+        let floor = self.latest.saturating_sub(AUTHOR_WINDOW);
+        self.seen.retain(|(r, _)| *r >= floor);
+    }
+
     /// Takes a token for one announcement at `now`; `false` when the author is over its rate.
     fn take_token(&mut self, now: Duration) -> bool {
         let elapsed = self.filled_at.map_or(RATE_BURST, |t| {
@@ -460,6 +484,42 @@ impl AuthorState {
 struct InFlight {
     author: MemberId,
     deadline: Duration,
+}
+
+/// A gossip message decoded, and its signature checked when it is an announcement: the part of
+/// [`Peer::handle_message`] that depends only on the bytes. A simulator that delivers one message
+/// to many peers in one process checks it once and hands each peer a clone
+/// ([`Peer::handle_inbound`]); a node just calls [`Peer::handle_message`].
+#[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "short-lived: handed straight to a peer, or kept once per broadcast behind an Arc; \
+              boxing would cost an allocation per receiver"
+)]
+pub enum Inbound {
+    /// An announcement, verified or with why its signature failed.
+    Announce(Result<Verified<Version>, identity::Error>),
+    /// A validation report, checked by the peer against its roster.
+    Report(Signed<Report>),
+    /// A roster update, checked by the peer against its chain.
+    Roster(SignedRoster),
+    /// Bytes no peer accepts: malformed, or a kind that does not travel by gossip.
+    Refused(Reason),
+}
+
+impl Inbound {
+    /// Decodes gossip bytes and verifies an announcement's signature.
+    pub fn inspect(bytes: &[u8]) -> Inbound {
+        match Message::from_bytes(bytes, wire::MAX_GOSSIP) {
+            Err(e) => Inbound::Refused(Reason::Malformed(e)),
+            Ok(Message::Announce(signed)) => Inbound::Announce(signed.verify()),
+            Ok(Message::Report(signed)) => Inbound::Report(signed),
+            Ok(Message::Roster(update)) => Inbound::Roster(update),
+            Ok(m @ (Message::Request(_) | Message::Payload { .. })) => {
+                Inbound::Refused(Reason::WrongChannel(m.kind()))
+            }
+        }
+    }
 }
 
 /// One member's protocol state. See the module docs for the call order.
@@ -675,20 +735,21 @@ impl Peer {
 
     /// Gossip bytes from `from` (the peer that delivered them, not necessarily the signer).
     pub fn handle_message(&mut self, now: Duration, from: MemberId, bytes: &[u8]) -> Verdict {
-        let message = match Message::from_bytes(bytes, wire::MAX_GOSSIP) {
-            Ok(m) => m,
-            Err(e) => return self.reject(from, Reason::Malformed(e)),
-        };
-        match message {
-            Message::Announce(signed) => self.handle_announce(now, from, signed),
-            Message::Report(signed) => match self.accept_report(signed) {
+        self.handle_inbound(now, from, Inbound::inspect(bytes))
+    }
+
+    /// Gossip that [`Inbound::inspect`] has decoded and checked: the same as
+    /// [`Peer::handle_message`] with its bytes.
+    pub fn handle_inbound(&mut self, now: Duration, from: MemberId, inbound: Inbound) -> Verdict {
+        match inbound {
+            Inbound::Announce(Ok(version)) => self.handle_announce(now, from, version),
+            Inbound::Announce(Err(e)) => self.reject(from, Reason::Signature(e)),
+            Inbound::Report(signed) => match self.accept_report(signed) {
                 Ok(v) => v,
                 Err(reason) => self.reject(from, reason),
             },
-            Message::Roster(update) => self.handle_roster(from, update),
-            m @ (Message::Request(_) | Message::Payload { .. }) => {
-                self.reject(from, Reason::WrongChannel(m.kind()))
-            }
+            Inbound::Roster(update) => self.handle_roster(from, update),
+            Inbound::Refused(reason) => self.reject(from, reason),
         }
     }
 
@@ -696,12 +757,8 @@ impl Peer {
         &mut self,
         now: Duration,
         from: MemberId,
-        signed: Signed<Version>,
+        version: Verified<Version>,
     ) -> Verdict {
-        let version = match signed.verify() {
-            Ok(v) => v,
-            Err(e) => return self.reject(from, Reason::Signature(e)),
-        };
         let author = version.signer();
         match self.chain.current().member(&author) {
             None => return self.reject(from, Reason::NotMember(author)),
@@ -730,10 +787,10 @@ impl Peer {
         if state.flagged {
             return self.reject(from, Reason::Flagged);
         }
-        if state.seen.get(&round) != Some(&id) && !state.take_token(now) {
+        if state.seen(round) != Some(&id) && !state.take_token(now) {
             return self.reject(from, Reason::RateLimited(author));
         }
-        match state.seen.get(&round) {
+        match state.seen(round) {
             Some(seen) if *seen == id && round >= state.latest => {
                 return Verdict::Ignore(Reason::Duplicate);
             }
@@ -756,10 +813,7 @@ impl Peer {
             None if round < state.latest => return self.reject(from, Reason::Replay),
             None => {}
         }
-        state.seen.insert(round, id);
-        state.latest = state.latest.max(round);
-        let floor = state.latest.saturating_sub(AUTHOR_WINDOW);
-        state.seen.retain(|r, _| *r >= floor);
+        state.see(round, id);
 
         self.remember(id);
         self.actions
