@@ -28,11 +28,13 @@ pub mod topology;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use medmesh_protocol::identity::{ContentId, Keypair, MemberId};
-use medmesh_protocol::peer::{Action, Config, Event, Peer};
+use medmesh_protocol::peer::{Action, Config, Event, Inbound, Peer};
 use medmesh_protocol::roster::{Chain, Member, Role, Roster, SignedRoster};
 use medmesh_protocol::wire::Message;
 use rand::{Rng, SeedableRng};
@@ -267,12 +269,100 @@ pub struct Outbox {
 /// Payloads of adversary-made versions kept to serve (oldest dropped first).
 const ADVERSARY_PAYLOADS: usize = 4096;
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Decodes broadcast gossip and checks its signature on another core while the simulation goes
+/// on: what [`Inbound::inspect`] returns depends only on the bytes, so each broadcast is checked
+/// once (not once per receiver) and the result is the same whichever thread computes it. A
+/// delivery whose check has not finished computes or waits for it ([`OnceLock::get_or_init`]),
+/// so runs stay deterministic; with one core there is no worker and deliveries check for
+/// themselves.
+struct Inspector {
+    jobs: Option<mpsc::Sender<(Bytes, Arc<OnceLock<Inbound>>)>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Inspector {
+    fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if cores < 2 {
+            return Self {
+                jobs: None,
+                worker: None,
+            };
+        }
+        let (jobs, queue) = mpsc::channel::<(Bytes, Arc<OnceLock<Inbound>>)>();
+        let worker = std::thread::Builder::new()
+            .name("inspect".into())
+            .spawn(move || {
+                for (bytes, cell) in queue {
+                    cell.get_or_init(|| Inbound::inspect(&bytes));
+                }
+            })
+            .ok();
+        Self {
+            jobs: worker.as_ref().map(|_| jobs),
+            worker,
+        }
+    }
+
+    /// A cell that will hold what `bytes` inspect to.
+    fn submit(&self, bytes: &Bytes) -> Arc<OnceLock<Inbound>> {
+        let cell = Arc::new(OnceLock::new());
+        if let Some(jobs) = &self.jobs {
+            // A worker that is gone leaves the check to the delivery.
+            let _ = jobs.send((bytes.clone(), Arc::clone(&cell)));
+        }
+        cell
+    }
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A delivery due at `at`; `seq` orders deliveries due at the same time (first scheduled, first
+/// handled), so the order never depends on the delivery itself.
+#[derive(Debug)]
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    delivery: Delivery,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Debug)]
 enum Delivery {
     Gossip {
         to: usize,
         from: usize,
         bytes: Bytes,
+        /// The bytes decoded and their signature checked once for every receiver of one
+        /// broadcast (a pure function of the bytes, see [`Inspector`]); `None` for injected
+        /// bytes, which the receiver decodes itself.
+        inbound: Option<Arc<OnceLock<Inbound>>>,
     },
     Payload {
         to: usize,
@@ -342,7 +432,7 @@ pub struct Setup<'a> {
 pub struct Sim<L> {
     peers: Vec<Peer>,
     index: BTreeMap<MemberId, usize>,
-    queue: BinaryHeap<Reverse<(Duration, u64, Delivery)>>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     now: Duration,
     rng: ChaCha8Rng,
@@ -368,6 +458,7 @@ pub struct Sim<L> {
     adversary_order: VecDeque<ContentId>,
     /// Gossip targets, reused between broadcasts.
     targets: Vec<usize>,
+    inspector: Inspector,
     /// Each peer's earliest pending timeout delivery.
     wakeups: Vec<Option<Duration>>,
     /// Seed of the run, for the fault generators.
@@ -402,9 +493,7 @@ pub fn genesis(keys: &[Keypair]) -> anyhow::Result<Chain> {
         .collect();
     let threshold = u32::try_from(keys.len() / 2 + 1)?;
     let mut signed = SignedRoster::new(Roster::genesis("simulation", threshold, members)?);
-    for k in keys {
-        signed.sign(k);
-    }
+    signed.sign_all(keys);
     Ok(Chain::from_genesis(signed)?)
 }
 
@@ -490,6 +579,7 @@ impl<L: Learner> Sim<L> {
             adversary_payloads: BTreeMap::new(),
             adversary_order: VecDeque::new(),
             targets: Vec::new(),
+            inspector: Inspector::new(),
             wakeups: vec![None; n],
             seed,
             slowdown: vec![1.0; n],
@@ -607,12 +697,24 @@ impl<L: Learner> Sim<L> {
 
     /// Injects raw gossip bytes from outside (an attacker) to peer `to` at time `at`.
     pub fn inject(&mut self, at: Duration, to: usize, from: usize, bytes: Bytes) {
-        self.push(at, Delivery::Gossip { to, from, bytes });
+        self.push(
+            at,
+            Delivery::Gossip {
+                to,
+                from,
+                bytes,
+                inbound: None,
+            },
+        );
     }
 
     fn push(&mut self, at: Duration, delivery: Delivery) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, delivery)));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            delivery,
+        }));
     }
 
     fn latency(&mut self) -> Duration {
@@ -640,6 +742,7 @@ impl<L: Learner> Sim<L> {
             ),
             (None, _) => targets.extend((0..n).filter(|&to| to != i)),
         }
+        let mut inbound = None;
         for &to in &targets {
             if self.network.loss > 0.0 && self.rng.random_bool(self.network.loss) {
                 self.stats.gossip_lost += 1;
@@ -650,12 +753,16 @@ impl<L: Learner> Sim<L> {
                 continue;
             }
             let at = self.now + self.latency();
+            let inbound = inbound
+                .get_or_insert_with(|| self.inspector.submit(bytes))
+                .clone();
             self.push(
                 at,
                 Delivery::Gossip {
                     to,
                     from: i,
                     bytes: bytes.clone(),
+                    inbound: Some(inbound),
                 },
             );
         }
@@ -801,7 +908,7 @@ impl<L: Learner> Sim<L> {
 
     /// Handles one delivery; `false` when nothing is left to do.
     pub fn step(&mut self) -> anyhow::Result<bool> {
-        let Some(Reverse((at, _, delivery))) = self.queue.pop() else {
+        let Some(Reverse(Scheduled { at, delivery, .. })) = self.queue.pop() else {
             return Ok(false);
         };
         self.now = at;
@@ -830,11 +937,24 @@ impl<L: Learner> Sim<L> {
                 self.stats.faults += 1;
                 return Ok(true);
             }
-            Delivery::Gossip { to, from, bytes } => {
+            Delivery::Gossip {
+                to,
+                from,
+                bytes,
+                inbound,
+            } => {
                 self.stats.gossip_messages += 1;
                 self.stats.gossip_bytes += bytes.len() as u64;
                 let from = self.peers.get(from).map_or(MemberId::default(), Peer::id);
-                self.peers[to].handle_message(at, from, &bytes);
+                match inbound {
+                    Some(cell) => {
+                        let inbound = cell.get_or_init(|| Inbound::inspect(&bytes)).clone();
+                        self.peers[to].handle_inbound(at, from, inbound);
+                    }
+                    None => {
+                        self.peers[to].handle_message(at, from, &bytes);
+                    }
+                }
                 to
             }
             Delivery::Payload {
