@@ -25,6 +25,7 @@ pub mod plot;
 pub mod scenario;
 pub mod synthetic;
 pub mod topology;
+pub mod torch;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -590,6 +591,11 @@ impl<L: Learner> Sim<L> {
             sim.drain(i)?;
         }
         Ok(sim)
+    }
+
+    /// The learner.
+    pub fn learner(&self) -> &L {
+        &self.learner
     }
 
     /// Lets `adversary` decide what the peers it controls broadcast from now on.

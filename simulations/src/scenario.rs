@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use medmesh_node::data::{Dataset, Table};
+use medmesh_node::learner::ModelSpec;
 use medmesh_protocol::aggregate::Rule;
 use medmesh_protocol::peer::Config;
 use rand::seq::SliceRandom;
@@ -69,6 +70,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::attack::{Attack, AttackKind, Placement};
 use crate::attack::{Byzantine, Poisoned};
 use crate::native::{Local, Logistic};
+use crate::torch::Torch;
 use crate::{
     Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, genesis, keys, synthetic,
 };
@@ -191,6 +193,11 @@ pub struct TrainingSpec {
     pub batch_size: usize,
     /// SGD steps per round.
     pub local_steps: usize,
+    /// Train this model with the node's libtorch trainer (one per peer, for tens of peers), e.g.
+    /// `model = { kind = "mlp", inputs = 13, hidden = [16] }` or a TorchScript module
+    /// (`{ kind = "torch_script", path = "model.pt", task = "binary" }`, relative to the working
+    /// directory). Without it: the native logistic regression, fast enough for 10,000 peers.
+    pub model: Option<ModelSpec>,
 }
 
 impl Default for TrainingSpec {
@@ -199,6 +206,7 @@ impl Default for TrainingSpec {
             lr: 0.01,
             batch_size: 4,
             local_steps: 100,
+            model: None,
         }
     }
 }
@@ -461,18 +469,36 @@ pub fn run(
         let is_attacker = scenario.attack.attackers(peers, seed);
         attackers = is_attacker.iter().filter(|a| **a).count();
         let samples: Vec<u64> = data.iter().map(|(t, _)| t.rows.max(1) as u64).collect();
-        let locals: Vec<Local> = data
-            .into_iter()
-            .enumerate()
-            .map(|(i, (train, test))| Local::new(train, test, seed.wrapping_add(i as u64)))
-            .collect();
-        let learner = Logistic::new(
-            locals,
-            scenario.training.lr,
-            scenario.training.batch_size,
-            scenario.training.local_steps,
-        );
-        let dim = learner.dim();
+        let training = &scenario.training;
+        let learner = match &training.model {
+            None => {
+                let locals: Vec<Local> = data
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (train, test))| Local::new(train, test, seed.wrapping_add(i as u64)))
+                    .collect();
+                Either::Native(Logistic::new(
+                    locals,
+                    training.lr,
+                    training.batch_size,
+                    training.local_steps,
+                ))
+            }
+            Some(spec) => Either::Torch(Torch::new(
+                spec,
+                data,
+                f64::from(training.lr),
+                training.batch_size,
+                training.local_steps,
+                seed,
+            )?),
+        };
+        // The shared initialization: zeros for the native logistic regression, libtorch's
+        // seeded initialization otherwise (a network started from zeros cannot break symmetry).
+        let init = match &learner {
+            Either::Native(native) => vec![0.0; native.dim()],
+            Either::Torch(torch) => torch.init().to_vec(),
+        };
         let k = keys(peers, seed);
         let chain = genesis(&k)?;
         let config = Config {
@@ -489,8 +515,7 @@ pub fn run(
                 keys: &k,
                 chain: &chain,
                 config,
-                // The shared initialization: zeros, as for a logistic regression.
-                inits: vec![vec![0.0; dim]; peers],
+                inits: vec![init; peers],
                 samples,
                 network: scenario.network.clone(),
                 training: scenario.timing.training(),
@@ -521,6 +546,11 @@ pub fn run(
                 csv.serialize(&row)?;
                 last = Some(row);
             }
+        }
+        if let Either::Torch(torch) = sim.learner().inner()
+            && let Some(failure) = torch.failure()
+        {
+            anyhow::bail!("{} seed {seed}: libtorch failed: {failure}", scenario.name);
         }
         let row = measure(&sim, &is_attacker, seed, sim.min_completed());
         final_accuracy.push(row.mean_accuracy);
@@ -563,6 +593,31 @@ pub fn run(
     let mut file = std::fs::File::create(out.join("summary.json"))?;
     writeln!(file, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(summary)
+}
+
+/// The learner a scenario asked for.
+#[derive(Debug)]
+enum Either {
+    Native(Logistic),
+    Torch(Torch),
+}
+
+impl Learner for Either {
+    fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
+        match self {
+            Either::Native(l) => l.train(peer, round, params),
+            Either::Torch(l) => l.train(peer, round, params),
+        }
+    }
+}
+
+impl Evaluate for Either {
+    fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
+        match self {
+            Either::Native(l) => l.accuracy(peer, params),
+            Either::Torch(l) => l.accuracy(peer, params),
+        }
+    }
 }
 
 /// Honest peers' accuracy on their own test rows and their consensus distance.
@@ -622,6 +677,41 @@ mod tests {
             again.final_accuracy, summary.final_accuracy,
             "same seeds, same results"
         );
+    }
+
+    #[test]
+    fn the_nodes_libtorch_trainer_runs_inside_the_simulator_deterministically() {
+        let mut scenario =
+            Scenario::load(&Path::new(SCENARIOS).join("heart-disease-torch.toml")).expect("loads");
+        assert!(matches!(
+            scenario.training.model,
+            Some(ModelSpec::Mlp { .. })
+        ));
+        scenario.seeds = vec![42];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = run(&scenario, dir.path(), |_| {}).expect("runs");
+        assert_eq!(summary.peers, 4);
+        assert!(
+            summary.mean_accuracy >= 0.72,
+            "MLP mean per-center accuracy {}",
+            summary.mean_accuracy
+        );
+        assert!(
+            summary.final_consensus[0] < 1e-4,
+            "{:?}",
+            summary.final_consensus
+        );
+        let again = run(&scenario, dir.path(), |_| {}).expect("runs");
+        assert_eq!(again.final_accuracy, summary.final_accuracy);
+
+        // A model the simulator cannot score is refused before anything runs.
+        scenario.training.model = Some(ModelSpec::Cox { inputs: 13 });
+        let error = run(&scenario, dir.path(), |_| {}).expect_err("survival model");
+        assert!(error.to_string().contains("binary"), "{error}");
+        // A model that does not fit the data names the peer and the mismatch.
+        scenario.training.model = Some(ModelSpec::Logistic { inputs: 5 });
+        let error = run(&scenario, dir.path(), |_| {}).expect_err("wrong width");
+        assert!(error.to_string().contains("peer 0"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! The node's libtorch trainer inside the simulator: one `TchLearner` per peer, any model the node
+//! trains (logistic, MLP, a TorchScript module for a binary task), so a scenario can study the
+//! very model a mesh will train. Each peer costs a libtorch model and optimizer (tens of peers;
+//! the native learner is the one for thousands).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use medmesh_node::data::{Table, Task};
+use medmesh_node::learner::{Learner as _, ModelSpec, Optimizer, TchLearner, TrainConfig};
+
+use crate::{Evaluate, Learner};
+
+/// One libtorch learner per peer, with the peer's test rows.
+pub struct Torch {
+    peers: Vec<(RefCell<TchLearner>, Arc<Table>)>,
+    init: Vec<f32>,
+    local_steps: usize,
+    /// The first error libtorch reported during the run (a run with one fails).
+    failure: Option<String>,
+}
+
+impl std::fmt::Debug for Torch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Torch")
+            .field("peers", &self.peers.len())
+            .field("dim", &self.init.len())
+            .finish()
+    }
+}
+
+impl Torch {
+    /// A learner of `spec` per peer on its `(train, test)` rows: plain SGD with `lr`,
+    /// `batch_size` and `local_steps` per round, batch order seeded by `seed` and the peer's
+    /// index. Every peer starts from the parameters libtorch initializes for `seed`.
+    pub fn new(
+        spec: &ModelSpec,
+        data: Vec<(Table, Arc<Table>)>,
+        lr: f64,
+        batch_size: usize,
+        local_steps: usize,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            spec.task() == Task::Binary,
+            "the simulator evaluates binary classifiers by accuracy; {spec:?} is not one"
+        );
+        let mut peers = Vec::with_capacity(data.len());
+        for (i, (train, test)) in data.into_iter().enumerate() {
+            let config = TrainConfig {
+                optimizer: Optimizer::Sgd { momentum: 0.0 },
+                lr,
+                batch_size,
+                local_steps,
+                seed: seed.wrapping_add(i as u64),
+                threads: 1,
+                dp: None,
+            };
+            let learner = TchLearner::new(spec.clone(), config, seed, &train)
+                .map_err(|e| anyhow::anyhow!("peer {i}: {e}"))?;
+            peers.push((RefCell::new(learner), test));
+        }
+        let init = peers
+            .first()
+            .map(|(l, _)| l.borrow().params())
+            .unwrap_or_default();
+        Ok(Self {
+            peers,
+            init,
+            local_steps,
+            failure: None,
+        })
+    }
+
+    /// Parameter count of the model.
+    pub fn dim(&self) -> usize {
+        self.init.len()
+    }
+
+    /// The shared initial parameters.
+    pub fn init(&self) -> &[f32] {
+        &self.init
+    }
+
+    /// The first error of the run, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+}
+
+impl Learner for Torch {
+    fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
+        let steps = self.local_steps;
+        let Some((learner, _)) = self.peers.get(peer) else {
+            return BTreeMap::new();
+        };
+        let mut learner = learner.borrow_mut();
+        let trained = learner.load(params).and_then(|()| learner.train(steps));
+        match trained {
+            Ok(metrics) => {
+                params.copy_from_slice(&learner.params());
+                metrics
+            }
+            Err(e) => {
+                // Left untrained; the run reports it when it ends.
+                self.failure
+                    .get_or_insert_with(|| format!("peer {peer}, round {round}: {e}"));
+                BTreeMap::new()
+            }
+        }
+    }
+}
+
+impl Evaluate for Torch {
+    fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
+        let Some((learner, test)) = self.peers.get(peer) else {
+            return 0.0;
+        };
+        let mut learner = learner.borrow_mut();
+        learner
+            .load(params)
+            .and_then(|()| learner.evaluate(test))
+            .map_or(0.0, |m| m.accuracy)
+    }
+}
