@@ -121,8 +121,43 @@ pub struct Validator {
     pub auc: Option<f64>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// First port [`free_port`] tries; below Linux's default ephemeral range (32768–60999).
+const PORTS_FROM: u16 = 20_000;
+/// How many ports [`free_port`] cycles through.
+const PORTS: u16 = 12_000;
+
+/// A port on 127.0.0.1 that is free now. Not one of the OS's ephemeral ports: those are what
+/// outgoing connections take their source port from, so between picking one and the node
+/// binding it, a connection of an already running node could take it (a node of a local mesh
+/// then failed to start, now and then). Ports are handed out in turn from a start that depends
+/// on the process, so two picks in one process never repeat and concurrent test processes
+/// rarely meet.
+pub fn free_port() -> anyhow::Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+    use std::sync::atomic::Ordering;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % u32::from(PORTS),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..PORTS {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % u32::from(PORTS);
+        let port = PORTS_FROM + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // Every one taken: let the OS choose.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The last lines of a node's log, for an error message (the log may go with a temporary
+/// folder).
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
 }
 
 /// One node of a local mesh: its folder (key, store, config, log, result), its ports and its
@@ -395,9 +430,10 @@ pub fn wait_for_outcomes(
                 outcomes[k] = Some(outcome);
             } else if let Some(status) = children.exited(indices[k])? {
                 anyhow::bail!(
-                    "{}'s node exited with {status} before finishing; see {}",
+                    "{}'s node exited with {status} before finishing; see {}, which ends:\n{}",
                     node.name,
-                    node.log().display()
+                    node.log().display(),
+                    log_tail(&node.log())
                 );
             }
         }

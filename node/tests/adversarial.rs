@@ -169,10 +169,7 @@ async fn run_rogue(
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    medmesh_node::mesh::free_port().expect("a free port")
 }
 
 #[test]
