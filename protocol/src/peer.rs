@@ -7,6 +7,7 @@
 //! | input | when |
 //! |---|---|
 //! | [`Peer::handle_message`] | gossip bytes arrived from another peer; returns the [`Verdict`] for gossip validation |
+//! | [`Peer::handle_inbound`] | the same gossip after [`Inbound::inspect`] (decode, signature check), which a driver delivering one message to many peers runs once |
 //! | [`Peer::handle_payload`] | a payload the peer asked for with [`Action::Fetch`] arrived (or failed) |
 //! | [`Peer::handle_trained`] | local training that [`Action::Train`] asked for finished |
 //! | [`Peer::handle_timeout`] | the time [`Peer::poll_timeout`] named has passed |
