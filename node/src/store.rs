@@ -402,11 +402,19 @@ impl Store {
     /// unclean shutdown is recovered from here. A damaged file, or a file that is not a medmesh
     /// store, is [`Error::Corrupt`]; a file another process has open is [`Error::Locked`].
     pub fn open(path: &Path) -> Result<Store, Error> {
+        Self::open_with(path, |builder| builder.create(path))
+    }
+
+    /// Opens the store named `path` through `create` (a file, or in tests a storage backend
+    /// that injects faults).
+    fn open_with(
+        path: &Path,
+        create: impl FnOnce(&redb::Builder) -> Result<Database, redb::DatabaseError>,
+    ) -> Result<Store, Error> {
         guarded(path, || {
-            let db = Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .create(path)
-                .at(path)?;
+            let mut builder = Database::builder();
+            builder.set_cache_size(CACHE_BYTES);
+            let db = create(&builder).at(path)?;
             let store = Store {
                 db,
                 path: path.to_owned(),
@@ -1636,20 +1644,129 @@ mod tests {
         assert!(store.verify_all().expect("audit").is_clean());
     }
 
+    /// A disk that fills up: the file may not grow past `limit` bytes; writes and resizes
+    /// beyond it fail with ENOSPC, as on a full file system. Everything else is redb's own
+    /// file backend.
+    #[derive(Debug)]
+    struct FullDisk {
+        file: redb::backends::FileBackend,
+        limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl FullDisk {
+        fn check(&self, end: u64) -> Result<(), std::io::Error> {
+            if end > self.limit.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FullDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, std::io::Error> {
+            self.file.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.check(len)?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> Result<(), std::io::Error> {
+            self.file.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.check(offset + data.len() as u64)?;
+            self.file.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (_dir, path) = temp();
+        let limit = Arc::new(AtomicU64::new(u64::MAX));
+        let open = |limit: &Arc<AtomicU64>| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .expect("file");
+            let backend = FullDisk {
+                file: redb::backends::FileBackend::new(file).expect("backend"),
+                limit: limit.clone(),
+            };
+            Store::open_with(&path, |builder| builder.create_with_backend(backend))
+        };
+        let store = open(&limit).expect("opens");
+        let (v, bytes, r) = fill(&store);
+
+        // The disk fills up: a 4 MB version does not fit.
+        limit.store(
+            std::fs::metadata(&path).expect("size").len(),
+            Ordering::SeqCst,
+        );
+        let params: Vec<f32> = (0..1_000_000).map(|i| i as f32 * 1e-6).collect();
+        let (big, big_bytes) = version_with(&key(3), 2, &params);
+        let err = store
+            .put_all(&items(&big, &big_bytes))
+            .expect_err("no space left");
+        match &err {
+            Error::Io { path: at, source } => {
+                assert_eq!(at, &path);
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{source}");
+            }
+            other => panic!("expected an I/O error naming the file, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(message.contains("store.redb"), "{message}");
+        assert!(message.contains("No space left on device"), "{message}");
+        // Later writes on this handle fail with an error too, never a panic.
+        assert!(store.set_state("round", &8u64.to_le_bytes()).is_err());
+        drop(store);
+
+        // Space is freed (here: the limit lifted) and the node restarts: everything committed
+        // before the disk filled is there and verifies, the failed write is not, and the store
+        // takes writes again.
+        limit.store(u64::MAX, Ordering::SeqCst);
+        let store = open(&limit).expect("reopens after the full disk");
+        check_filled(&store, &v, &bytes, &r);
+        assert_eq!(store.version(&big.id()).expect("reads"), None);
+        assert_eq!(store.payload(&big.id()).expect("reads"), None);
+        store
+            .put_all(&items(&big, &big_bytes))
+            .expect("fits once space is free");
+        assert_eq!(store.payload(&big.id()).expect("reads"), Some(big_bytes));
+        drop(store);
+        let store = Store::open(&path).expect("a plain open");
+        assert!(store.verify_all().expect("audit").is_clean());
+    }
+
     /// Set in the child process of [`committed_items_survive_kill_9`]: the store path to write to.
     const CRASH_CHILD: &str = "MEDMESH_STORE_CRASH_CHILD";
 
     /// Not a test on its own: when [`CRASH_CHILD`] is set, writes versions with payloads in a
-    /// loop and prints `committed <round> <id>` after each durable put, until it is killed.
+    /// loop, from the round after the stored one, and prints `committed <round> <id>` after each
+    /// durable put, until it is killed.
     #[test]
     fn crash_child() {
         let Some(path) = std::env::var_os(CRASH_CHILD) else {
             return;
         };
         let store = Store::open(Path::new(&path)).expect("child opens");
+        let first = store
+            .state("round")
+            .expect("child reads")
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            + 1;
         let author = key(7);
         let mut out = std::io::stdout().lock();
-        for round in 1..=500u64 {
+        for round in first..first + 500 {
             let params: Vec<f32> = (0..64 * 1024)
                 .map(|i| (i as f32) * 1e-3 + round as f32)
                 .collect();
@@ -1663,12 +1780,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn committed_items_survive_kill_9() {
-        if std::env::var_os(CRASH_CHILD).is_some() {
-            return;
-        }
-        let (_dir, path) = temp();
+    /// Runs [`crash_child`] on `path` until it has committed `more` further items, kills it with
+    /// SIGKILL (it is writing all the time, so the kill lands inside a write transaction or a
+    /// fsync) and adds every item it reported committed to `committed`.
+    fn write_until_killed(path: &Path, more: usize, committed: &mut Vec<(u64, ContentId)>) {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
@@ -1676,7 +1791,7 @@ mod tests {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CRASH_CHILD, &path)
+            .env(CRASH_CHILD, path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -1699,9 +1814,9 @@ mod tests {
             let id = words.next()?.parse().ok()?;
             Some((round, id))
         };
-        let mut committed = Vec::new();
+        let target = committed.len() + more;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while committed.len() < 20 {
+        while committed.len() < target {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).expect("the child commits in time");
             committed.extend(parse(&line));
@@ -1714,27 +1829,41 @@ mod tests {
         }
         reader.join().expect("reader");
         assert!(!status.success(), "the child was killed, not finished");
+    }
 
-        let store = Store::open(&path).expect("reopens after kill -9");
-        for (round, id) in &committed {
-            let v = store
-                .version(id)
-                .expect("reads")
-                .unwrap_or_else(|| panic!("committed round {round} lost"));
-            assert_eq!(v.round, *round);
-            assert!(
-                store.payload(id).expect("reads").is_some(),
-                "payload {round}"
-            );
+    #[test]
+    fn committed_items_survive_kill_9() {
+        if std::env::var_os(CRASH_CHILD).is_some() {
+            return;
         }
-        let last = committed.iter().map(|(r, _)| *r).max().unwrap_or(0);
-        let round = store.state("round").expect("reads").expect("round stored");
-        let round = u64::from_le_bytes(round.try_into().expect("8 bytes"));
-        assert!(round >= last, "state round {round} behind committed {last}");
-        let audit = store.verify_all().expect("audit");
-        assert!(audit.is_clean(), "{audit:?}");
-        assert!(audit.versions >= committed.len());
+        let (_dir, path) = temp();
+        let mut committed = Vec::new();
+        // Killed three times, after a different number of writes each time; each restart
+        // recovers and continues on the same file.
+        for more in [20, 7, 13] {
+            write_until_killed(&path, more, &mut committed);
+            let store = Store::open(&path).expect("reopens after kill -9");
+            for (round, id) in &committed {
+                let v = store
+                    .version(id)
+                    .expect("reads")
+                    .unwrap_or_else(|| panic!("committed round {round} lost"));
+                assert_eq!(v.round, *round);
+                assert!(
+                    store.payload(id).expect("reads").is_some(),
+                    "payload {round}"
+                );
+            }
+            let last = committed.iter().map(|(r, _)| *r).max().unwrap_or(0);
+            let round = store.state("round").expect("reads").expect("round stored");
+            let round = u64::from_le_bytes(round.try_into().expect("8 bytes"));
+            assert!(round >= last, "state round {round} behind committed {last}");
+            let audit = store.verify_all().expect("audit");
+            assert!(audit.is_clean(), "{audit:?}");
+            assert!(audit.versions >= committed.len());
+        }
         // The store keeps working after recovery.
+        let store = Store::open(&path).expect("reopens");
         let (v, bytes) = version(&key(8), 1);
         store
             .put_all(&items(&v, &bytes))
