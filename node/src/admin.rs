@@ -239,6 +239,9 @@ pub struct Peers {
     pub connected: usize,
     /// Peers subscribed to the mesh's gossip topic.
     pub subscribed: usize,
+    /// Payload pulls in flight (requested, not yet answered).
+    #[serde(default)]
+    pub pulls: usize,
 }
 
 /// The last round that closed.
@@ -310,6 +313,9 @@ pub struct Status {
     /// Model versions the experiment's certification policy certifies, as this node judges.
     #[serde(default)]
     pub certified: Vec<ContentId>,
+    /// Members this node's operator blocked (`medmesh block`), by name.
+    #[serde(default)]
+    pub blocked: Vec<String>,
     /// Seconds since the node started (filled in when served).
     pub uptime_seconds: f64,
 }
@@ -340,9 +346,12 @@ impl Status {
         let _ = writeln!(out, "{progress}; up {}", duration(self.uptime_seconds));
         let _ = writeln!(
             out,
-            "peers: {} connected, {} subscribed",
-            self.peers.connected, self.peers.subscribed
+            "peers: {} connected, {} subscribed; {} payload pull(s) in flight",
+            self.peers.connected, self.peers.subscribed, self.peers.pulls
         );
+        if !self.blocked.is_empty() {
+            let _ = writeln!(out, "blocked by the operator: {}", self.blocked.join(", "));
+        }
         if let Some(last) = &self.last_round {
             let authors: Vec<String> = last.contributors.iter().map(MemberId::short).collect();
             let _ = writeln!(
@@ -442,6 +451,8 @@ pub struct Metrics {
     pub peers_connected: Gauge,
     /// Peers subscribed to the mesh topic (`medmesh_peers_subscribed`).
     pub peers_subscribed: Gauge,
+    /// Payload pulls in flight (`medmesh_payload_pulls_in_flight`).
+    pub payload_pulls_in_flight: Gauge,
     /// Gossip messages received, after gossipsub's deduplication (`medmesh_gossip_messages_in_total`).
     pub gossip_messages_in: Counter,
     /// Gossip messages published (`medmesh_gossip_messages_out_total`).
@@ -493,6 +504,11 @@ impl Metrics {
             roster_version: add(r, "roster_version", "Version of the roster followed"),
             peers_connected: add(r, "peers_connected", "Peers with an open connection"),
             peers_subscribed: add(r, "peers_subscribed", "Peers subscribed to the mesh topic"),
+            payload_pulls_in_flight: add(
+                r,
+                "payload_pulls_in_flight",
+                "Payload pulls requested and not yet answered",
+            ),
             gossip_messages_in: add(r, "gossip_messages_in", "Gossip messages received"),
             gossip_messages_out: add(r, "gossip_messages_out", "Gossip messages published"),
             gossip_bytes_in: add(r, "gossip_bytes_in", "Bytes of gossip messages received"),
@@ -575,6 +591,16 @@ pub enum Command {
         /// Where the loop answers.
         reply: oneshot::Sender<Result<u64, String>>,
     },
+    /// Block members (close their connections, refuse them, drop nothing else) or lift the
+    /// block; the answer is every member blocked afterwards, by name, or why it was refused.
+    Block {
+        /// Members by roster name, site or member id.
+        members: Vec<String>,
+        /// Block (`true`) or unblock (`false`).
+        block: bool,
+        /// Where the loop answers.
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
+    },
 }
 
 impl Reporter {
@@ -604,6 +630,7 @@ impl Reporter {
         m.roster_version.set(gauge(status.roster_version));
         m.peers_connected.set(gauge(status.peers.connected));
         m.peers_subscribed.set(gauge(status.peers.subscribed));
+        m.payload_pulls_in_flight.set(gauge(status.peers.pulls));
         self.status.send_if_modified(|current| {
             if current == status {
                 false
@@ -673,6 +700,8 @@ async fn serve(addr: SocketAddr, shared: Shared) -> Result<Server, Error> {
         .route("/metrics", routing::get(metrics_handler))
         .route("/roster", routing::post(roster_handler))
         .route("/validate", routing::post(validate_handler))
+        .route("/block", routing::post(block_handler))
+        .route("/unblock", routing::post(unblock_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(shared);
     let (stop, stopped) = oneshot::channel();
@@ -731,6 +760,85 @@ async fn roster_handler(State(shared): State<Shared>, body: Bytes) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "the node did not answer").into_response()
         }
     }
+}
+
+/// What `POST /block` and `POST /unblock` take and answer (JSON): members by roster name, site
+/// or member id; the answer lists every member blocked afterwards, by roster name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Members {
+    /// Roster names, sites or member ids.
+    pub members: Vec<String>,
+}
+
+async fn block_handler(State(shared): State<Shared>, body: Bytes) -> Response {
+    block_command(shared, body, true).await
+}
+
+async fn unblock_handler(State(shared): State<Shared>, body: Bytes) -> Response {
+    block_command(shared, body, false).await
+}
+
+/// `POST /block` / `POST /unblock` with [`Members`]: 200 with the members blocked afterwards;
+/// 400 for a body that names no members; 422 when one is not on the roster or is this node;
+/// 503 when the loop does not answer in time.
+async fn block_command(shared: Shared, body: Bytes, block: bool) -> Response {
+    let request: Members = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a list of members: {e}"),
+            )
+                .into_response();
+        }
+    };
+    if request.members.is_empty() {
+        return (StatusCode::BAD_REQUEST, "name at least one member").into_response();
+    }
+    let (reply, answer) = oneshot::channel();
+    let command = Command::Block {
+        members: request.members,
+        block,
+        reply,
+    };
+    if shared
+        .commands
+        .send_timeout(command, COMMAND_TIMEOUT)
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is busy or stopping",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(Ok(members))) => axum::Json(Members { members }).into_response(),
+        Ok(Ok(Err(reason))) => (StatusCode::UNPROCESSABLE_ENTITY, reason).into_response(),
+        Ok(Err(_)) | Err(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "the node did not answer").into_response()
+        }
+    }
+}
+
+/// Asks the node at `addr` to block `members` (or lift their block, with `block` false); the
+/// members it blocks afterwards.
+pub async fn block(
+    addr: SocketAddr,
+    members: &[String],
+    block: bool,
+) -> Result<Vec<String>, Error> {
+    let request = Members {
+        members: members.to_vec(),
+    };
+    let body = serde_json::to_vec(&request).map_err(|source| Error::Decode { addr, source })?;
+    let path = if block { "/block" } else { "/unblock" };
+    let answer = post(addr, path, Bytes::from(body)).await?;
+    let answer: Members =
+        serde_json::from_slice(&answer).map_err(|source| Error::Decode { addr, source })?;
+    Ok(answer.members)
 }
 
 /// What `POST /validate` takes (JSON): the version, and optionally other local data to
@@ -1215,6 +1323,7 @@ mod tests {
             peers: Peers {
                 connected: 3,
                 subscribed: 2,
+                pulls: 1,
             },
             last_round: Some(RoundSummary {
                 round: 6,
@@ -1234,6 +1343,7 @@ mod tests {
             rejections: BTreeMap::from([("duplicate".to_owned(), 4)]),
             rounds_timed_out: 1,
             certified: Vec::new(),
+            blocked: vec!["hungarian".into()],
             uptime_seconds: 0.0,
         }
     }
@@ -1291,7 +1401,14 @@ mod tests {
         assert!(json["test"].is_null());
         let text = got.to_text();
         assert!(text.contains("round 7: merging"), "{text}");
-        assert!(text.contains("3 connected, 2 subscribed"), "{text}");
+        assert!(
+            text.contains("3 connected, 2 subscribed; 1 payload pull(s) in flight"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blocked by the operator: hungarian"),
+            "{text}"
+        );
         assert!(text.contains("closed on its timeout"), "{text}");
 
         // A later snapshot is what the next request sees.
@@ -1323,6 +1440,7 @@ mod tests {
             "medmesh_roster_version 2",
             "medmesh_peers_connected 3",
             "medmesh_peers_subscribed 2",
+            "medmesh_payload_pulls_in_flight 1",
             "medmesh_gossip_messages_in_total 12",
             "medmesh_gossip_messages_out_total 7",
             "medmesh_gossip_bytes_in_total 3000",
@@ -1420,6 +1538,81 @@ mod tests {
         server.stop().await;
         drop(reporter);
         assert_eq!(loop_task.await.expect("loop"), vec![0, 7]);
+    }
+
+    #[tokio::test]
+    async fn block_requests_reach_the_loop_and_bad_ones_do_not() {
+        let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
+        let server = reporter
+            .serve("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("serves");
+        let addr = server.local_addr();
+        // A stand-in for the event loop: knows members "a" and "b".
+        let loop_task = tokio::spawn(async move {
+            let mut blocked: Vec<String> = Vec::new();
+            let mut seen = Vec::new();
+            while let Some(Command::Block {
+                members,
+                block,
+                reply,
+            }) = commands.recv().await
+            {
+                seen.push((members.clone(), block));
+                let answer = match members.iter().find(|m| !["a", "b"].contains(&m.as_str())) {
+                    Some(unknown) => Err(format!("{unknown:?} is not a member")),
+                    None => {
+                        blocked.retain(|b| !members.contains(b));
+                        if block {
+                            blocked.extend(members);
+                        }
+                        blocked.sort();
+                        Ok(blocked.clone())
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            seen
+        });
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            block(addr, &names(&["b", "a"]), true)
+                .await
+                .expect("blocked"),
+            names(&["a", "b"])
+        );
+        assert_eq!(
+            block(addr, &names(&["a"]), false).await.expect("unblocked"),
+            names(&["b"])
+        );
+        let err = block(addr, &names(&["zz"]), true)
+            .await
+            .expect_err("unknown");
+        assert!(
+            matches!(&err, Error::Status { status: 422, message, .. } if message.contains("zz")),
+            "{err}"
+        );
+        // Malformed or empty requests never reach the loop.
+        for body in [
+            &b"{\"members\": []}"[..],
+            b"[\"a\"]",
+            b"{\"member\": [\"a\"]}",
+        ] {
+            let err = post(addr, "/block", Bytes::copy_from_slice(body))
+                .await
+                .expect_err("bad body");
+            assert!(matches!(&err, Error::Status { status: 400, .. }), "{err}");
+        }
+        server.stop().await;
+        drop(reporter);
+        assert_eq!(
+            loop_task.await.expect("loop"),
+            vec![
+                (names(&["b", "a"]), true),
+                (names(&["a"]), false),
+                (names(&["zz"]), true)
+            ]
+        );
     }
 
     #[tokio::test]

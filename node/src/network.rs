@@ -580,7 +580,7 @@ pub fn build_swarm(
             .build()
     };
 
-    allow_members(&mut swarm, roster);
+    allow_members(&mut swarm, roster, &HashSet::new());
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -764,7 +764,8 @@ fn gossip(config: &NetworkConfig, mesh: &str) -> Result<gossipsub::Behaviour, Er
 /// Allows exactly the roster's members to connect: members are allowed and the addresses the
 /// roster lists for them seeded into Kademlia; peers no longer on it are disallowed, which
 /// closes their connections, and forgotten by Kademlia. Call it with every new roster version.
-pub fn allow_members(swarm: &mut Swarm<Behaviour>, roster: &Roster) {
+/// Members in `blocked` (an operator's local block, [`block`]) stay disallowed.
+pub fn allow_members(swarm: &mut Swarm<Behaviour>, roster: &Roster, blocked: &HashSet<PeerId>) {
     let local = *swarm.local_peer_id();
     let members: Vec<(PeerId, &[String])> = roster
         .members
@@ -789,7 +790,11 @@ pub fn allow_members(swarm: &mut Swarm<Behaviour>, roster: &Roster) {
             continue;
         }
         // Known members too: a roster version may change their addresses.
-        behaviour.allowed.allow_peer(peer);
+        if blocked.contains(&peer) {
+            behaviour.allowed.disallow_peer(peer);
+        } else {
+            behaviour.allowed.allow_peer(peer);
+        }
         for text in addresses {
             let Ok(mut address) = text.parse::<Multiaddr>() else {
                 continue;
@@ -804,6 +809,92 @@ pub fn allow_members(swarm: &mut Swarm<Behaviour>, roster: &Roster) {
             behaviour.kademlia.add_address(&peer, address);
         }
     }
+}
+
+/// Blocks (`block` true) or unblocks a member locally: a blocked member's connections are
+/// closed and it can neither dial in nor be dialed, whatever the roster says, until unblocked.
+/// An operator's tool (quarantine a member while the vote to remove it gathers signatures,
+/// cut a link in a drill); nothing else changes, and a roster update keeps the block.
+pub fn block(swarm: &mut Swarm<Behaviour>, roster: &Roster, peer: PeerId, block: bool) {
+    let allowed = &mut swarm.behaviour_mut().allowed;
+    if block {
+        allowed.disallow_peer(peer);
+    } else if roster
+        .members
+        .iter()
+        .any(|m| peer_id(&m.id).ok() == Some(peer))
+    {
+        allowed.allow_peer(peer);
+    }
+}
+
+/// First wait before dialing a member again after a failed dial or a lost connection.
+pub const REDIAL_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between dials of a member that stays unreachable.
+pub const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+/// When to dial each unreachable member again: at once the first time it is found
+/// disconnected, then after [`REDIAL_FIRST`], doubling up to [`REDIAL_MAX`]; a connection
+/// resets its wait. Gossipsub and request-response only reach connected peers, so without this
+/// a member whose link dropped (a restart, a partition that heals) would stay cut off until it
+/// dialed back itself.
+#[derive(Debug, Default)]
+pub struct Redial {
+    next: std::collections::HashMap<PeerId, (std::time::Instant, Duration)>,
+}
+
+impl Redial {
+    /// Whether to dial `peer`, found disconnected at `now`, and if so when the next try is due.
+    pub fn due(&mut self, peer: PeerId, now: std::time::Instant) -> bool {
+        match self.next.get_mut(&peer) {
+            None => {
+                self.next.insert(peer, (now + REDIAL_FIRST, REDIAL_FIRST));
+                true
+            }
+            Some((at, wait)) if now >= *at => {
+                *wait = (*wait * 2).min(REDIAL_MAX);
+                *at = now + *wait;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// `peer` is connected: its next loss is redialed at once.
+    pub fn connected(&mut self, peer: &PeerId) {
+        self.next.remove(peer);
+    }
+}
+
+/// Dials every member of `roster` that is not connected, not blocked and due by `redial`
+/// (addresses from Kademlia, seeded with the roster's). Returns how many dials started.
+pub fn redial_members(
+    swarm: &mut Swarm<Behaviour>,
+    roster: &Roster,
+    blocked: &HashSet<PeerId>,
+    redial: &mut Redial,
+    now: std::time::Instant,
+) -> usize {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    let local = *swarm.local_peer_id();
+    let mut started = 0;
+    for member in &roster.members {
+        let Ok(peer) = peer_id(&member.id) else {
+            continue;
+        };
+        if peer == local || blocked.contains(&peer) || swarm.is_connected(&peer) {
+            continue;
+        }
+        if redial.due(peer, now) {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if swarm.dial(opts).is_ok() {
+                started += 1;
+            }
+        }
+    }
+    started
 }
 
 #[cfg(test)]
@@ -1222,13 +1313,95 @@ mod tests {
         .expect("within the time limit");
     }
 
+    #[test]
+    fn redials_back_off_from_one_second_to_thirty_and_reset_on_connection() {
+        let start = std::time::Instant::now();
+        let peer = PeerId::random();
+        let mut redial = Redial::default();
+        let at = |s: f64| start + Duration::from_secs_f64(s);
+        assert!(
+            redial.due(peer, at(0.0)),
+            "found disconnected: dial at once"
+        );
+        assert!(!redial.due(peer, at(0.5)));
+        assert!(redial.due(peer, at(1.0)), "then after a second");
+        assert!(!redial.due(peer, at(2.9)));
+        assert!(redial.due(peer, at(3.0)), "then two more");
+        let mut t = 3.0;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let next = (1..=400)
+                .map(|k| t + f64::from(k) * 0.1)
+                .find(|&s| redial.due(peer, at(s)))
+                .expect("due within 40 s");
+            waits.push((next - t).round());
+            t = next;
+        }
+        assert_eq!(waits, [4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0]);
+        redial.connected(&peer);
+        assert!(
+            redial.due(peer, at(t + 0.1)),
+            "a new loss is dialed at once"
+        );
+        assert!(redial.due(PeerId::random(), at(t)), "peers are independent");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_member_is_cut_off_and_dialed_again_once_unblocked() {
+        let (ka, kb) = (key(10), key(11));
+        let members = roster(&[&ka, &kb]);
+        timeout(LIMIT, async {
+            let (mut a, mut b, _) = pair(&ka, &kb, &members).await;
+            let a_id = *a.local_peer_id();
+            let mut blocked = HashSet::from([a_id]);
+            block(&mut b, &members, a_id, true);
+            loop {
+                tokio::select! {
+                    event = b.select_next_some() => {
+                        if let SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } = event {
+                            assert_eq!(peer_id, a_id);
+                            break;
+                        }
+                    }
+                    _ = a.select_next_some() => {}
+                }
+            }
+            let mut redial = Redial::default();
+            let now = std::time::Instant::now();
+            assert_eq!(redial_members(&mut b, &members, &blocked, &mut redial, now), 0);
+            // A roster update keeps the block.
+            allow_members(&mut b, &members, &blocked);
+            assert!(!b.behaviour().allowed.allowed_peers().contains(&a_id));
+
+            block(&mut b, &members, a_id, false);
+            blocked.clear();
+            assert_eq!(redial_members(&mut b, &members, &blocked, &mut redial, now), 1);
+            // Not again within its wait.
+            assert_eq!(redial_members(&mut b, &members, &blocked, &mut redial, now), 0);
+            loop {
+                tokio::select! {
+                    event = b.select_next_some() => {
+                        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event {
+                            assert_eq!(peer_id, a_id);
+                            break;
+                        }
+                    }
+                    _ = a.select_next_some() => {}
+                }
+            }
+            assert!(b.is_connected(&a_id));
+        })
+        .await
+        .expect("within the time limit");
+    }
+
     #[tokio::test]
     async fn removing_a_member_closes_its_connections() {
         let (ka, kb) = (key(8), key(9));
         timeout(LIMIT, async {
             let (mut a, mut b, _) = pair(&ka, &kb, &roster(&[&ka, &kb])).await;
             let b_id = *b.local_peer_id();
-            allow_members(&mut a, &roster(&[&ka]));
+            allow_members(&mut a, &roster(&[&ka]), &HashSet::new());
             assert!(!a.behaviour().allowed.allowed_peers().contains(&b_id));
             loop {
                 tokio::select! {

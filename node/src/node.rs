@@ -47,6 +47,8 @@ const PARAMS_KEY: &str = "params";
 const RETRY: Duration = Duration::from_millis(250);
 /// A node waiting for admission dials the bootstrap members again this often.
 const ADMISSION_REDIAL: Duration = Duration::from_secs(2);
+/// How often the loop looks for members it lost the connection to (see [`network::Redial`]).
+const RECONNECT_CHECK: Duration = Duration::from_millis(500);
 /// Give up republishing a message after this long.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -140,6 +142,77 @@ struct Tracking {
     arrived: Vec<(Validation, Option<bytes::Bytes>)>,
     /// Peers subscribed to the mesh's topic.
     subscribed: HashSet<PeerId>,
+    /// Members the operator blocked (`medmesh block`).
+    blocked: HashSet<PeerId>,
+    /// When to dial disconnected members again.
+    redial: network::Redial,
+}
+
+/// Blocks or unblocks members named by roster name, site or member id (full hex, or the
+/// 8-digit short form), each of which must pick out one member; the names of every member
+/// blocked afterwards.
+fn block_members(
+    swarm: &mut Swarm<network::Behaviour>,
+    roster: &Roster,
+    me: &MemberId,
+    tracking: &mut Tracking,
+    names: &[String],
+    block: bool,
+) -> Result<Vec<String>, String> {
+    let mut peers = Vec::new();
+    for name in names {
+        let name = name.trim();
+        let found: Vec<_> = roster
+            .members
+            .iter()
+            .filter(|m| {
+                m.name == name || m.site == name || m.id.to_string() == name || m.id.short() == name
+            })
+            .collect();
+        let member = match found.as_slice() {
+            [member] => *member,
+            [] => {
+                return Err(format!(
+                    "{name:?} is not a member on roster version {}",
+                    roster.version
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{name:?} names {} members; give a member id",
+                    found.len()
+                ));
+            }
+        };
+        if member.id == *me {
+            return Err(format!("{name:?} is this node"));
+        }
+        let peer = network::peer_id(&member.id).map_err(|e| e.to_string())?;
+        peers.push((peer, member.name.clone()));
+    }
+    for (peer, name) in peers {
+        network::block(swarm, roster, peer, block);
+        if block {
+            tracking.blocked.insert(peer);
+            tracing::warn!(member = %name, "blocked by the operator: connections closed and refused");
+        } else if tracking.blocked.remove(&peer) {
+            tracking.redial.connected(&peer);
+            tracing::warn!(member = %name, "unblocked by the operator");
+        }
+    }
+    Ok(blocked_names(roster, &tracking.blocked))
+}
+
+/// The roster names of the blocked members, sorted.
+fn blocked_names(roster: &Roster, blocked: &HashSet<PeerId>) -> Vec<String> {
+    let mut names: Vec<String> = roster
+        .members
+        .iter()
+        .filter(|m| network::peer_id(&m.id).is_ok_and(|p| blocked.contains(&p)))
+        .map(|m| m.name.clone())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Runs a node until its rounds are done (plus the linger time) or `shutdown` resolves.
@@ -205,6 +278,8 @@ pub async fn run(
             return Ok(None);
         }
     }
+
+    status.blocked = blocked_names(chain.current(), &tracking.blocked);
 
     let dataset = Dataset::load(&config.data.schema)?;
     let site = dataset
@@ -315,6 +390,8 @@ pub async fn run(
     let min_peers = config.min_peers.unwrap_or(others);
     let start_deadline = started + Duration::from_millis(config.start_timeout_ms);
     let mut ready = min_peers == 0;
+    let mut reconnect = tokio::time::interval(RECONNECT_CHECK);
+    reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         // Carry out everything the peer asked for.
@@ -378,7 +455,12 @@ pub async fn run(
                     }
                     Event::RosterChanged { version } => {
                         tracing::info!(version, "roster changed");
-                        network::allow_members(&mut swarm, peer.chain().current());
+                        network::allow_members(
+                            &mut swarm,
+                            peer.chain().current(),
+                            &tracking.blocked,
+                        );
+                        status.blocked = blocked_names(peer.chain().current(), &tracking.blocked);
                     }
                     Event::Finished { round } => {
                         last_round = *round;
@@ -572,6 +654,7 @@ pub async fn run(
         status.peers = admin::Peers {
             connected: swarm.network_info().num_peers(),
             subscribed: tracking.subscribed.len(),
+            pulls: tracking.fetches.len() + tracking.validations.len(),
         };
         reporter.publish(&status);
         if finished_at.is_some_and(|t| t.elapsed() >= config.linger()) {
@@ -626,7 +709,17 @@ pub async fn run(
                     }
                     let _ = reply.send(answer);
                 }
+                admin::Command::Block { members, block, reply } => {
+                    let answer = block_members(&mut swarm, peer.chain().current(), &me, &mut tracking, &members, block);
+                    if let Ok(names) = &answer {
+                        status.blocked.clone_from(names);
+                    }
+                    let _ = reply.send(answer);
+                }
             },
+            _ = reconnect.tick() => {
+                network::redial_members(&mut swarm, peer.chain().current(), &tracking.blocked, &mut tracking.redial, Instant::now());
+            }
             () = sleep_until(wake.into()) => {
                 peer.handle_timeout(started.elapsed());
             }
@@ -889,7 +982,7 @@ async fn await_admission(
                             }
                         }
                         if advanced {
-                            network::allow_members(swarm, chain.current());
+                            network::allow_members(swarm, chain.current(), &tracking.blocked);
                             request_roster(swarm, from, chain.current());
                         }
                     }
@@ -925,10 +1018,14 @@ async fn await_admission(
                 admin::Command::Validate { reply, .. } => {
                     let _ = reply.send(Err("this node is not admitted to the roster yet".into()));
                 }
+                admin::Command::Block { members, block, reply } => {
+                    let answer = block_members(swarm, chain.current(), &me, tracking, &members, block);
+                    let _ = reply.send(answer);
+                }
                 admin::Command::Roster { update, reply } => {
                     let answer = match adopt(chain, store, update)? {
                         Ok(_) => {
-                            network::allow_members(swarm, chain.current());
+                            network::allow_members(swarm, chain.current(), &tracking.blocked);
                             Ok(chain.current().version)
                         }
                         Err(e) => Err(e.to_string()),
@@ -1101,6 +1198,7 @@ fn handle_swarm_event(
             ..
         } => {
             tracing::debug!(%peer_id, "connected");
+            tracking.redial.connected(&peer_id);
             // A member that was offline while a roster update spread learns it here.
             if num_established.get() == 1 {
                 request_roster(swarm, peer_id, peer.chain().current());

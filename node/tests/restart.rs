@@ -1,7 +1,8 @@
-//! `kill -9` of one hospital's process mid-run: the others keep training; every signed item the
-//! killed node had stored is still in its store and verifies; restarted on the same config, it
-//! resumes from its checkpoint (never signing a second version for a round it announced),
-//! rejoins, and the mesh ends together.
+//! `kill -9` of one hospital's process mid-run, once between rounds and once while it is pulling
+//! a multi-megabyte payload: the others keep training; every signed item the killed node had
+//! stored is still in its store and verifies (a payload cut off mid-transfer is never stored);
+//! restarted on the same config, it resumes from its checkpoint (never signing a second version
+//! for a round it announced), rejoins, and the mesh ends together.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{data, options, wait_for};
+use medmesh_node::learner::ModelSpec;
 use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
 use medmesh_node::node::write_roster;
 use medmesh_node::store::Store;
@@ -137,5 +139,99 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
         if i != victim {
             let _ = audit(node);
         }
+    }
+}
+
+#[test]
+fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mut options = options(dir, 8);
+    options.steps = 10;
+    let sites = ["cleveland", "hungarian", "switzerland"];
+    let nodes = sites.map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
+    let all: Vec<&LocalNode> = nodes.iter().collect();
+    let genesis = dir.join("roster.json");
+    write_roster(
+        &genesis,
+        &mesh::genesis("heart-disease-mesh", &all, "US").expect("genesis"),
+    )
+    .expect("write genesis");
+    let spec = MeshSpec {
+        options: &options,
+        inputs: 13,
+        experiment: "heart-disease",
+        genesis: &genesis,
+    };
+    // A 13-2048-1024-1 network: 2.1M parameters, an 8.5 MB payload per version, so each pull
+    // takes long enough to be caught in flight.
+    let model = ModelSpec::Mlp {
+        inputs: 13,
+        hidden: vec![2048, 1024],
+    };
+    let mut children = Children::default();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut config = node.config(&spec, i, 2, &all).expect("config");
+        config.model = model.clone();
+        node.write_config(&config).expect("write config");
+        children.set(i, node.spawn(common::exe()).expect("spawn"));
+    }
+
+    // Kill Cleveland's process the moment its status shows a payload pull in flight.
+    let victim = 0;
+    let killed_at = wait_for(
+        "cleveland to be caught pulling a payload",
+        Duration::from_secs(240),
+        || {
+            nodes[victim]
+                .status()
+                .filter(|s| s.round >= 2 && s.peers.pulls > 0)
+                .map(|s| s.round)
+        },
+    );
+    children.kill(victim);
+    let (versions, payloads, _) = audit(&nodes[victim]);
+    assert!(!versions.is_empty(), "nothing stored by round {killed_at}");
+    // The pull that was cut off left nothing behind: every stored payload is whole (the audit
+    // checked each against its signed digest); a version whose pull never finished is stored
+    // without one.
+    eprintln!(
+        "killed in round {killed_at}: {} versions stored, {} without their payload",
+        versions.len(),
+        versions.len() - payloads.len()
+    );
+
+    children.set(victim, nodes[victim].spawn(common::exe()).expect("restart"));
+    let outcomes = mesh::wait_for_outcomes(
+        &all,
+        &mut children,
+        &[0, 1, 2],
+        Instant::now() + Duration::from_secs(400),
+        |line| eprintln!("{line}"),
+    )
+    .expect("every node finishes");
+    for outcome in &outcomes {
+        assert_eq!(outcome.rounds, options.rounds, "{}", outcome.site);
+        assert!(
+            !outcome.rejections.contains_key("equivocation"),
+            "{}: {:?}",
+            outcome.site,
+            outcome.rejections
+        );
+    }
+    let distance = mesh::max_relative_distance(&outcomes);
+    assert!(
+        distance <= 1e-3,
+        "hospitals disagree after the restart: {distance}"
+    );
+    let log = common::log(&nodes[victim].log());
+    assert!(log.contains("resuming from the stored checkpoint"), "{log}");
+
+    drop(children);
+    let (after_versions, after_payloads, _) = audit(&nodes[victim]);
+    assert!(versions.is_subset(&after_versions), "versions lost");
+    assert!(payloads.is_subset(&after_payloads), "payloads lost");
+    for node in &nodes[1..] {
+        let _ = audit(node);
     }
 }

@@ -1,0 +1,183 @@
+//! A network partition of four real `medmesh` processes into two halves that later heals. The
+//! cut is made at the node level: each hospital's operator blocks the other half
+//! (`POST /block`, what `medmesh block` sends), which closes those connections and refuses new
+//! ones. Each half keeps training on its own (rounds close on their timeout, merging only the
+//! half's versions); after `medmesh unblock` the nodes dial each other again, the halves
+//! re-converge to one model, and every signed item stored before, during and after the cut
+//! verifies.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{data, options, wait_for};
+use medmesh_node::admin;
+use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
+use medmesh_node::node::write_roster;
+use medmesh_node::store::Store;
+use medmesh_protocol::identity::MemberId;
+
+/// Blocks (or unblocks) `names` on `node`; the members it blocks afterwards.
+fn block(node: &LocalNode, names: &[&str], block: bool) -> Vec<String> {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(admin::block(node.admin, &names, block))
+        .unwrap_or_else(|e| panic!("{}: {e}", node.name))
+}
+
+/// Every record in a stopped node's store verifies; the number of versions it holds.
+fn audit(node: &LocalNode) -> usize {
+    let store = Store::open(&node.store()).expect("the store opens");
+    let audit = store.verify_all().expect("readable");
+    assert!(audit.is_clean(), "{}: {:?}", node.name, audit.faults);
+    store.versions().expect("versions").len()
+}
+
+#[test]
+fn a_mesh_cut_in_two_keeps_training_in_each_half_and_reconverges_after_the_heal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mut options = options(dir, 16);
+    // A round missing the other half closes on this timeout.
+    options.round_timeout = 4;
+    let sites = ["cleveland", "hungarian", "switzerland", "va"];
+    let nodes = sites.map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
+    let all: Vec<&LocalNode> = nodes.iter().collect();
+    let genesis = dir.join("roster.json");
+    write_roster(
+        &genesis,
+        &mesh::genesis("heart-disease-mesh", &all, "US").expect("genesis"),
+    )
+    .expect("write genesis");
+    let spec = MeshSpec {
+        options: &options,
+        inputs: 13,
+        experiment: "heart-disease",
+        genesis: &genesis,
+    };
+    let mut children = Children::default();
+    for (i, node) in nodes.iter().enumerate() {
+        let config = node.config(&spec, i, 3, &all).expect("config");
+        node.write_config(&config).expect("write config");
+        children.set(i, node.spawn(common::exe()).expect("spawn"));
+    }
+    let halves = [[0usize, 1], [2, 3]];
+    let half_of = |i: usize| usize::from(!halves[0].contains(&i));
+    let ids: Vec<MemberId> = nodes.iter().map(|n| n.key.id()).collect();
+    let rounds = |nodes: &[LocalNode]| -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| n.status().map_or(0, |s| s.round))
+            .collect()
+    };
+
+    // Cut once every node is a few rounds in.
+    wait_for("three rounds everywhere", Duration::from_secs(180), || {
+        rounds(&nodes).iter().all(|r| *r >= 3).then_some(())
+    });
+    for (i, node) in nodes.iter().enumerate() {
+        let other = &halves[1 - half_of(i)];
+        let names: Vec<&str> = other.iter().map(|&j| sites[j]).collect();
+        let blocked = block(node, &names, true);
+        let expected: Vec<String> = names.iter().map(|n| format!("{n} hospital")).collect();
+        assert_eq!(blocked, expected, "{}", node.name);
+    }
+    let cut_at = rounds(&nodes);
+    let timed_out_at: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.status().map_or(0, |s| s.rounds_timed_out))
+        .collect();
+
+    // Each half trains on: three more rounds, each merging only the half's own versions.
+    let partitioned = wait_for(
+        "three rounds in each half",
+        Duration::from_secs(120),
+        || {
+            let statuses: Vec<admin::Status> =
+                nodes.iter().map(|n| n.status()).collect::<Option<_>>()?;
+            statuses
+                .iter()
+                .zip(&cut_at)
+                .all(|(s, at)| s.last_round.as_ref().is_some_and(|l| l.round >= at + 3))
+                .then_some(statuses)
+        },
+    );
+    for (i, status) in partitioned.iter().enumerate() {
+        let last = status.last_round.as_ref().expect("a round closed");
+        let own: BTreeSet<&MemberId> = halves[half_of(i)].iter().map(|&j| &ids[j]).collect();
+        assert!(
+            last.contributors.iter().all(|c| own.contains(c)),
+            "{}: round {} merged across the cut: {:?}",
+            sites[i],
+            last.round,
+            last.contributors
+        );
+        assert!(
+            last.timed_out,
+            "{}: a cut round must wait for the missing half",
+            sites[i]
+        );
+        assert!(
+            status.rounds_timed_out >= timed_out_at[i] + 2,
+            "{}",
+            sites[i]
+        );
+        assert!(
+            status.peers.connected <= 1,
+            "{}: still connected to {} peers",
+            sites[i],
+            status.peers.connected
+        );
+        assert_eq!(status.blocked.len(), 2, "{}", sites[i]);
+    }
+
+    // Heal: every operator lifts the block; the nodes find each other again.
+    for (i, node) in nodes.iter().enumerate() {
+        let other = &halves[1 - half_of(i)];
+        let names: Vec<&str> = other.iter().map(|&j| sites[j]).collect();
+        assert!(block(node, &names, false).is_empty(), "{}", node.name);
+    }
+    wait_for("the mesh to reconnect", Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.status()
+                    .is_some_and(|s| s.peers.connected == 3 || s.finished)
+            })
+            .then_some(())
+    });
+
+    let outcomes = mesh::wait_for_outcomes(
+        &all,
+        &mut children,
+        &[0, 1, 2, 3],
+        Instant::now() + Duration::from_secs(400),
+        |line| eprintln!("{line}"),
+    )
+    .expect("every node finishes");
+    for o in &outcomes {
+        assert_eq!(o.rounds, options.rounds, "{}", o.site);
+        assert!(o.rejections.is_empty(), "{}: {:?}", o.site, o.rejections);
+    }
+    let mean = outcomes.iter().map(|o| o.test.accuracy).sum::<f64>() / 4.0;
+    assert!(mean >= 0.70, "mean accuracy after the heal {mean}");
+    let distance = mesh::max_relative_distance(&outcomes);
+    assert!(
+        distance <= 1e-3,
+        "the halves did not re-converge: relative distance {distance}"
+    );
+
+    drop(children);
+    for node in &nodes {
+        let versions = audit(node);
+        assert!(
+            versions >= options.rounds as usize,
+            "{}: {versions} versions",
+            node.name
+        );
+    }
+}
