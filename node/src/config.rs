@@ -24,6 +24,8 @@
 //! experiment = "heart-disease"
 //! fanout = 3
 //! max_rounds = 15
+//! # rule = { rule = "trimmed_mean", trim = 1 }  # a robust merge (default: the weighted mean)
+//! # outliers = { factor = 6.0, rounds = 3 }      # flag members whose versions stay far off
 //!
 //! [network]                    # network::NetworkConfig
 //! listen = ["/ip4/0.0.0.0/tcp/4001"]

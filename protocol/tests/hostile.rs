@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{Net, chain, inits, keys};
 use medmesh_protocol::aggregate::Rule;
 use medmesh_protocol::identity::{self, ContentId, Digest, Keypair, MemberId, Signed, Verified};
-use medmesh_protocol::peer::{Action, Config, Event, Peer, Reason, Verdict};
+use medmesh_protocol::peer::{Action, Config, Event, Outliers, Peer, Reason, Verdict};
 use medmesh_protocol::roster::{Role, SignedRoster};
 use medmesh_protocol::update::{self, Version};
 use medmesh_protocol::validation::{Dataset, Metric, Report};
@@ -604,4 +604,91 @@ fn inspected_gossip_is_handled_exactly_like_its_bytes() {
             "malformed"
         ]
     );
+}
+
+/// Six peers merging with a trimmed mean, one of which sends `50 − 10·x` every round. Returns
+/// the honest peers' final models and the `(peer, author)` pairs flagged as outliers.
+fn run_with_an_attacker(outliers: Option<Outliers>) -> (Vec<Vec<f32>>, Vec<(usize, MemberId)>) {
+    let n = 6;
+    let attacker = 5;
+    let k = keys(n);
+    let init = inits(n, 16, 7);
+    let configs = (0..n)
+        .map(|i| Config {
+            experiment: "outliers".into(),
+            rule: Rule::TrimmedMean { trim: 1 },
+            fanout: 4,
+            max_rounds: Some(25),
+            seed: i as u64,
+            round_timeout: Duration::from_secs(5),
+            fetch_timeout: Duration::from_secs(2),
+            outliers,
+            ..Config::default()
+        })
+        .collect();
+    let mut net = Net::new(&k, configs, init, &[20; 6]);
+    net.attackers = vec![attacker];
+    net.run(Duration::from_secs(3600));
+    let honest: Vec<Vec<f32>> = (0..n)
+        .filter(|i| *i != attacker)
+        .map(|i| {
+            assert!(net.peers[i].is_finished(), "peer {i} finished");
+            net.peers[i].params().to_vec()
+        })
+        .collect();
+    let flagged = net
+        .events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::Flagged {
+                author,
+                reason: Reason::Outlier,
+            } => Some((*i, *author)),
+            _ => None,
+        })
+        .collect();
+    (honest, flagged)
+}
+
+#[test]
+fn a_member_whose_versions_stay_outliers_is_flagged_by_every_honest_peer() {
+    let attacker = keys(6)[5].id();
+    let (honest, flagged) = run_with_an_attacker(Some(Outliers::default()));
+    let mut flaggers: Vec<usize> = flagged
+        .iter()
+        .map(|(i, author)| {
+            assert_eq!(*author, attacker, "only the attacker is flagged");
+            *i
+        })
+        .collect();
+    flaggers.sort_unstable();
+    flaggers.dedup();
+    assert_eq!(flaggers, [0, 1, 2, 3, 4], "every honest peer flags it once");
+    // Excluded, it no longer drags the honest peers: they agree, inside the honest range.
+    let spread = common::spread(&honest);
+    assert!(spread < 1e-3, "honest spread {spread}");
+    assert!(honest.iter().flatten().all(|x| x.abs() < 2.0), "{honest:?}");
+
+    // Without the policy nobody is flagged (the trimmed mean alone bounds each round; on real
+    // training its bias adds up: simulations/tests/heart_disease_byzantine.rs).
+    let (_, none) = run_with_an_attacker(None);
+    assert!(none.is_empty());
+}
+
+#[test]
+fn outlier_settings_are_checked() {
+    let with = |factor: f32, rounds: u32| Config {
+        outliers: Some(Outliers { factor, rounds }),
+        ..Config::default()
+    };
+    assert!(with(4.0, 3).check().is_ok());
+    for (factor, rounds) in [
+        (1.0, 3),
+        (0.5, 3),
+        (f32::NAN, 3),
+        (f32::INFINITY, 3),
+        (4.0, 0),
+    ] {
+        assert!(with(factor, rounds).check().is_err(), "{factor} {rounds}");
+    }
 }

@@ -22,6 +22,7 @@
 //! rule = { rule = "mean" }
 //! fanout = 3
 //! # gossip_reach = 14                   # each announcement heard by 14 random peers (default: all)
+//! # outliers = { factor = 6.0, rounds = 3 }   # flag members whose versions stay far off
 //!
 //! [timing]                              # virtual training time per round
 //! min_ms = 50.0
@@ -60,7 +61,7 @@ use anyhow::Context;
 use medmesh_node::data::{Dataset, Table};
 use medmesh_node::learner::ModelSpec;
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::peer::Config;
+use medmesh_protocol::peer::{Config, Outliers};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -224,6 +225,9 @@ pub struct ProtocolSpec {
     /// How many random peers hear each announcement, as a bounded gossip mesh delivers it;
     /// `None` = every peer (exact, but O(n²) messages per round).
     pub gossip_reach: Option<usize>,
+    /// Flag and exclude persistent outliers (`outliers = { factor = 4.0, rounds = 3 }`); off
+    /// when absent.
+    pub outliers: Option<Outliers>,
 }
 
 impl Default for ProtocolSpec {
@@ -233,6 +237,7 @@ impl Default for ProtocolSpec {
             fanout: 3,
             round_timeout_ms: 10_000,
             gossip_reach: None,
+            outliers: None,
         }
     }
 }
@@ -269,6 +274,9 @@ pub struct Summary {
     pub seeds: Vec<u64>,
     /// Final mean honest accuracy per seed.
     pub final_accuracy: Vec<f64>,
+    /// Final accuracy of each peer on its own test rows, per seed (`None` for attackers), to
+    /// compare the same honest peers across runs.
+    pub peer_accuracy: Vec<Vec<Option<f64>>>,
     /// Mean over seeds.
     pub mean_accuracy: f64,
     /// Final consensus distance per seed.
@@ -455,6 +463,7 @@ pub fn run(
     let started = Instant::now();
     let mut csv = csv::Writer::from_path(out.join("rounds.csv"))?;
     let mut final_accuracy = Vec::new();
+    let mut peer_accuracy = Vec::new();
     let mut final_consensus = Vec::new();
     let mut peers = 0;
     let mut attackers = 0;
@@ -508,6 +517,7 @@ pub fn run(
             max_rounds: Some(scenario.rounds),
             round_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms),
             fetch_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms / 2 + 1),
+            outliers: scenario.protocol.outliers,
             ..Config::default()
         };
         let mut sim = Sim::new(
@@ -554,6 +564,11 @@ pub fn run(
         }
         let row = measure(&sim, &is_attacker, seed, sim.min_completed());
         final_accuracy.push(row.mean_accuracy);
+        peer_accuracy.push(
+            (0..peers)
+                .map(|i| (!is_attacker[i]).then(|| sim.evaluate(i)))
+                .collect(),
+        );
         final_consensus.push(row.consensus_distance);
         let stats = sim.stats();
         peer_rounds += stats.rounds;
@@ -579,6 +594,7 @@ pub fn run(
         seeds: scenario.seeds.clone(),
         mean_accuracy: final_accuracy.iter().sum::<f64>() / final_accuracy.len().max(1) as f64,
         final_accuracy,
+        peer_accuracy,
         final_consensus,
         peers,
         attackers,

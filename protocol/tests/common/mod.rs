@@ -46,6 +46,8 @@ pub struct Net {
     pub now: Duration,
     pub rng: ChaCha8Rng,
     pub events: Vec<(usize, Event)>,
+    /// Peers whose "training" sends the sign-flipped, amplified model (`50 − 10·x`) instead.
+    pub attackers: Vec<usize>,
 }
 
 pub fn keys(n: usize) -> Vec<Keypair> {
@@ -110,6 +112,7 @@ impl Net {
             now: Duration::ZERO,
             rng: ChaCha8Rng::seed_from_u64(99),
             events: Vec::new(),
+            attackers: Vec::new(),
         };
         for i in 0..net.peers.len() {
             net.drain(i);
@@ -133,7 +136,12 @@ impl Net {
                     // Averaging only: "training" returns the parameters unchanged after a
                     // random delay, so peers drift out of lockstep.
                     let delay = Duration::from_millis(self.rng.random_range(10..200));
-                    let params = params.iter().map(|p| p.to_bits()).collect();
+                    let attacker = self.attackers.contains(&i);
+                    let params = params
+                        .iter()
+                        .map(|p| if attacker { 50.0 - 10.0 * p } else { *p })
+                        .map(f32::to_bits)
+                        .collect();
                     self.push(self.now + delay, Delivery::Trained { to: i, params });
                 }
                 Action::Broadcast(message) => {
