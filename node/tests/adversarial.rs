@@ -1,8 +1,9 @@
-//! Hostile members and strangers against four real `medmesh` processes on loopback. Five rogue
+//! Hostile members and strangers against four real `medmesh` processes on loopback. Seven rogue
 //! roster members (in-process libp2p peers speaking the real wire protocol) forge signatures,
 //! relay messages signed by a non-member, equivocate, flood, forge and misdirect validation
-//! reports and serve payloads that do not match their announcements; a stranger writes garbage
-//! to a node's TCP port. Every attack is refused and counted by reason, and the honest
+//! reports, serve payloads that do not match their announcements, replay an old version
+//! (re-encoded, so gossipsub's deduplication does not hide it) and send oversized messages; a
+//! stranger writes garbage to a node's TCP port. Every attack is refused and counted by reason, and the honest
 //! hospitals train to the same accuracy and the same model as without it.
 
 mod common;
@@ -24,7 +25,7 @@ use medmesh_protocol::identity::{ContentId, Digest, Keypair};
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 use medmesh_protocol::update::{self, Version};
 use medmesh_protocol::validation::{Dataset, Metric, Report};
-use medmesh_protocol::wire::Message;
+use medmesh_protocol::wire::{self, Message};
 
 const DIM: usize = 14;
 
@@ -90,6 +91,25 @@ fn report(key: &Keypair, model: ContentId) -> Vec<u8> {
         issued_at_ms: 0,
     });
     Message::Report(signed.signed().clone()).to_bytes()
+}
+
+/// The same message with its variant index written the long way (`251, v, 0` instead of `v`):
+/// other bytes, so another gossip message id, for the same decoded message.
+fn reencode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![bytes[0], 251, bytes[1], 0];
+    out.extend_from_slice(&bytes[2..]);
+    assert_eq!(
+        Message::from_bytes(&out, wire::MAX_GOSSIP).expect("decodes"),
+        Message::from_bytes(bytes, wire::MAX_GOSSIP).expect("decodes")
+    );
+    out
+}
+
+/// An announcement-looking message of `len` bytes (the version byte, the variant, junk).
+fn oversized(len: usize) -> Vec<u8> {
+    let mut out = version(&Keypair::from_seed([6; 32]), Digest::default(), 1, 0.0);
+    out.resize(len, 0x42);
+    out
 }
 
 fn flip_last(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -189,7 +209,29 @@ fn attacks_by_members_and_strangers_are_refused_counted_and_harmless() {
     let flooder = key(3);
     let equivocator = key(4);
     let reporter = key(5);
+    let replayer = key(6);
+    let oversizer = key(7);
+    let replayed = version(&replayer, model, 1, 0.5);
     let rogues = vec![
+        Rogue {
+            name: "replayer",
+            script: vec![
+                (ms(500), replayed.clone()),
+                (ms(300), version(&replayer, model, 3, 0.5)),
+                (ms(300), reencode(&replayed)),
+            ],
+            key: replayer,
+            port: free_port(),
+        },
+        Rogue {
+            name: "oversizer",
+            // Within gossipsub's frame limit (which leaves room for framing), over the wire
+            // limit: refused by the peer as too large. (Anything bigger is dropped by gossipsub
+            // itself: neither the rogue's nor a node's will frame it.)
+            script: vec![(ms(500), oversized(wire::MAX_GOSSIP + 200))],
+            key: oversizer,
+            port: free_port(),
+        },
         Rogue {
             name: "forger",
             script: vec![
@@ -349,6 +391,8 @@ fn attacks_by_members_and_strangers_are_refused_counted_and_harmless() {
         "rate_limited",
         "unknown_model",
         "payload_mismatch",
+        "replay",
+        "too_large",
     ] {
         assert!(
             total.get(reason).is_some_and(|c| *c > 0),

@@ -288,6 +288,7 @@ impl Reason {
     /// A short stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
+            Reason::Malformed(wire::DecodeError::TooLarge { .. }) => "too_large",
             Reason::Malformed(_) => "malformed",
             Reason::WrongChannel(_) => "wrong_channel",
             Reason::Signature(_) => "bad_signature",

@@ -243,7 +243,7 @@ fn wrong_model_shape_and_other_experiments() {
 }
 
 #[test]
-fn garbage_and_wrong_channel_bytes_are_rejected() {
+fn garbage_oversized_and_wrong_channel_bytes_are_rejected() {
     let (k, mut peer) = setup();
     assert_eq!(
         reject_label(&peer.handle_message(T, k[1].id(), b"")),
@@ -261,7 +261,7 @@ fn garbage_and_wrong_channel_bytes_are_rejected() {
     let big = vec![1u8; medmesh_protocol::wire::MAX_GOSSIP + 1];
     assert_eq!(
         reject_label(&peer.handle_message(T, k[1].id(), &big)),
-        "malformed"
+        "too_large"
     );
 }
 
