@@ -602,6 +602,10 @@ pub struct Peer {
     /// Authors already tried this round (fetched or failed).
     tried: BTreeSet<MemberId>,
     fetched: Vec<(Verified<Version>, Vec<f32>)>,
+    /// Parameter vectors of closed rounds, reused for the next payloads and merges: a fresh
+    /// vector of millions of parameters costs more in page faults than the whole verified
+    /// decode (BENCHMARKS.md, `decode_payload_fresh_vec`).
+    spare: Vec<Vec<f32>>,
     served: VecDeque<(ContentId, Bytes)>,
     /// Content ids recently pulled, so a late answer is told from an unsolicited payload.
     asked: VecDeque<ContentId>,
@@ -672,6 +676,7 @@ impl Peer {
             fetching: BTreeMap::new(),
             tried: BTreeSet::new(),
             fetched: Vec::new(),
+            spare: Vec::new(),
             served: VecDeque::new(),
             asked: VecDeque::new(),
             known: BTreeSet::new(),
@@ -995,7 +1000,7 @@ impl Peer {
             .cloned();
         if let (Some(version), Some(bytes)) = (version, data) {
             {
-                let mut params = Vec::new();
+                let mut params = self.spare.pop().unwrap_or_default();
                 match update::decode_payload(&version.payload, &bytes, &mut params) {
                     Ok(()) => {
                         self.actions.push_back(Action::Persist(Item::Payload {
@@ -1006,6 +1011,7 @@ impl Peer {
                         self.fetched.push((version, params));
                     }
                     Err(e) => {
+                        self.spare.push(params);
                         self.event(Event::Rejected {
                             from,
                             reason: Reason::Version(e),
@@ -1166,7 +1172,9 @@ impl Peer {
     fn close_round(&mut self, _now: Duration, timed_out: bool) {
         self.screen_outliers();
         let Some(own) = self.own.take() else { return };
-        let mut out = vec![0.0f32; self.dim];
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        out.resize(self.dim, 0.0);
         let own_contribution = Contribution {
             params: &self.params,
             weight: self.samples as f64,
@@ -1203,10 +1211,11 @@ impl Peer {
         let mut contributors = vec![self.id];
         self.parents = vec![own.id()];
         let mut rounds = Vec::with_capacity(self.fetched.len());
-        for (v, _) in self.fetched.drain(..) {
+        for (v, params) in self.fetched.drain(..) {
             contributors.push(v.signer());
             self.parents.push(v.id());
             rounds.push(v.round);
+            self.spare.push(params);
         }
         // The round the merged members are at: the lower median of their rounds, so that one
         // member claiming a far-off round cannot drag everyone there (and past max_rounds).
@@ -1214,7 +1223,10 @@ impl Peer {
         let newest = rounds
             .get(rounds.len().saturating_sub(1) / 2)
             .map_or(self.round, |r| (*r).max(self.round));
-        self.params = out;
+        let merged_from = std::mem::replace(&mut self.params, out);
+        self.spare.push(merged_from);
+        // Enough for the next round's pulls and merge; the rest is freed.
+        self.spare.truncate(self.target() + 2);
         let round = self.round;
         self.event(Event::RoundCompleted {
             round,
