@@ -1,5 +1,5 @@
-//! `kill -9` of one hospital's process mid-run, once between rounds and once while it is pulling
-//! a multi-megabyte payload: the others keep training; every signed item the killed node had
+//! `kill -9` of one hospital's process mid-run, once while it trains and once while it is
+//! pulling a multi-megabyte payload: the others keep training; every signed item the killed node had
 //! stored is still in its store and verifies (a payload cut off mid-transfer is never stored);
 //! restarted on the same config, it resumes from its checkpoint (never signing a second version
 //! for a round it announced), rejoins, and the mesh ends together.
@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{data, options, wait_for};
+use medmesh_node::admin;
 use medmesh_node::learner::ModelSpec;
 use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
 use medmesh_node::node::write_roster;
@@ -63,14 +64,18 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
         children.set(i, node.spawn(common::exe()).expect("spawn"));
     }
 
-    // Kill Hungary's process with SIGKILL once it is a few rounds in.
+    // Kill Hungary's process with SIGKILL while it trains, a few rounds in.
     let victim = 1;
-    let killed_at = wait_for("hungarian's fourth round", Duration::from_secs(180), || {
-        nodes[victim]
-            .status()
-            .map(|s| s.round)
-            .filter(|round| *round >= 4)
-    });
+    let killed_at = wait_for(
+        "hungarian training in its fourth round or later",
+        Duration::from_secs(180),
+        || {
+            nodes[victim]
+                .status()
+                .filter(|s| s.round >= 4 && s.phase == admin::Phase::Training)
+                .map(|s| s.round)
+        },
+    );
     children.kill(victim);
     let (versions, payloads, rosters) = audit(&nodes[victim]);
     assert!(
