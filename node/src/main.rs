@@ -19,6 +19,20 @@ struct Cli {
     command: Command,
 }
 
+/// Who to block or unblock, and on which node.
+#[derive(Debug, clap::Args)]
+struct BlockArgs {
+    /// Members by roster name, site or member id.
+    #[arg(required = true)]
+    members: Vec<String>,
+    /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+    #[arg(long, env = "MEDMESH_ADMIN")]
+    admin: Option<SocketAddr>,
+    /// Take the admin address from this node config.
+    #[arg(long, env = "MEDMESH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run this hospital's peer until its rounds are done (or SIGINT/SIGTERM).
@@ -45,29 +59,9 @@ enum Command {
     /// Block members on a running node: their connections are closed and refused until
     /// `medmesh unblock`, whatever the roster says (quarantine a member while the vote to remove
     /// it gathers signatures, or cut links in a drill). Prints every member blocked afterwards.
-    Block {
-        /// Members by roster name, site or member id.
-        #[arg(required = true)]
-        members: Vec<String>,
-        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
-        #[arg(long, env = "MEDMESH_ADMIN")]
-        admin: Option<SocketAddr>,
-        /// Take the admin address from this node config.
-        #[arg(long, env = "MEDMESH_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Block(BlockArgs),
     /// Lift `medmesh block`: the node allows the members again and dials them.
-    Unblock {
-        /// Members by roster name, site or member id.
-        #[arg(required = true)]
-        members: Vec<String>,
-        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
-        #[arg(long, env = "MEDMESH_ADMIN")]
-        admin: Option<SocketAddr>,
-        /// Take the admin address from this node config.
-        #[arg(long, env = "MEDMESH_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Unblock(BlockArgs),
     /// Write a stored model version as a self-contained bundle: `model.safetensors` plus its
     /// signed metadata (`version.json`, `version.bin`), its model description (`model.json`),
     /// its signed lineage, reports and roster chain, and `MANIFEST.json` (check it with
@@ -455,17 +449,17 @@ fn status_command(
     Ok(())
 }
 
-fn block_command(
-    members: &[String],
-    admin: Option<SocketAddr>,
-    config: Option<PathBuf>,
-    block: bool,
-) -> anyhow::Result<()> {
+fn block_command(args: BlockArgs, block: bool) -> anyhow::Result<()> {
+    let BlockArgs {
+        members,
+        admin,
+        config,
+    } = args;
     let addr = admin_address(admin, config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let blocked = runtime.block_on(admin::block(addr, members, block))?;
+    let blocked = runtime.block_on(admin::block(addr, &members, block))?;
     if blocked.is_empty() {
         println!("no member is blocked");
     } else {
@@ -548,16 +542,8 @@ fn main() -> anyhow::Result<()> {
             config,
             json,
         } => status_command(admin, config, json)?,
-        Command::Block {
-            members,
-            admin,
-            config,
-        } => block_command(&members, admin, config, true)?,
-        Command::Unblock {
-            members,
-            admin,
-            config,
-        } => block_command(&members, admin, config, false)?,
+        Command::Block(args) => block_command(args, true)?,
+        Command::Unblock(args) => block_command(args, false)?,
         Command::Export {
             store,
             config,

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::{cli, data, options, wait_for};
 use medmesh_node::admin::Phase;
-use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
-use medmesh_node::node::write_roster;
+use medmesh_node::mesh::{self, Children, LocalNode};
 
 #[test]
 fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
@@ -31,18 +30,8 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     let newcomer =
         LocalNode::new(dir, "cleveland-annex", data("cleveland", Some((1, 2)))).expect("node");
     let founding: Vec<&LocalNode> = founders.iter().collect();
-    let genesis = dir.join("roster.json");
-    write_roster(
-        &genesis,
-        &mesh::genesis("heart-disease-mesh", &founding, "US").expect("genesis"),
-    )
-    .expect("write genesis");
-    let spec = MeshSpec {
-        options: &options,
-        inputs: 13,
-        experiment: "heart-disease",
-        genesis: &genesis,
-    };
+    let genesis = common::genesis(dir, &founding);
+    let spec = common::spec(&options, &genesis);
 
     // The members agree to admit it ahead of time: one proposes, a threshold (3 of 4) signs.
     // A copy with one signature is kept to show that it does not suffice.

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use common::{data, options, wait_for};
 use medmesh_node::admin;
 use medmesh_node::learner::ModelSpec;
-use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
-use medmesh_node::node::write_roster;
+use medmesh_node::mesh::{self, LocalNode};
 use medmesh_node::store::Store;
 use medmesh_protocol::identity::ContentId;
 
@@ -45,24 +44,9 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
     let nodes = ["cleveland", "hungarian", "switzerland", "va"]
         .map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
     let all: Vec<&LocalNode> = nodes.iter().collect();
-    let genesis = dir.join("roster.json");
-    write_roster(
-        &genesis,
-        &mesh::genesis("heart-disease-mesh", &all, "US").expect("genesis"),
-    )
-    .expect("write genesis");
-    let spec = MeshSpec {
-        options: &options,
-        inputs: 13,
-        experiment: "heart-disease",
-        genesis: &genesis,
-    };
-    let mut children = Children::default();
-    for (i, node) in nodes.iter().enumerate() {
-        let config = node.config(&spec, i, 3, &all).expect("config");
-        node.write_config(&config).expect("write config");
-        children.set(i, node.spawn(common::exe()).expect("spawn"));
-    }
+    let genesis = common::genesis(dir, &all);
+    let spec = common::spec(&options, &genesis);
+    let mut children = common::start(&nodes, &spec, 3, |_, _| {});
 
     // Kill Hungary's process with SIGKILL while it trains, a few rounds in.
     let victim = 1;
@@ -156,31 +140,15 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
     let sites = ["cleveland", "hungarian", "switzerland"];
     let nodes = sites.map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
     let all: Vec<&LocalNode> = nodes.iter().collect();
-    let genesis = dir.join("roster.json");
-    write_roster(
-        &genesis,
-        &mesh::genesis("heart-disease-mesh", &all, "US").expect("genesis"),
-    )
-    .expect("write genesis");
-    let spec = MeshSpec {
-        options: &options,
-        inputs: 13,
-        experiment: "heart-disease",
-        genesis: &genesis,
-    };
+    let genesis = common::genesis(dir, &all);
+    let spec = common::spec(&options, &genesis);
     // A 13-2048-1024-1 network: 2.1M parameters, an 8.5 MB payload per version, so each pull
     // takes long enough to be caught in flight.
     let model = ModelSpec::Mlp {
         inputs: 13,
         hidden: vec![2048, 1024],
     };
-    let mut children = Children::default();
-    for (i, node) in nodes.iter().enumerate() {
-        let mut config = node.config(&spec, i, 2, &all).expect("config");
-        config.model = model.clone();
-        node.write_config(&config).expect("write config");
-        children.set(i, node.spawn(common::exe()).expect("spawn"));
-    }
+    let mut children = common::start(&nodes, &spec, 2, |_, config| config.model = model.clone());
 
     // Kill Cleveland's process the moment its status shows a payload pull in flight.
     let victim = 0;

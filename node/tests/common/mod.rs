@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use medmesh_node::config::{DataConfig, Shard};
-use medmesh_node::mesh::Options;
+use medmesh_node::config::{DataConfig, NodeConfig, Shard};
+use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec, Options};
+use medmesh_node::node::write_roster;
 
 /// The `medmesh` binary under test.
 pub(crate) fn exe() -> &'static Path {
@@ -82,4 +83,45 @@ pub(crate) fn cli(args: &[&str]) -> String {
 /// A log file's text (empty if missing).
 pub(crate) fn log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The founders' genesis roster of `nodes` (every one a US hospital, a majority to sign
+/// updates), written to `dir/roster.json`; its path.
+pub(crate) fn genesis(dir: &Path, nodes: &[&LocalNode]) -> PathBuf {
+    let path = dir.join("roster.json");
+    write_roster(
+        &path,
+        &mesh::genesis("heart-disease-mesh", nodes, "US").expect("genesis"),
+    )
+    .expect("write genesis");
+    path
+}
+
+/// The heart-disease experiment of `options` on the roster at `genesis`.
+pub(crate) fn spec<'a>(options: &'a Options, genesis: &'a Path) -> MeshSpec<'a> {
+    MeshSpec {
+        options,
+        inputs: 13,
+        experiment: "heart-disease",
+        genesis,
+    }
+}
+
+/// Starts a `medmesh run` process for each of `nodes`, its config made for `spec` with `fanout`
+/// and then changed by `edit` (given the node's index).
+pub(crate) fn start(
+    nodes: &[LocalNode],
+    spec: &MeshSpec<'_>,
+    fanout: usize,
+    edit: impl Fn(usize, &mut NodeConfig),
+) -> Children {
+    let all: Vec<&LocalNode> = nodes.iter().collect();
+    let mut children = Children::default();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut config = node.config(spec, i, fanout, &all).expect("config");
+        edit(i, &mut config);
+        node.write_config(&config).expect("write config");
+        children.set(i, node.spawn(exe()).expect("spawn"));
+    }
+    children
 }
