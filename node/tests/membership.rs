@@ -91,28 +91,36 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     let waiting = newcomer.status().expect("newcomer's admin endpoint");
     assert_eq!(waiting.phase, Phase::Admission);
     assert_eq!((waiting.roster_version, waiting.peers.connected), (0, 0));
-    let mut refused = 0;
     for f in &founders {
         let status = f.status().expect("status");
         assert_eq!(status.peers.connected, 3, "{}: only the founders", f.name);
         assert_eq!(status.roster_version, 0);
-        let metrics = String::from_utf8(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(medmesh_node::admin::get(f.admin, "/metrics"))
-                .expect("metrics")
-                .to_vec(),
-        )
-        .expect("utf-8");
-        refused += metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("medmesh_connections_refused_total "))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
     }
-    assert!(refused > 0, "the newcomer's dials were never refused");
+    // The newcomer dials the founders from its start and again every 2 s; each dial is refused
+    // and counted (it may not have dialed yet when the founders are this far on a busy machine).
+    let refused = || -> u64 {
+        founders
+            .iter()
+            .map(|f| {
+                let metrics = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(medmesh_node::admin::get(f.admin, "/metrics"))
+                    .expect("metrics");
+                String::from_utf8_lossy(&metrics)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("medmesh_connections_refused_total "))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    wait_for(
+        "the newcomer's dials to be refused",
+        Duration::from_secs(60),
+        || (refused() > 0).then_some(()),
+    );
 
     // Mid-run, one member publishes it. One signature is not enough: the node refuses to follow
     // it, and says why.
