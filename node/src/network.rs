@@ -833,14 +833,20 @@ pub const REDIAL_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between dials of a member that stays unreachable.
 pub const REDIAL_MAX: Duration = Duration::from_secs(30);
 
+/// A connection that lasted this long resets its member's redial wait.
+pub const REDIAL_STABLE: Duration = Duration::from_secs(10);
+
 /// When to dial each unreachable member again: at once the first time it is found
-/// disconnected, then after [`REDIAL_FIRST`], doubling up to [`REDIAL_MAX`]; a connection
-/// resets its wait. Gossipsub and request-response only reach connected peers, so without this
-/// a member whose link dropped (a restart, a partition that heals) would stay cut off until it
-/// dialed back itself.
+/// disconnected, then after [`REDIAL_FIRST`], doubling up to [`REDIAL_MAX`]; a connection that
+/// lasted [`REDIAL_STABLE`] resets its wait. Gossipsub and request-response only reach connected
+/// peers, so without this a member whose link dropped (a restart, a partition that heals) would
+/// stay cut off until it dialed back itself. Short-lived connections do not reset the wait: a
+/// member that blocks this node completes the handshake and then closes the connection, and must
+/// not be dialed again every tick.
 #[derive(Debug, Default)]
 pub struct Redial {
     next: std::collections::HashMap<PeerId, (std::time::Instant, Duration)>,
+    up_since: std::collections::HashMap<PeerId, std::time::Instant>,
 }
 
 impl Redial {
@@ -860,9 +866,25 @@ impl Redial {
         }
     }
 
-    /// `peer` is connected: its next loss is redialed at once.
-    pub fn connected(&mut self, peer: &PeerId) {
+    /// `peer` connected at `now`.
+    pub fn connected(&mut self, peer: PeerId, now: std::time::Instant) {
+        self.up_since.entry(peer).or_insert(now);
+    }
+
+    /// `peer`'s last connection closed at `now`: if it had lasted [`REDIAL_STABLE`], the loss is
+    /// redialed at once; otherwise the wait keeps growing.
+    pub fn disconnected(&mut self, peer: PeerId, now: std::time::Instant) {
+        if let Some(since) = self.up_since.remove(&peer)
+            && now.saturating_duration_since(since) >= REDIAL_STABLE
+        {
+            self.next.remove(&peer);
+        }
+    }
+
+    /// Forgets `peer`'s wait (an operator unblocked it): dial it at once.
+    pub fn reset(&mut self, peer: &PeerId) {
         self.next.remove(peer);
+        self.up_since.remove(peer);
     }
 }
 
@@ -1314,7 +1336,7 @@ mod tests {
     }
 
     #[test]
-    fn redials_back_off_from_one_second_to_thirty_and_reset_on_connection() {
+    fn redials_back_off_from_one_second_to_thirty_and_reset_after_a_lasting_connection() {
         let start = std::time::Instant::now();
         let peer = PeerId::random();
         let mut redial = Redial::default();
@@ -1338,12 +1360,26 @@ mod tests {
             t = next;
         }
         assert_eq!(waits, [4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0]);
-        redial.connected(&peer);
+        // A connection that is closed right away (a member that blocks us) keeps the wait.
+        redial.connected(peer, at(t));
+        redial.disconnected(peer, at(t + 0.5));
         assert!(
-            redial.due(peer, at(t + 0.1)),
+            !redial.due(peer, at(t + 1.0)),
+            "a refused connection is no reset"
+        );
+        // One that lasted resets it: the next loss is dialed at once.
+        redial.connected(peer, at(t + 1.0));
+        redial.disconnected(peer, at(t + 1.0 + REDIAL_STABLE.as_secs_f64()));
+        assert!(
+            redial.due(peer, at(t + 11.5)),
             "a new loss is dialed at once"
         );
         assert!(redial.due(PeerId::random(), at(t)), "peers are independent");
+        redial.reset(&peer);
+        assert!(
+            redial.due(peer, at(t + 11.6)),
+            "an operator's reset is dialed at once"
+        );
     }
 
     #[tokio::test]

@@ -196,7 +196,7 @@ fn block_members(
             tracking.blocked.insert(peer);
             tracing::warn!(member = %name, "blocked by the operator: connections closed and refused");
         } else if tracking.blocked.remove(&peer) {
-            tracking.redial.connected(&peer);
+            tracking.redial.reset(&peer);
             tracing::warn!(member = %name, "unblocked by the operator");
         }
     }
@@ -1198,7 +1198,7 @@ fn handle_swarm_event(
             ..
         } => {
             tracing::debug!(%peer_id, "connected");
-            tracking.redial.connected(&peer_id);
+            tracking.redial.connected(peer_id, Instant::now());
             // A member that was offline while a roster update spread learns it here.
             if num_established.get() == 1 {
                 request_roster(swarm, peer_id, peer.chain().current());
@@ -1236,8 +1236,16 @@ fn handle_swarm_event(
         )) => {
             tracing::debug!(%peer, %error, "roster sync failed");
         }
-        SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            cause,
+            num_established,
+            ..
+        } => {
             tracing::debug!(%peer_id, ?cause, "disconnected");
+            if num_established == 0 {
+                tracking.redial.disconnected(peer_id, Instant::now());
+            }
         }
         SwarmEvent::IncomingConnectionError { error, peer_id, .. } => {
             telemetry.connections_refused.inc();
