@@ -106,7 +106,9 @@ pub struct Config {
 /// distance to this peer's own model exceeds `factor` times the lower median of those distances
 /// (or of a millionth of the model's norm, if larger) is an outlier; an author whose versions are outliers in `rounds` merged rounds in a row is flagged
 /// like an equivocator: its version is left out of that round's merge and everything it sends
-/// afterwards is refused. Each peer judges alone, from what it merges.
+/// afterwards is refused. Each peer judges alone, from what it merges. Flags, like those for
+/// equivocation, live in the peer's memory: a restarted peer judges anew, so an attacker is
+/// merged again until its streak flags it again.
 ///
 /// The defaults (6×, 3 rounds) flag every sign-flipping or noise-sending hospital of the
 /// heart-disease scenarios within a few rounds and no honest member, even under strong label
@@ -863,7 +865,12 @@ impl Peer {
                     author,
                     reason: Reason::Equivocation,
                 });
-                return self.reject(from, Reason::Equivocation);
+                let verdict = self.reject(from, Reason::Equivocation);
+                // Its pull may have been the one the round waited for: pull another author, or
+                // close the round if what arrived is now enough.
+                self.pull(now);
+                self.maybe_close(now, false);
+                return verdict;
             }
             // Within the window an unseen older round is an honest message that lost a race
             // with its successor (gossip does not keep order): not worth forwarding, not a fault.
@@ -1225,8 +1232,8 @@ impl Peer {
             .map_or(self.round, |r| (*r).max(self.round));
         let merged_from = std::mem::replace(&mut self.params, out);
         self.spare.push(merged_from);
-        // Enough for the next round's pulls and merge; the rest is freed.
-        self.spare.truncate(self.target() + 2);
+        // Enough for the next round's pulls and its merge; the rest is freed.
+        self.spare.truncate(self.target() + 1);
         let round = self.round;
         self.event(Event::RoundCompleted {
             round,

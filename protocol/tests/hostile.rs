@@ -607,8 +607,11 @@ fn inspected_gossip_is_handled_exactly_like_its_bytes() {
 }
 
 /// Six peers merging with a trimmed mean, one of which sends `50 − 10·x` every round. Returns
-/// the honest peers' final models and the `(peer, author)` pairs flagged as outliers.
-fn run_with_an_attacker(outliers: Option<Outliers>) -> (Vec<Vec<f32>>, Vec<(usize, MemberId)>) {
+/// the honest peers' final models, the `(peer, author)` pairs flagged as outliers, and how many
+/// messages honest peers refused because their author was flagged.
+fn run_with_an_attacker(
+    outliers: Option<Outliers>,
+) -> (Vec<Vec<f32>>, Vec<(usize, MemberId)>, usize) {
     let n = 6;
     let attacker = 5;
     let k = keys(n);
@@ -647,13 +650,27 @@ fn run_with_an_attacker(outliers: Option<Outliers>) -> (Vec<Vec<f32>>, Vec<(usiz
             _ => None,
         })
         .collect();
-    (honest, flagged)
+    let refused = net
+        .events
+        .iter()
+        .filter(|(i, e)| {
+            *i != attacker
+                && matches!(
+                    e,
+                    Event::Rejected {
+                        reason: Reason::Flagged,
+                        ..
+                    }
+                )
+        })
+        .count();
+    (honest, flagged, refused)
 }
 
 #[test]
 fn a_member_whose_versions_stay_outliers_is_flagged_by_every_honest_peer() {
     let attacker = keys(6)[5].id();
-    let (honest, flagged) = run_with_an_attacker(Some(Outliers::default()));
+    let (honest, flagged, refused) = run_with_an_attacker(Some(Outliers::default()));
     let mut flaggers: Vec<usize> = flagged
         .iter()
         .map(|(i, author)| {
@@ -669,10 +686,14 @@ fn a_member_whose_versions_stay_outliers_is_flagged_by_every_honest_peer() {
     assert!(spread < 1e-3, "honest spread {spread}");
     assert!(honest.iter().flatten().all(|x| x.abs() < 2.0), "{honest:?}");
 
-    // Without the policy nobody is flagged (the trimmed mean alone bounds each round; on real
-    // training its bias adds up: simulations/tests/heart_disease_byzantine.rs).
-    let (_, none) = run_with_an_attacker(None);
+    // Once flagged, what it sends is refused as such.
+    assert!(refused > 0, "later announcements refused as flagged");
+
+    // Without the policy it keeps being merged (the trimmed mean alone bounds each round; on
+    // real training its bias adds up: simulations/tests/heart_disease_byzantine.rs).
+    let (_, none, refused) = run_with_an_attacker(None);
     assert!(none.is_empty());
+    assert_eq!(refused, 0);
 }
 
 #[test]
