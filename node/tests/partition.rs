@@ -40,9 +40,8 @@ fn audit(node: &LocalNode) -> usize {
 fn a_mesh_cut_in_two_keeps_training_in_each_half_and_reconverges_after_the_heal() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let mut options = options(dir, 16);
-    // A round missing the other half closes on this timeout.
-    options.round_timeout = 4;
+    // A round missing the other half closes on the 8 s round timeout.
+    let options = options(dir, 16);
     let sites = ["cleveland", "hungarian", "switzerland", "va"];
     let nodes = sites.map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
     let all: Vec<&LocalNode> = nodes.iter().collect();

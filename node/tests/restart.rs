@@ -135,7 +135,7 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
 fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let mut options = options(dir, 8);
+    let mut options = options(dir, 12);
     options.steps = 10;
     let sites = ["cleveland", "hungarian", "switzerland"];
     let nodes = sites.map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
@@ -150,18 +150,24 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
     };
     let mut children = common::start(&nodes, &spec, 2, |_, config| config.model = model.clone());
 
-    // Kill Cleveland's process the moment its status shows a payload pull in flight.
+    // Kill Cleveland's process the moment its status shows a payload pull in flight. Two pulls
+    // of tens of milliseconds each per round: polled every 10 ms, one is caught within a round
+    // or two.
     let victim = 0;
-    let killed_at = wait_for(
-        "cleveland to be caught pulling a payload",
-        Duration::from_secs(240),
-        || {
-            nodes[victim]
-                .status()
-                .filter(|s| s.round >= 2 && s.peers.pulls > 0)
-                .map(|s| s.round)
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let killed_at = loop {
+        if let Some(s) = nodes[victim].status()
+            && s.round >= 2
+            && s.peers.pulls > 0
+        {
+            break s.round;
+        }
+        assert!(
+            Instant::now() < deadline && nodes[victim].outcome().is_none(),
+            "cleveland was never caught pulling a payload"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     children.kill(victim);
     let (versions, payloads, _) = audit(&nodes[victim]);
     assert!(!versions.is_empty(), "nothing stored by round {killed_at}");
