@@ -291,6 +291,7 @@ impl Reason {
     pub fn label(&self) -> &'static str {
         match self {
             Reason::Malformed(wire::DecodeError::TooLarge { .. }) => "too_large",
+            Reason::Malformed(wire::DecodeError::NonCanonical) => "non_canonical",
             Reason::Malformed(_) => "malformed",
             Reason::WrongChannel(_) => "wrong_channel",
             Reason::Signature(_) => "bad_signature",

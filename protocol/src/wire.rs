@@ -52,6 +52,11 @@ pub enum DecodeError {
     /// The value ended before the bytes did.
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
+    /// A gossip message in another encoding than the one this value has (e.g. a variable-length
+    /// integer written the long way). Each gossip message has exactly one encoding, so a copy
+    /// cannot pass gossipsub's deduplication, which goes by the bytes, under new bytes.
+    #[error("not the canonical encoding of its value")]
+    NonCanonical,
 }
 
 /// Everything peers say to each other.
@@ -116,11 +121,18 @@ impl Message {
         }
         // A payload's bytes may exceed the generic allocation bound; everything else may not.
         let message: Message = decode_with_limit(rest, limit.max(DECODE_LIMIT))?;
-        if message.is_gossip() && bytes.len() > MAX_GOSSIP {
-            return Err(DecodeError::TooLarge {
-                len: bytes.len(),
-                limit: MAX_GOSSIP,
-            });
+        if message.is_gossip() {
+            if bytes.len() > MAX_GOSSIP {
+                return Err(DecodeError::TooLarge {
+                    len: bytes.len(),
+                    limit: MAX_GOSSIP,
+                });
+            }
+            // bincode accepts non-minimal variable-length integers; re-encoding (a small value:
+            // gossip is bounded) tells them apart.
+            if message.to_bytes() != bytes {
+                return Err(DecodeError::NonCanonical);
+            }
         }
         Ok(message)
     }
@@ -186,6 +198,31 @@ mod tests {
         };
         let bytes = m.to_bytes();
         assert_eq!(Message::from_bytes(&bytes, MAX_PAYLOAD), Ok(m));
+    }
+
+    #[test]
+    fn gossip_has_one_encoding() {
+        use crate::roster::{Member, Role, Roster, SignedRoster};
+        let member = Member {
+            id: crate::identity::Keypair::from_seed([1; 32]).id(),
+            name: "a".into(),
+            site: "a".into(),
+            country: "NL".into(),
+            role: Role::Hospital,
+            addresses: Vec::new(),
+        };
+        let m = Message::Roster(SignedRoster::new(
+            Roster::genesis("m", 1, vec![member]).expect("roster"),
+        ));
+        let bytes = m.to_bytes();
+        assert_eq!(Message::from_bytes(&bytes, MAX_GOSSIP), Ok(m));
+        // The variant index (2) written as a 3-byte integer: same value, other bytes.
+        let mut long = vec![bytes[0], 251, bytes[1], 0];
+        long.extend_from_slice(&bytes[2..]);
+        assert_eq!(
+            Message::from_bytes(&long, MAX_GOSSIP),
+            Err(DecodeError::NonCanonical)
+        );
     }
 
     #[test]
