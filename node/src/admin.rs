@@ -57,8 +57,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::bundle;
 use crate::config::NodeConfig;
 use crate::data::{Dataset, Table};
-use crate::learner::{self, ModelSpec, TchLearner, TrainConfig};
+use crate::learner::{self, ModelSpec, TrainConfig};
 use crate::store::{self, Store};
+use crate::worker::{Setup, Worker};
 
 /// Most admin connections served at once; further clients wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 16;
@@ -1079,8 +1080,9 @@ impl Selection {
 /// Names and shapes of a model's tensors, in the order its parameters flatten.
 pub type Layout = Vec<(String, Vec<i64>)>;
 
-/// The layout of the model in `config`: built-in models are built on one dummy row of their
-/// input width; a TorchScript module's input width comes from the config's dataset.
+/// The layout of the model in `config`, from a training worker ([`crate::worker`]): built-in
+/// models are built on one dummy row of their input width; a TorchScript module's input width
+/// comes from the config's dataset.
 pub fn model_layout(config: &NodeConfig) -> Result<Layout, Error> {
     let inputs = match &config.model {
         ModelSpec::Logistic { inputs }
@@ -1112,8 +1114,14 @@ pub fn model_layout(config: &NodeConfig) -> Result<Layout, Error> {
             site.train.clone()
         }
     };
-    let learner = TchLearner::new(config.model.clone(), TrainConfig::default(), 0, &table)?;
-    Ok(learner.layout())
+    let mut worker = Worker::start()?;
+    let built = worker.build(&Setup {
+        spec: config.model.clone(),
+        training: TrainConfig::default(),
+        init_seed: 0,
+        data: table,
+    })?;
+    Ok(built.layout)
 }
 
 /// A signed model version as `version.json` holds it: its content id and the version's fields.
@@ -1822,26 +1830,5 @@ mod tests {
             Selection::Id(v.id())
         );
         assert!("nope".parse::<Selection>().is_err());
-    }
-
-    #[test]
-    fn model_layout_follows_the_spec() {
-        let config = NodeConfig {
-            model: ModelSpec::Mlp {
-                inputs: 4,
-                hidden: vec![3],
-            },
-            ..NodeConfig::default()
-        };
-        let layout = model_layout(&config).expect("lays out");
-        assert_eq!(
-            layout,
-            vec![
-                ("layer0.bias".to_owned(), vec![3]),
-                ("layer0.weight".to_owned(), vec![3, 4]),
-                ("layer1.bias".to_owned(), vec![1]),
-                ("layer1.weight".to_owned(), vec![1, 3]),
-            ]
-        );
     }
 }

@@ -176,7 +176,7 @@ const STD_EPSILON: f64 = 1e-9;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A numeric table, row-major.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {
     /// `rows × cols` feature values, row after row.
     pub x: Vec<f32>,

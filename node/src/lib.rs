@@ -1,11 +1,12 @@
 //! # medmesh-node
 //!
 //! The peer a hospital runs. It drives the sans-IO [`medmesh_protocol::peer::Peer`] and owns
-//! everything the protocol must not do: files, keys, training and the network. The simulator
-//! reuses the parts that are not network-bound (data, learners, metrics).
+//! everything the protocol must not do: files, keys, training and the network. Training itself
+//! runs in the `medmesh-train` worker process ([`worker`], crate `medmesh-trainer`), so this
+//! crate does not link libtorch. The simulator reuses the parts that are not network-bound
+//! (data, metrics, privacy accounting).
 
 pub mod admin;
-pub mod baseline;
 pub mod bundle;
 pub mod config;
 pub mod data;
@@ -20,6 +21,7 @@ pub mod privacy;
 pub mod store;
 pub mod trainer;
 pub mod validate;
+pub mod worker;
 
 #[cfg(test)]
 mod testkit;

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medmesh_node::config::NodeConfig;
-use medmesh_node::learner::TrainConfig;
-use medmesh_node::{admin, baseline, bundle, keys, lineage, mesh, node};
+use medmesh_node::{admin, bundle, keys, lineage, mesh, node};
 use medmesh_protocol::identity::{Digest, MemberId};
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 
@@ -154,25 +153,14 @@ enum Command {
         key: PathBuf,
     },
     /// Reproduce the non-federated baselines (pooled, and each center alone) on a dataset.
+    ///
+    /// Runs `medmesh-train baseline` (the training worker program, which links libtorch) with
+    /// the same arguments; `medmesh baseline --help` lists them.
+    #[command(disable_help_flag = true)]
     Baseline {
-        /// The dataset's schema file.
-        #[arg(long, default_value = "data/heart-disease/schema.toml")]
-        data: PathBuf,
-        /// Seeds, one run each.
-        #[arg(long, value_delimiter = ',', default_value = "42,43,44,45,46")]
-        seeds: Vec<u64>,
-        /// Epochs over each training set.
-        #[arg(long, default_value_t = 50)]
-        epochs: usize,
-        /// Learning rate (Adam).
-        #[arg(long, default_value_t = 0.001)]
-        lr: f64,
-        /// Batch size.
-        #[arg(long, default_value_t = 4)]
-        batch_size: usize,
-        /// Also write the table as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        /// Arguments of `medmesh-train baseline`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
 }
 
@@ -616,31 +604,21 @@ fn main() -> anyhow::Result<()> {
             let pair = keys::load(&key)?;
             println!("{}", pair.id());
         }
-        Command::Baseline {
-            data,
-            seeds,
-            epochs,
-            lr,
-            batch_size,
-            json,
-        } => {
-            let settings = baseline::Settings {
-                seeds,
-                epochs,
-                train: TrainConfig {
-                    lr,
-                    batch_size,
-                    ..TrainConfig::default()
-                },
-            };
-            let report = baseline::run(&data, &settings, |line| eprintln!("{line}"))
-                .with_context(|| format!("baseline on {}", data.display()))?;
-            print!("{}", report.to_text());
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&report)?;
-                std::fs::write(&path, text + "\n")
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                eprintln!("wrote {}", path.display());
+        Command::Baseline { args } => {
+            let program = medmesh_node::worker::program();
+            let status = std::process::Command::new(&program)
+                .arg("baseline")
+                .args(&args)
+                .status()
+                .with_context(|| {
+                    format!(
+                        "cannot start {} (built with medmesh; or set {})",
+                        program.display(),
+                        medmesh_node::worker::PROGRAM_ENV
+                    )
+                })?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
             }
         }
     }

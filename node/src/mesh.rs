@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use crate::config::{DataConfig, NodeConfig};
 use crate::data::Dataset;
-use crate::learner::{Learner, ModelSpec, Optimizer, TchLearner, TrainConfig};
+use crate::learner::{ModelSpec, Optimizer, TrainConfig};
 use crate::network::NetworkConfig;
 use crate::node::{Outcome, write_roster};
-use crate::{admin, keys, network};
+use crate::worker::{Setup, Worker};
+use crate::{admin, keys, metrics, network};
 
 /// Settings of a local mesh.
 #[derive(Debug, Clone, clap::Args)]
@@ -615,7 +616,8 @@ pub fn run(
         }
     }
 
-    // Local-only training with the same budget, for comparison.
+    // Local-only training with the same budget, for comparison, in one training worker.
+    let mut alone = Worker::start()?;
     let mut hospitals = Vec::new();
     for (site, outcome) in dataset.sites.iter().zip(&outcomes) {
         let config = TrainConfig {
@@ -625,16 +627,20 @@ pub fn run(
             seed: options.seed,
             ..TrainConfig::default()
         };
-        let mut alone = TchLearner::new(
-            ModelSpec::Logistic { inputs },
-            config,
-            options.seed,
-            &site.train,
-        )?;
-        alone.train(options.steps * options.rounds as usize)?;
+        let built = alone.build(&Setup {
+            spec: ModelSpec::Logistic { inputs },
+            training: config,
+            init_seed: options.seed,
+            data: site.train.clone(),
+        })?;
+        let (trained, _) = alone.train(&built.init, options.steps * options.rounds as usize)?;
+        let mut accuracy = |table: &crate::data::Table| -> anyhow::Result<f64> {
+            let probs = alone.predict(&trained, table)?;
+            Ok(metrics::binary(&probs, &table.y, 0.5)?.accuracy)
+        };
         let mut generalization = 0.0;
         for other in &dataset.sites {
-            generalization += alone.evaluate(&other.test)?.accuracy / dataset.sites.len() as f64;
+            generalization += accuracy(&other.test)? / dataset.sites.len() as f64;
         }
         let certified = outcome.final_version.and_then(|f| {
             outcome
@@ -647,7 +653,7 @@ pub fn run(
             site: site.name.clone(),
             accuracy: outcome.test.accuracy,
             auc: outcome.test.auc,
-            local_accuracy: alone.evaluate(&site.test)?.accuracy,
+            local_accuracy: accuracy(&site.test)?,
             local_generalization: generalization,
             rejected: outcome.rejections.values().sum(),
             final_version: outcome.final_version,

@@ -35,10 +35,10 @@ use tokio::time::sleep_until;
 
 use crate::config::NodeConfig;
 use crate::data::Dataset;
-use crate::learner::TchLearner;
 use crate::network::{self, Response, RosterRequest, RosterResponse};
 use crate::store::Store;
 use crate::trainer::{Job, Trainer};
+use crate::worker::{Evaluator, Setup};
 use crate::{admin, keys, metrics, validate};
 
 const CHECKPOINT_KEY: &str = "checkpoint";
@@ -50,6 +50,8 @@ const ADMISSION_REDIAL: Duration = Duration::from_secs(2);
 /// How often the loop looks for members it lost the connection to (see [`network::Redial`]).
 const RECONNECT_CHECK: Duration = Duration::from_millis(500);
 /// Give up republishing a message after this long.
+/// An evaluation worker unused this long is stopped (another starts on the next validation).
+const EVALUATOR_IDLE: Duration = Duration::from_secs(60);
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
 
 /// What a node reports when its rounds are done.
@@ -316,9 +318,16 @@ pub async fn run(
                 ""
             }
         );
-        Some(Trainer::spawn(&config.data.site, move || {
-            TchLearner::new(spec, training, init_seed, &train_rows)
-        })?)
+        Some(Trainer::spawn(
+            &config.data.site,
+            &crate::worker::program(),
+            Setup {
+                spec,
+                training,
+                init_seed,
+                data: train_rows,
+            },
+        )?)
     } else {
         tracing::info!("this member does not train (its roster role); validating only");
         None
@@ -378,6 +387,7 @@ pub async fn run(
     let mut certifications: BTreeMap<ContentId, Certification> = BTreeMap::new();
     let mut last_validation: Option<metrics::Binary> = None;
     let validator = !trains && config.validate_final;
+    let mut evaluator = Evaluator::default();
     // Start barrier: the first round waits until the other members listen on the topic, or
     // its timeout, so the first announcements are not published into an empty mesh.
     let others = peer
@@ -583,7 +593,15 @@ pub async fn run(
                     None => (dataset.name.as_str(), &site.test),
                 };
                 finish_validation(
-                    &config, &store, &mut peer, test, name, model, bytes, started,
+                    &mut evaluator,
+                    &config,
+                    &store,
+                    &mut peer,
+                    test,
+                    name,
+                    model,
+                    bytes,
+                    started,
                 )
             });
             let answer = match result {
@@ -609,7 +627,7 @@ pub async fn run(
         if (peer.is_finished() || validated_all) && outcome.is_none() {
             let test = match (&last_validation, trains) {
                 (Some(binary), false) => *binary,
-                _ => evaluate(&config, peer.params(), &site.test)?,
+                _ => evaluate(&mut evaluator, &config, peer.params(), &site.test)?,
             };
             if validated_all {
                 tracing::info!(validated = validated.len(), "validated every final version");
@@ -638,6 +656,10 @@ pub async fn run(
             telemetry.local_test_accuracy.set(result.test.accuracy);
             write_outcome(&config, &result)?;
             outcome = Some(result);
+            if peer.is_finished() {
+                // No more rounds: let the training worker (and libtorch's memory) go.
+                trainer = None;
+            }
         }
         status.round = peer.round();
         status.roster_version = peer.chain().current().version;
@@ -718,6 +740,7 @@ pub async fn run(
                 }
             },
             _ = reconnect.tick() => {
+                evaluator.release_idle(EVALUATOR_IDLE);
                 network::redial_members(&mut swarm, peer.chain().current(), &tracking.blocked, &mut tracking.redial, Instant::now());
             }
             () = sleep_until(wake.into()) => {
@@ -871,6 +894,7 @@ fn start_validation(
 /// report and the model's author.
 #[allow(clippy::too_many_arguments)]
 fn finish_validation(
+    evaluator: &mut Evaluator,
     config: &NodeConfig,
     store: &Store,
     peer: &mut Peer,
@@ -894,7 +918,7 @@ fn finish_validation(
         .member(&me)
         .cloned()
         .context("this node is not on the roster")?;
-    let found = validate::evaluate(config, model, &member, dataset, &params, test)?;
+    let found = validate::evaluate(evaluator, config, model, &member, dataset, &params, test)?;
     peer.handle_command(
         started.elapsed(),
         Command::PublishReport(found.report.clone()),
@@ -1072,20 +1096,15 @@ fn request_roster(swarm: &mut Swarm<network::Behaviour>, peer: PeerId, roster: &
     );
 }
 
+/// The model `params` on `test`, run by `evaluator`'s worker.
 fn evaluate(
+    evaluator: &mut Evaluator,
     config: &NodeConfig,
     params: &[f32],
     test: &crate::data::Table,
 ) -> anyhow::Result<metrics::Binary> {
-    use crate::learner::Learner;
-    let mut learner = TchLearner::new(
-        config.model.clone(),
-        config.training.clone(),
-        config.init_seed,
-        test,
-    )?;
-    learner.load(params)?;
-    Ok(learner.evaluate(test)?)
+    let probs = evaluator.predict(&config.model, config.init_seed, params, test)?;
+    Ok(metrics::binary(&probs, &test.y, 0.5)?)
 }
 
 fn handle_swarm_event(

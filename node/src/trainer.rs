@@ -1,18 +1,26 @@
-//! The training thread: local training runs on a dedicated OS thread, never on the async
-//! runtime, and talks to the event loop over bounded channels.
+//! The training thread: local training runs in the `medmesh-train` worker process
+//! ([`crate::worker`]), driven from a dedicated OS thread of the peer, never from the async
+//! runtime; the thread talks to the event loop over bounded channels.
 //!
-//! The learner is built inside the thread (libtorch objects stay on the thread that made them).
 //! Jobs and results travel over capacity-1 tokio channels, which the async side awaits and the
 //! thread uses blocking; so at most one round is queued and the event loop never blocks on
-//! training. Dropping the [`Trainer`] closes the job channel and the thread ends after its
-//! current job.
+//! training. The worker runs from the first job until the trainer is dropped (see
+//! [`Trainer::spawn`]). If it dies (killed, out of memory, an abort inside libtorch), the
+//! thread starts a new one, rebuilds the learner and retries the job once before it reports the
+//! failure; the new learner starts with fresh optimizer state, as after a restart of the node.
+//! Dropping the [`Trainer`] closes the job channel; the thread ends after its current job and
+//! closes the worker's input, which ends the worker.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use crate::learner::{Error, Learner};
+use crate::learner::Error;
+use crate::worker::{Built, Setup, Worker};
 
 /// A request to train one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +48,7 @@ pub struct Trainer {
     jobs: mpsc::Sender<Job>,
     done: mpsc::Receiver<Done>,
     thread: Option<JoinHandle<()>>,
+    worker_pid: Arc<AtomicU32>,
     /// Parameter count, reported by the thread at start.
     pub dim: usize,
     /// Local training samples.
@@ -50,34 +59,33 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Starts the thread and builds the learner on it with `make`. Fails if `make` does.
-    pub fn spawn<L, F>(name: &str, make: F) -> Result<Self, Error>
-    where
-        L: Learner,
-        F: FnOnce() -> Result<L, Error> + Send + 'static,
-    {
+    /// Starts the thread, which starts the worker `program` (normally
+    /// [`crate::worker::program`]) to build the learner of `setup` once, for its size and
+    /// initial parameters, and then lets it go: a worker runs only from the first job until
+    /// the trainer is dropped, so a peer that waits (for members, for a round's versions, after
+    /// its last round) does not hold libtorch. A learner rebuilt from the same setup is the same
+    /// learner (seeded initialization and batch order), so this changes no result. Fails if the
+    /// worker cannot be started or refuses the setup.
+    pub fn spawn(name: &str, program: &Path, setup: Setup) -> Result<Self, Error> {
+        let program = program.to_path_buf();
         let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
         let (done_tx, done_rx) = mpsc::channel::<Done>(1);
-        type Ready = Result<(usize, usize, Vec<f32>), Error>;
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<Built, Error>>(1);
+        let worker_pid = Arc::new(AtomicU32::new(0));
+        let pid = Arc::clone(&worker_pid);
         let thread = std::thread::Builder::new()
             .name(format!("train-{name}"))
             .spawn(move || {
-                let mut learner = match make() {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok((l.dim(), l.samples(), l.params())));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
+                let ready = start(&program, &setup).map(|(_, built)| built);
+                let failed = ready.is_err();
+                let _ = ready_tx.send(ready);
+                if failed {
+                    return;
+                }
+                let mut worker = None;
                 while let Some(job) = jobs_rx.blocking_recv() {
-                    let result = learner
-                        .load(&job.params)
-                        .and_then(|()| learner.train(job.steps))
-                        .map(|metrics| (learner.params(), metrics));
+                    let result = train(&mut worker, &program, &setup, &job);
+                    pid.store(worker.as_ref().map_or(0, Worker::id), Ordering::Relaxed);
                     if done_tx
                         .blocking_send(Done {
                             round: job.round,
@@ -88,22 +96,29 @@ impl Trainer {
                         break;
                     }
                 }
+                pid.store(0, Ordering::Relaxed);
             })
             .map_err(|source| Error::Io {
                 path: "training thread".into(),
                 source,
             })?;
-        let (dim, samples, init) = ready_rx
+        let built = ready_rx
             .recv()
             .map_err(|_| Error::Config("the training thread ended while starting".into()))??;
         Ok(Self {
             jobs: jobs_tx,
             done: done_rx,
             thread: Some(thread),
-            dim,
-            samples,
-            init,
+            worker_pid,
+            dim: built.dim,
+            samples: built.samples,
+            init: built.init,
         })
+    }
+
+    /// Process id of the worker as of the last finished job; `None` before the first job.
+    pub fn worker_pid(&self) -> Option<u32> {
+        Some(self.worker_pid.load(Ordering::Relaxed)).filter(|&pid| pid != 0)
     }
 
     /// Queues a job (waits while the previous one is still queued).
@@ -119,7 +134,7 @@ impl Trainer {
         self.done.recv().await
     }
 
-    /// Blocking versions for callers outside an async runtime (tools, the simulator).
+    /// Blocking version of [`Trainer::submit`], for callers outside an async runtime.
     pub fn submit_blocking(&self, job: Job) -> Result<(), Error> {
         self.jobs
             .blocking_send(job)
@@ -144,79 +159,44 @@ impl Drop for Trainer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::data::Table;
-    use crate::learner::{ModelSpec, TchLearner, TrainConfig};
+/// A new worker with the learner of `setup` built.
+fn start(program: &Path, setup: &Setup) -> Result<(Worker, Built), Error> {
+    let mut worker = Worker::start_program(program)?;
+    let built = worker.build(setup)?;
+    tracing::debug!(pid = worker.id(), dim = built.dim, "training worker ready");
+    Ok((worker, built))
+}
 
-    fn table() -> Table {
-        Table {
-            x: (0..40)
-                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 } * (i as f32 / 40.0))
-                .collect(),
-            rows: 20,
-            cols: 2,
-            y: (0..20).map(|i| (i % 2) as f32).collect(),
-            time: vec![],
-            event: vec![],
+/// Trains `job` in the worker in `slot`, starting one if there is none or it has died; if it
+/// dies during the job, starts another and retries once.
+fn train(
+    slot: &mut Option<Worker>,
+    program: &Path,
+    setup: &Setup,
+    job: &Job,
+) -> Result<(Vec<f32>, BTreeMap<String, f64>), Error> {
+    let mut retried = false;
+    loop {
+        if let Some(worker) = slot
+            && !worker.is_alive()
+        {
+            tracing::warn!(
+                pid = worker.id(),
+                "the training worker has died; starting another"
+            );
+            *slot = None;
         }
-    }
-
-    #[test]
-    fn trains_on_its_own_thread_and_answers_in_order() {
-        let data = table();
-        let mut trainer = Trainer::spawn("test", move || {
-            TchLearner::new(
-                ModelSpec::Logistic { inputs: 2 },
-                TrainConfig::default(),
-                1,
-                &data,
-            )
-        })
-        .expect("starts");
-        assert_eq!(
-            (trainer.dim, trainer.samples, trainer.init.len()),
-            (3, 20, 3)
-        );
-        let caller = std::thread::current().id();
-        for round in 1..=3 {
-            trainer
-                .submit_blocking(Job {
-                    round,
-                    params: vec![0.0; 3],
-                    steps: 5,
-                })
-                .expect("queued");
-            let done = trainer.next_blocking().expect("answer");
-            assert_eq!(done.round, round);
-            let (params, metrics) = done.result.expect("trained");
-            assert_eq!(params.len(), 3);
-            assert_ne!(params, vec![0.0; 3], "training moved the model");
-            assert!(metrics.contains_key("loss"));
+        let worker = match slot {
+            Some(worker) => worker,
+            None => slot.insert(start(program, setup)?.0),
+        };
+        match worker.train(&job.params, job.steps) {
+            Err(e) if !retried && !worker.is_alive() => {
+                tracing::warn!(round = job.round, error = %e, "the training worker died during the round; retrying in another");
+                *slot = None;
+                retried = true;
+            }
+            result => return result,
         }
-        assert_eq!(std::thread::current().id(), caller);
-        // A bad job is an error result, not a dead thread.
-        trainer
-            .submit_blocking(Job {
-                round: 4,
-                params: vec![0.0; 2],
-                steps: 1,
-            })
-            .expect("queued");
-        assert!(trainer.next_blocking().expect("answer").result.is_err());
-    }
-
-    #[test]
-    fn a_learner_that_cannot_start_is_an_error() {
-        let err = Trainer::spawn("bad", || {
-            TchLearner::new(
-                ModelSpec::Logistic { inputs: 5 },
-                TrainConfig::default(),
-                1,
-                &table(),
-            )
-        });
-        assert!(err.is_err());
     }
 }

@@ -13,8 +13,8 @@ use medmesh_protocol::validation::{Dataset, Metric, Report};
 
 use crate::config::NodeConfig;
 use crate::data::Table;
-use crate::learner::{Learner, TchLearner};
 use crate::metrics;
+use crate::worker::Evaluator;
 
 /// Bootstrap resamples per interval.
 pub const RESAMPLES: usize = 1000;
@@ -32,7 +32,9 @@ pub struct Found {
 /// drafts the report `validator` signs. `dataset` names the data; the site and country are the
 /// roster's entry for the validator. The bootstrap is seeded from the model id, so validating
 /// the same model on the same data always gives the same report (but for its time stamp).
+/// The model runs in `evaluator`'s worker process.
 pub fn evaluate(
+    evaluator: &mut Evaluator,
     config: &NodeConfig,
     model: ContentId,
     validator: &Member,
@@ -41,16 +43,9 @@ pub fn evaluate(
     test: &Table,
 ) -> anyhow::Result<Found> {
     anyhow::ensure!(!test.is_empty(), "no local test rows to validate on");
-    let mut learner = TchLearner::new(
-        config.model.clone(),
-        config.training.clone(),
-        config.init_seed,
-        test,
-    )?;
-    learner
-        .load(params)
-        .context("the version does not fit this node's model spec")?;
-    let probs = learner.predict(test)?;
+    let probs = evaluator
+        .predict(&config.model, config.init_seed, params, test)
+        .context("evaluating the version with this node's model spec")?;
     let binary = metrics::binary(&probs, &test.y, 0.5)?;
     let seed = u64::from_le_bytes(model.0[..8].try_into().unwrap_or_default());
     let mut scores = BTreeMap::new();

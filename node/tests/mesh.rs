@@ -129,3 +129,48 @@ fn four_hospital_processes_train_heart_disease_serverlessly() {
     let why = String::from_utf8_lossy(&verify.stderr);
     assert!(why.contains("model.safetensors"), "{why}");
 }
+
+#[test]
+fn medmesh_baseline_runs_the_training_workers_baseline() {
+    let help = medmesh(&["baseline", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{text}");
+    assert!(
+        text.contains("--epochs") && text.contains("--seeds"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("baseline.json");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/heart-disease/schema.toml");
+    let run = medmesh(&[
+        "baseline",
+        "--data",
+        &schema.to_string_lossy(),
+        "--seeds",
+        "42",
+        "--epochs",
+        "3",
+        "--json",
+        &json.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(
+        rows.len(),
+        6,
+        "pooled, pooled with consistent normalization, 4 centers alone"
+    );
+    let pooled = rows[0]["mean"].as_f64().expect("a mean");
+    assert!(pooled > 0.6, "pooled accuracy after 3 epochs {pooled}");
+
+    let bad = medmesh(&["baseline", "--epochs", "many"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "clap's usage error, passed through"
+    );
+}

@@ -11,8 +11,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::data::{Dataset, Normalization, Table};
-use crate::learner::{ModelSpec, TchLearner, TrainConfig};
+use medmesh_node::data::{Dataset, Normalization, Table};
+use medmesh_node::learner::{ModelSpec, TrainConfig};
+
+use crate::learner::TchLearner;
 
 /// Baseline settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,0 +1,567 @@
+//! The training worker: local training runs in a child process, `medmesh-train worker`, which
+//! links libtorch; the peer that stays up (network, store, protocol) does not.
+//!
+//! Loading libtorch maps several hundred megabytes of library and registers thousands of
+//! operators before `main` runs: about 110 MB resident for a process that does nothing else.
+//! Keeping it out of the peer keeps the peer's footprint to its own needs, lets the operating
+//! system reclaim the trainer's memory between experiments, and turns a crash inside libtorch
+//! (an abort, an out-of-memory kill) into an error the peer reports instead of its own death.
+//!
+//! **Protocol.** The peer writes [`Request`]s to the worker's standard input and reads one
+//! [`Response`] per request from its standard output, in order. Each message is a frame: its
+//! length as a little-endian `u64`, then the value in bincode's standard encoding. The first
+//! exchange is [`Request::Hello`], which refuses a worker of another protocol version (a stale
+//! build next to a new peer); then [`Request::Build`] makes the learner, and
+//! [`Request::Train`] / [`Request::Predict`] use it. A request the learner refuses is answered
+//! with [`Response::Failed`] and the worker carries on. The worker ends when its input closes.
+//! Its standard error is the peer's, for its log lines.
+//!
+//! **Finding the program.** [`program`]: the `MEDMESH_TRAIN` environment variable if set, else
+//! `medmesh-train` next to the running executable (or next to its parent folder, for test
+//! binaries in `target/<profile>/deps`), else `medmesh-train` on the `PATH`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Table;
+use crate::learner::{Error, ModelSpec, TrainConfig};
+
+/// Version of the request/response protocol; both sides must speak the same.
+pub const PROTOCOL: u32 = 1;
+/// The worker program's file name.
+pub const PROGRAM: &str = "medmesh-train";
+/// Environment variable naming the worker program.
+pub const PROGRAM_ENV: &str = "MEDMESH_TRAIN";
+/// Largest frame either side reads (parameters and tables of a few hundred million values).
+pub const MAX_FRAME: u64 = 4 << 30;
+/// How long a worker whose input closed may take to finish before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the worker needs to build a learner: the experiment's model and training
+/// settings, and the rows it trains on (or, for evaluation only, any rows of the right shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// The model.
+    #[serde(with = "as_json")]
+    pub spec: ModelSpec,
+    /// Local training settings.
+    #[serde(with = "as_json")]
+    pub training: TrainConfig,
+    /// Seed of the shared initialization.
+    pub init_seed: u64,
+    /// The training rows.
+    pub data: Table,
+}
+
+/// The model spec and training settings are internally tagged enums, which bincode cannot
+/// decode (they need a self-describing format): they travel as their JSON text, as in the
+/// node's config.
+mod as_json {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<T: Serialize, S: Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(S::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+
+    pub(super) fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+/// What the peer asks of the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request<'a> {
+    /// The first request: the peer's protocol version.
+    Hello {
+        /// [`PROTOCOL`] of the peer.
+        protocol: u32,
+    },
+    /// Build the learner (replacing any earlier one).
+    Build(Cow<'a, Setup>),
+    /// Load `params`, train `steps` optimizer steps, answer with the new parameters.
+    Train {
+        /// Parameters to start from.
+        params: Cow<'a, [f32]>,
+        /// Optimizer steps.
+        steps: usize,
+    },
+    /// Load `params` and predict every row of `table` (probabilities for a binary task,
+    /// log-risk scores for survival).
+    Predict {
+        /// The model's parameters.
+        params: Cow<'a, [f32]>,
+        /// The rows.
+        table: Cow<'a, Table>,
+    },
+}
+
+/// What the learner is, once built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Built {
+    /// Parameter count.
+    pub dim: usize,
+    /// Training rows (the averaging weight).
+    pub samples: usize,
+    /// The freshly initialized parameters.
+    pub init: Vec<f32>,
+    /// Variable names and shapes in flattening order.
+    pub layout: Vec<(String, Vec<i64>)>,
+}
+
+/// The worker's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to [`Request::Hello`].
+    Hello {
+        /// [`PROTOCOL`] of the worker.
+        protocol: u32,
+        /// The worker's crate version.
+        version: String,
+    },
+    /// The learner was built.
+    Built(Built),
+    /// Trained parameters and training metrics.
+    Trained {
+        /// The parameters after training.
+        params: Vec<f32>,
+        /// Training metrics (`loss`, `epsilon` under DP).
+        metrics: BTreeMap<String, f64>,
+    },
+    /// Predictions, one per row.
+    Predicted(Vec<f32>),
+    /// The request was refused (the learner's error, as text); the worker carries on.
+    Failed(String),
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Writes `value` as one frame and flushes.
+pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
+    let bytes = bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    out.write_all(&bytes)?;
+    out.flush()
+}
+
+/// Reads one frame; `None` if the input ends before a frame starts.
+pub fn read_frame<T: DeserializeOwned>(input: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 8];
+    let mut filled = 0;
+    while filled < len.len() {
+        match input.read(&mut len[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u64::from_le_bytes(len);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over the limit of {MAX_FRAME}"),
+        ));
+    }
+    // Grow with what arrives rather than trusting the length for one allocation.
+    let mut bytes = Vec::new();
+    input.take(len).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let (value, used) = bincode::serde::decode_from_slice(&bytes, bincode_config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if used != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes after the value in a frame", bytes.len() - used),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// The worker program: see the [module documentation](self).
+pub fn program() -> PathBuf {
+    if let Some(path) = std::env::var_os(PROGRAM_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let name = format!("{PROGRAM}{}", std::env::consts::EXE_SUFFIX);
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let beside = dir.join(&name);
+        if beside.is_file() {
+            return beside;
+        }
+        if dir.file_name().is_some_and(|d| d == "deps")
+            && let Some(parent) = dir.parent()
+            && parent.join(&name).is_file()
+        {
+            return parent.join(&name);
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// A running worker process.
+#[derive(Debug)]
+pub struct Worker {
+    program: PathBuf,
+    child: Child,
+    input: Option<BufWriter<ChildStdin>>,
+    output: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    /// Starts [`program`] and checks it speaks this protocol.
+    pub fn start() -> Result<Self, Error> {
+        Self::start_program(&program())
+    }
+
+    /// Starts `program` as the worker and checks it speaks this protocol.
+    pub fn start_program(program: &Path) -> Result<Self, Error> {
+        let mut command = Command::new(program);
+        command
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // Its own process group: a Ctrl-C in the terminal stops the peer, which then closes the
+        // worker's input, instead of killing the worker in the middle of a round.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(|e| {
+            Error::Worker(format!(
+                "cannot start {}: {e}. It is built with the peer (`cargo build --release` \
+                 at the workspace root puts it next to `medmesh`); or set {PROGRAM_ENV} to its path",
+                program.display()
+            ))
+        })?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Worker("the worker's pipes are missing".into()));
+        };
+        let mut worker = Self {
+            program: program.to_path_buf(),
+            child,
+            input: Some(BufWriter::with_capacity(1 << 20, input)),
+            output: BufReader::with_capacity(1 << 20, output),
+        };
+        match worker.call(&Request::Hello { protocol: PROTOCOL })? {
+            Response::Hello { protocol, .. } if protocol == PROTOCOL => Ok(worker),
+            Response::Hello { protocol, version } => Err(Error::Worker(format!(
+                "{} (medmesh-trainer {version}) speaks worker protocol {protocol}, this peer \
+                 {PROTOCOL}: build both from the same sources",
+                worker.program.display()
+            ))),
+            other => Err(worker.unexpected(&other)),
+        }
+    }
+
+    /// Whether the process still runs and takes requests (not after it failed to answer).
+    pub fn is_alive(&mut self) -> bool {
+        self.input.is_some() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The worker's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Builds the learner; what it is.
+    pub fn build(&mut self, setup: &Setup) -> Result<Built, Error> {
+        match self.call(&Request::Build(Cow::Borrowed(setup)))? {
+            Response::Built(built) => Ok(built),
+            other => Err(self.refused(other)),
+        }
+    }
+
+    /// Trains `steps` steps from `params`; the new parameters and the training metrics.
+    pub fn train(
+        &mut self,
+        params: &[f32],
+        steps: usize,
+    ) -> Result<(Vec<f32>, BTreeMap<String, f64>), Error> {
+        match self.call(&Request::Train {
+            params: Cow::Borrowed(params),
+            steps,
+        })? {
+            Response::Trained { params, metrics } => Ok((params, metrics)),
+            other => Err(self.refused(other)),
+        }
+    }
+
+    /// Predictions of the model `params` for every row of `table`.
+    pub fn predict(&mut self, params: &[f32], table: &Table) -> Result<Vec<f32>, Error> {
+        match self.call(&Request::Predict {
+            params: Cow::Borrowed(params),
+            table: Cow::Borrowed(table),
+        })? {
+            Response::Predicted(values) if values.len() == table.rows => Ok(values),
+            Response::Predicted(values) => Err(Error::Worker(format!(
+                "{} predictions for {} rows",
+                values.len(),
+                table.rows
+            ))),
+            other => Err(self.refused(other)),
+        }
+    }
+
+    /// Sends one request and reads its answer. An error here means the process is gone or
+    /// out of step: [`Error::Worker`].
+    fn call(&mut self, request: &Request<'_>) -> Result<Response, Error> {
+        let Some(input) = self.input.as_mut() else {
+            return Err(Error::Worker("the worker's input is closed".into()));
+        };
+        if let Err(e) = write_frame(input, request) {
+            return Err(self.gone(&format!("writing to it failed ({e})")));
+        }
+        match read_frame::<Response>(&mut self.output) {
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(self.gone("it closed its output")),
+            Err(e) => Err(self.gone(&format!("reading its answer failed ({e})"))),
+        }
+    }
+
+    /// A request the learner refused is that error; anything else is out of step.
+    fn refused(&mut self, response: Response) -> Error {
+        match response {
+            Response::Failed(reason) => Error::Worker(reason),
+            other => self.unexpected(&other),
+        }
+    }
+
+    fn unexpected(&mut self, response: &Response) -> Error {
+        let kind = match response {
+            Response::Hello { .. } => "hello",
+            Response::Built(_) => "built",
+            Response::Trained { .. } => "trained",
+            Response::Predicted(_) => "predicted",
+            Response::Failed(_) => "failed",
+        };
+        self.input = None;
+        Error::Worker(format!(
+            "{} answered out of turn ({kind}); it is stopped",
+            self.program.display()
+        ))
+    }
+
+    /// The error for a worker that stopped answering, with its exit status if it has one.
+    fn gone(&mut self, what: &str) -> Error {
+        self.input = None;
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => break None,
+            }
+        };
+        let status = status.map_or_else(
+            || "it is still running".to_owned(),
+            |s| format!("it exited: {s}"),
+        );
+        Error::Worker(format!(
+            "{} (pid {}): {what}; {status}",
+            self.program.display(),
+            self.child.id()
+        ))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the input ends the worker after its current request; give it a moment.
+        self.input = None;
+        let deadline = Instant::now() + EXIT_GRACE;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Predictions on demand (validation, the final test): a worker started on first use, with a
+/// learner built on the first table it is given, and kept for the next call until
+/// [`Evaluator::release_idle`] lets it go; a worker that died is replaced on the next call.
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    worker: Option<Worker>,
+    last_used: Option<Instant>,
+}
+
+impl Evaluator {
+    /// Predictions of the model `params` of `spec` for every row of `table`.
+    pub fn predict(
+        &mut self,
+        spec: &ModelSpec,
+        init_seed: u64,
+        params: &[f32],
+        table: &Table,
+    ) -> Result<Vec<f32>, Error> {
+        if let Some(worker) = &mut self.worker
+            && !worker.is_alive()
+        {
+            self.worker = None;
+        }
+        let worker = match &mut self.worker {
+            Some(worker) => worker,
+            None => {
+                let mut worker = Worker::start()?;
+                worker.build(&Setup {
+                    spec: spec.clone(),
+                    training: TrainConfig::default(),
+                    init_seed,
+                    data: table.clone(),
+                })?;
+                self.worker.insert(worker)
+            }
+        };
+        let result = worker.predict(params, table);
+        self.last_used = Some(Instant::now());
+        result
+    }
+
+    /// Stops the worker if it has not been used for `idle`.
+    pub fn release_idle(&mut self, idle: Duration) {
+        if self.worker.is_some() && self.last_used.is_none_or(|t| t.elapsed() >= idle) {
+            self.worker = None;
+        }
+    }
+
+    /// Whether a worker is running.
+    pub fn is_running(&self) -> bool {
+        self.worker.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> Setup {
+        Setup {
+            spec: ModelSpec::Logistic { inputs: 2 },
+            training: TrainConfig::default(),
+            init_seed: 7,
+            data: Table {
+                x: vec![0.5, -1.0, 2.0, 0.25],
+                rows: 2,
+                cols: 2,
+                y: vec![1.0, 0.0],
+                time: vec![],
+                event: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_borrowed_requests_read_as_owned() {
+        let setup = setup();
+        let params = [1.5f32, -0.0, f32::MIN_POSITIVE];
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Build(Cow::Borrowed(&setup))).expect("writes");
+        write_frame(
+            &mut buf,
+            &Request::Train {
+                params: Cow::Borrowed(&params),
+                steps: 3,
+            },
+        )
+        .expect("writes");
+        let mut input = buf.as_slice();
+        let first: Request<'static> = read_frame(&mut input).expect("reads").expect("a frame");
+        assert_eq!(first, Request::Build(Cow::Owned(setup)));
+        let second: Request<'static> = read_frame(&mut input).expect("reads").expect("a frame");
+        match second {
+            Request::Train { params: got, steps } => {
+                assert_eq!(steps, 3);
+                let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u32> = params.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(bits, want);
+            }
+            other => panic!("read {other:?}"),
+        }
+        assert!(
+            read_frame::<Request<'static>>(&mut input)
+                .expect("clean end")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &Response::Predicted(vec![0.25; 4])).expect("writes");
+        // Cut anywhere after the start: an error, never a value or a panic.
+        for cut in 1..frame.len() {
+            let mut input = &frame[..cut];
+            assert!(read_frame::<Response>(&mut input).is_err(), "cut at {cut}");
+        }
+        // A length over the limit is refused before anything is read or allocated.
+        let mut huge = (MAX_FRAME + 1).to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 16]);
+        let err = read_frame::<Response>(&mut huge.as_slice()).expect_err("refused");
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        // Garbage of the announced length, and trailing bytes after a value.
+        let mut garbage = 5u64.to_le_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff; 5]);
+        assert!(read_frame::<Response>(&mut garbage.as_slice()).is_err());
+        let mut trailing = frame.clone();
+        let len = u64::from_le_bytes(trailing[..8].try_into().expect("8 bytes")) + 1;
+        trailing[..8].copy_from_slice(&len.to_le_bytes());
+        trailing.push(0);
+        let err = read_frame::<Response>(&mut trailing.as_slice()).expect_err("refused");
+        assert!(err.to_string().contains("after the value"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let err = Worker::start_program(Path::new("/nonexistent/medmesh-train"))
+            .expect_err("no such program");
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot start /nonexistent/medmesh-train") && text.contains(PROGRAM_ENV),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_program_that_is_not_a_worker_is_a_clear_error() {
+        // `true` exits at once without answering the hello.
+        let err = Worker::start_program(Path::new("true")).expect_err("not a worker");
+        let text = err.to_string();
+        assert!(
+            text.contains("closed its output") || text.contains("writing"),
+            "{text}"
+        );
+        assert!(text.contains("exited"), "{text}");
+    }
+}

@@ -1,0 +1,14 @@
+//! # medmesh-trainer
+//!
+//! Local training for medmesh with libtorch, through `tch`: the learner for the node's model
+//! specs ([`learner::TchLearner`]), the `medmesh-train` worker process the peer drives
+//! ([`worker::serve`]; the peer's side and the protocol are `medmesh_node::worker`), and the
+//! non-federated baselines ([`baseline`]).
+//!
+//! This is the only crate of the peer that links libtorch. Keeping it out of `medmesh-node`
+//! keeps the long-running peer small (libtorch alone is ~110 MB resident once loaded) and turns a
+//! crash inside libtorch into an error the peer reports and recovers from.
+
+pub mod baseline;
+pub mod learner;
+pub mod worker;

@@ -1,0 +1,85 @@
+//! `medmesh-train`: the training worker the `medmesh` peer starts (`medmesh-train worker`, which
+//! speaks the protocol of `medmesh_node::worker` on its standard input and output), and the
+//! non-federated baselines (`medmesh-train baseline`, also reached as `medmesh baseline`).
+
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use medmesh_node::learner::TrainConfig;
+use medmesh_trainer::{baseline, worker};
+
+/// medmesh-train: local training with libtorch for medmesh.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve training requests on standard input and output (started by `medmesh run`; not
+    /// for a terminal).
+    Worker,
+    /// Reproduce the non-federated baselines (pooled, and each center alone) on a dataset.
+    Baseline {
+        /// The dataset's schema file.
+        #[arg(long, default_value = "data/heart-disease/schema.toml")]
+        data: PathBuf,
+        /// Seeds, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "42,43,44,45,46")]
+        seeds: Vec<u64>,
+        /// Epochs over each training set.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
+        /// Learning rate (Adam).
+        #[arg(long, default_value_t = 0.001)]
+        lr: f64,
+        /// Batch size.
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        /// Also write the table as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Worker => {
+            let mut input = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            let mut output = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            worker::serve(&mut input, &mut output).context("medmesh-train worker")?;
+        }
+        Command::Baseline {
+            data,
+            seeds,
+            epochs,
+            lr,
+            batch_size,
+            json,
+        } => {
+            let settings = baseline::Settings {
+                seeds,
+                epochs,
+                train: TrainConfig {
+                    lr,
+                    batch_size,
+                    ..TrainConfig::default()
+                },
+            };
+            let report = baseline::run(&data, &settings, |line| eprintln!("{line}"))
+                .with_context(|| format!("baseline on {}", data.display()))?;
+            print!("{}", report.to_text());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}

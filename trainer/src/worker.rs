@@ -1,0 +1,65 @@
+//! The worker side of the training protocol (`medmesh_node::worker`): reads requests from one
+//! stream and answers each on the other, with one [`TchLearner`] built by
+//! [`Request::Build`](medmesh_node::worker::Request::Build).
+
+use std::io::{self, Read, Write};
+
+use medmesh_node::learner::{Error, Learner};
+use medmesh_node::worker::{Built, PROTOCOL, Request, Response, Setup, read_frame, write_frame};
+
+use crate::learner::TchLearner;
+
+/// Serves requests from `input` until it ends, answering on `output`. Refusals of the learner
+/// are [`Response::Failed`] answers; an error is returned only when the streams fail (a
+/// malformed frame, a closed output), after which the peer cannot be answered any more.
+pub fn serve(input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
+    let mut learner: Option<TchLearner> = None;
+    while let Some(request) = read_frame::<Request<'static>>(input)? {
+        let response = answer(&mut learner, request);
+        write_frame(output, &response)?;
+    }
+    Ok(())
+}
+
+fn answer(learner: &mut Option<TchLearner>, request: Request<'static>) -> Response {
+    let result = match request {
+        Request::Hello { .. } => {
+            return Response::Hello {
+                protocol: PROTOCOL,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+        }
+        Request::Build(setup) => build(learner, setup.into_owned()).map(Response::Built),
+        Request::Train { params, steps } => built(learner).and_then(|l| {
+            l.load(&params)?;
+            let metrics = l.train(steps)?;
+            Ok(Response::Trained {
+                params: l.params(),
+                metrics,
+            })
+        }),
+        Request::Predict { params, table } => built(learner).and_then(|l| {
+            l.load(&params)?;
+            Ok(Response::Predicted(l.predict(&table)?))
+        }),
+    };
+    result.unwrap_or_else(|e| Response::Failed(e.to_string()))
+}
+
+fn build(slot: &mut Option<TchLearner>, setup: Setup) -> Result<Built, Error> {
+    *slot = None;
+    let learner = TchLearner::new(setup.spec, setup.training, setup.init_seed, &setup.data)?;
+    let built = Built {
+        dim: learner.dim(),
+        samples: learner.samples(),
+        init: learner.params(),
+        layout: learner.layout(),
+    };
+    *slot = Some(learner);
+    Ok(built)
+}
+
+fn built(slot: &mut Option<TchLearner>) -> Result<&mut TchLearner, Error> {
+    slot.as_mut()
+        .ok_or_else(|| Error::Config("no learner yet: the first request must build one".into()))
+}

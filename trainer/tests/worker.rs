@@ -1,0 +1,302 @@
+//! The peer's training worker end to end: `medmesh_node`'s client side (the trainer thread, the
+//! evaluator, a bare [`Worker`]) against the real `medmesh-train` binary of this crate.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use medmesh_node::config::NodeConfig;
+use medmesh_node::data::Table;
+use medmesh_node::learner::{Learner, ModelSpec, Optimizer, TrainConfig};
+use medmesh_node::trainer::{Job, Trainer};
+use medmesh_node::worker::{Evaluator, Setup, Worker};
+use medmesh_trainer::learner::TchLearner;
+
+fn program() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_medmesh-train"))
+}
+
+/// Two noisy classes on two features.
+fn table(rows: usize) -> Table {
+    let mut x = Vec::with_capacity(rows * 2);
+    let mut y = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let label = (i % 2) as f32;
+        let sign = if label > 0.5 { 1.0 } else { -1.0 };
+        let wobble = ((i * 7919) % 13) as f32 / 13.0 - 0.5;
+        x.push(sign * 0.8 + wobble);
+        x.push(sign * 0.3 - wobble * 0.5);
+        y.push(label);
+    }
+    Table {
+        x,
+        rows,
+        cols: 2,
+        y,
+        time: vec![],
+        event: vec![],
+    }
+}
+
+fn setup(rows: usize) -> Setup {
+    Setup {
+        spec: ModelSpec::Logistic { inputs: 2 },
+        training: TrainConfig {
+            optimizer: Optimizer::Sgd { momentum: 0.0 },
+            lr: 0.1,
+            ..TrainConfig::default()
+        },
+        init_seed: 3,
+        data: table(rows),
+    }
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn the_trainer_thread_trains_in_the_worker_and_answers_in_order() {
+    let mut trainer = Trainer::spawn("test", program(), setup(20)).expect("starts");
+    assert_eq!(
+        (trainer.dim, trainer.samples, trainer.init.len()),
+        (3, 20, 3)
+    );
+    let mut params = trainer.init.clone();
+    for round in 1..=3 {
+        trainer
+            .submit_blocking(Job {
+                round,
+                params: params.clone(),
+                steps: 5,
+            })
+            .expect("queued");
+        let done = trainer.next_blocking().expect("answer");
+        assert_eq!(done.round, round);
+        let (trained, metrics) = done.result.expect("trained");
+        assert_eq!(trained.len(), 3);
+        assert_ne!(trained, params, "training moved the model");
+        assert!(metrics["loss"].is_finite());
+        params = trained;
+    }
+    // A bad job is an error result, not a dead worker.
+    trainer
+        .submit_blocking(Job {
+            round: 4,
+            params: vec![0.0; 2],
+            steps: 1,
+        })
+        .expect("queued");
+    let err = trainer
+        .next_blocking()
+        .expect("answer")
+        .result
+        .expect_err("wrong length");
+    assert!(
+        err.to_string().contains("2 values, the model has 3"),
+        "{err}"
+    );
+    trainer
+        .submit_blocking(Job {
+            round: 5,
+            params,
+            steps: 1,
+        })
+        .expect("queued");
+    assert!(trainer.next_blocking().expect("answer").result.is_ok());
+}
+
+#[test]
+fn the_worker_trains_and_predicts_bit_exactly_as_the_learner_in_process() {
+    let setup = setup(40);
+    let mut local = TchLearner::new(
+        setup.spec.clone(),
+        setup.training.clone(),
+        setup.init_seed,
+        &setup.data,
+    )
+    .expect("builds");
+    let mut worker = Worker::start_program(program()).expect("starts");
+    let built = worker.build(&setup).expect("builds");
+    assert_eq!(bits(&built.init), bits(&local.params()));
+    assert_eq!(built.layout, local.layout());
+    assert_eq!((built.dim, built.samples), (3, 40));
+
+    let (remote, metrics) = worker.train(&built.init, 200).expect("trains");
+    let local_metrics = local.train(200).expect("trains");
+    assert_eq!(bits(&remote), bits(&local.params()));
+    assert_eq!(metrics, local_metrics);
+
+    let test = table(15);
+    let predicted = worker.predict(&remote, &test).expect("predicts");
+    assert_eq!(
+        bits(&predicted),
+        bits(&local.predict(&test).expect("predicts"))
+    );
+    let accuracy = medmesh_node::metrics::binary(&predicted, &test.y, 0.5)
+        .expect("scores")
+        .accuracy;
+    assert!(accuracy >= 0.9, "accuracy {accuracy}");
+}
+
+#[test]
+fn refusals_are_errors_and_the_worker_carries_on() {
+    let mut worker = Worker::start_program(program()).expect("starts");
+    // Before a build, training is refused.
+    let err = worker.train(&[0.0; 3], 1).expect_err("no learner");
+    assert!(err.to_string().contains("must build one"), "{err}");
+    // A spec that does not fit the data.
+    let mut bad = setup(10);
+    bad.spec = ModelSpec::Logistic { inputs: 5 };
+    let err = worker.build(&bad).expect_err("does not fit");
+    assert!(err.to_string().contains("5 inputs"), "{err}");
+    assert!(worker.is_alive());
+    // Predicting rows of another width.
+    let built = worker.build(&setup(10)).expect("builds");
+    let mut wide = table(4);
+    wide.cols = 1;
+    wide.x.truncate(4);
+    let err = worker.predict(&built.init, &wide).expect_err("wrong width");
+    assert!(err.to_string().contains("features"), "{err}");
+    assert!(worker.is_alive());
+    assert_eq!(
+        worker
+            .predict(&built.init, &table(4))
+            .expect("predicts")
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn a_killed_worker_is_reported_and_the_trainer_replaces_it() {
+    let mut worker = Worker::start_program(program()).expect("starts");
+    worker.build(&setup(10)).expect("builds");
+    let status = Command::new("kill")
+        .args(["-9", &worker.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let err = worker.train(&[0.0; 3], 1).expect_err("dead");
+    let text = err.to_string();
+    assert!(text.contains("exited") && text.contains("signal"), "{text}");
+    assert!(!worker.is_alive());
+
+    // The trainer holds no worker until its first job, and replaces one killed between jobs.
+    let mut trainer = Trainer::spawn("killed", program(), setup(10)).expect("starts");
+    assert_eq!(trainer.worker_pid(), None, "no worker before the first job");
+    let round = |trainer: &mut Trainer, round: u64| {
+        trainer
+            .submit_blocking(Job {
+                round,
+                params: trainer.init.clone(),
+                steps: 3,
+            })
+            .expect("queued");
+        let (params, _) = trainer
+            .next_blocking()
+            .expect("answer")
+            .result
+            .expect("trained");
+        params
+    };
+    let first = round(&mut trainer, 1);
+    let pid = trainer.worker_pid().expect("a worker runs");
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let again = round(&mut trainer, 2);
+    let replaced = trainer.worker_pid().expect("a worker runs");
+    assert_ne!(replaced, pid);
+    // The new worker rebuilt the same learner: the same job gives the same parameters.
+    assert_eq!(bits(&again), bits(&first));
+    drop(trainer);
+    assert!(
+        !Path::new(&format!("/proc/{replaced}")).exists(),
+        "the worker ends with the trainer"
+    );
+}
+
+#[test]
+fn a_trainer_that_cannot_build_is_an_error() {
+    let mut bad = setup(10);
+    bad.spec = ModelSpec::Logistic { inputs: 5 };
+    let err = Trainer::spawn("bad", program(), bad).expect_err("does not fit");
+    assert!(err.to_string().contains("5 inputs"), "{err}");
+}
+
+#[test]
+fn the_evaluator_starts_one_worker_and_reuses_it() {
+    // `Evaluator` and `admin::model_layout` find `medmesh-train` next to this test's folder.
+    let setup = setup(30);
+    let mut local = TchLearner::new(
+        setup.spec.clone(),
+        setup.training.clone(),
+        setup.init_seed,
+        &setup.data,
+    )
+    .expect("builds");
+    local.train(30).expect("trains");
+    let params = local.params();
+    let mut evaluator = Evaluator::default();
+    for rows in [7, 12] {
+        let test = table(rows);
+        let got = evaluator
+            .predict(&setup.spec, setup.init_seed, &params, &test)
+            .expect("predicts");
+        assert_eq!(bits(&got), bits(&local.predict(&test).expect("predicts")));
+    }
+    evaluator.release_idle(std::time::Duration::from_secs(3600));
+    assert!(evaluator.is_running(), "used just now");
+    evaluator.release_idle(std::time::Duration::ZERO);
+    assert!(!evaluator.is_running(), "released");
+    let err = evaluator
+        .predict(&setup.spec, setup.init_seed, &[0.0; 2], &table(3))
+        .expect_err("wrong length");
+    assert!(err.to_string().contains("2 values"), "{err}");
+}
+
+#[test]
+fn model_layout_follows_the_spec() {
+    let config = NodeConfig {
+        model: ModelSpec::Mlp {
+            inputs: 4,
+            hidden: vec![3],
+        },
+        ..NodeConfig::default()
+    };
+    let layout = medmesh_node::admin::model_layout(&config).expect("lays out");
+    assert_eq!(
+        layout,
+        vec![
+            ("layer0.bias".to_owned(), vec![3]),
+            ("layer0.weight".to_owned(), vec![3, 4]),
+            ("layer1.bias".to_owned(), vec![1]),
+            ("layer1.weight".to_owned(), vec![1, 3]),
+        ]
+    );
+}
+
+#[test]
+fn garbage_on_the_workers_input_is_an_error_exit_not_a_panic() {
+    let mut child = Command::new(program())
+        .arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut input = child.stdin.take().expect("stdin");
+    let mut garbage = 9u64.to_le_bytes().to_vec();
+    garbage.extend_from_slice(b"not bincode");
+    input.write_all(&garbage).expect("writes");
+    drop(input);
+    let out = child.wait_with_output().expect("exits");
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "an error exit, not a signal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("medmesh-train worker"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
