@@ -656,10 +656,12 @@ pub async fn run(
             telemetry.local_test_accuracy.set(result.test.accuracy);
             write_outcome(&config, &result)?;
             outcome = Some(result);
+            // Let the workers (and libtorch's memory) go: no more rounds once finished, and a
+            // later validation starts an evaluator again.
             if peer.is_finished() {
-                // No more rounds: let the training worker (and libtorch's memory) go.
                 trainer = None;
             }
+            evaluator.release_idle(Duration::ZERO);
         }
         status.round = peer.round();
         status.roster_version = peer.chain().current().version;
