@@ -49,9 +49,9 @@ const RETRY: Duration = Duration::from_millis(250);
 const ADMISSION_REDIAL: Duration = Duration::from_secs(2);
 /// How often the loop looks for members it lost the connection to (see [`network::Redial`]).
 const RECONNECT_CHECK: Duration = Duration::from_millis(500);
-/// Give up republishing a message after this long.
 /// An evaluation worker unused this long is stopped (another starts on the next validation).
 const EVALUATOR_IDLE: Duration = Duration::from_secs(60);
+/// Give up republishing a message after this long.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
 
 /// What a node reports when its rounds are done.
@@ -1105,7 +1105,13 @@ fn evaluate(
     params: &[f32],
     test: &crate::data::Table,
 ) -> anyhow::Result<metrics::Binary> {
-    let probs = evaluator.predict(&config.model, config.init_seed, params, test)?;
+    let probs = evaluator.predict(
+        &config.model,
+        &config.training,
+        config.init_seed,
+        params,
+        test,
+    )?;
     Ok(metrics::binary(&probs, &test.y, 0.5)?)
 }
 

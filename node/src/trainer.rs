@@ -8,19 +8,20 @@
 //! [`Trainer::spawn`]). If it dies (killed, out of memory, an abort inside libtorch), the
 //! thread starts a new one, rebuilds the learner and retries the job once before it reports the
 //! failure; the new learner starts with fresh optimizer state, as after a restart of the node.
-//! Dropping the [`Trainer`] closes the job channel; the thread ends after its current job and
-//! closes the worker's input, which ends the worker.
+//! Dropping the [`Trainer`] closes the job channel and kills the worker, abandoning a round in
+//! flight (a node that stops resumes from its checkpoint), and joins the thread.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
 use crate::learner::Error;
-use crate::worker::{Built, Setup, Worker};
+use crate::worker::{Built, Killer, Setup, Worker};
 
 /// A request to train one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +49,9 @@ pub struct Trainer {
     jobs: mpsc::Sender<Job>,
     done: mpsc::Receiver<Done>,
     thread: Option<JoinHandle<()>>,
-    worker_pid: Arc<AtomicU32>,
+    /// The running worker, if any, to kill from [`Drop`].
+    current: Arc<Mutex<Option<Killer>>>,
+    stopping: Arc<AtomicBool>,
     /// Parameter count, reported by the thread at start.
     pub dim: usize,
     /// Local training samples.
@@ -71,8 +74,13 @@ impl Trainer {
         let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
         let (done_tx, done_rx) = mpsc::channel::<Done>(1);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<Built, Error>>(1);
-        let worker_pid = Arc::new(AtomicU32::new(0));
-        let pid = Arc::clone(&worker_pid);
+        let current = Arc::new(Mutex::new(None));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let driver = Driver {
+            program: program.clone(),
+            current: Arc::clone(&current),
+            stopping: Arc::clone(&stopping),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("train-{name}"))
             .spawn(move || {
@@ -84,8 +92,7 @@ impl Trainer {
                 }
                 let mut worker = None;
                 while let Some(job) = jobs_rx.blocking_recv() {
-                    let result = train(&mut worker, &program, &setup, &job);
-                    pid.store(worker.as_ref().map_or(0, Worker::id), Ordering::Relaxed);
+                    let result = driver.train(&mut worker, &setup, &job);
                     if done_tx
                         .blocking_send(Done {
                             round: job.round,
@@ -96,7 +103,7 @@ impl Trainer {
                         break;
                     }
                 }
-                pid.store(0, Ordering::Relaxed);
+                driver.set_current(None);
             })
             .map_err(|source| Error::Io {
                 path: "training thread".into(),
@@ -109,16 +116,17 @@ impl Trainer {
             jobs: jobs_tx,
             done: done_rx,
             thread: Some(thread),
-            worker_pid,
+            current,
+            stopping,
             dim: built.dim,
             samples: built.samples,
             init: built.init,
         })
     }
 
-    /// Process id of the worker as of the last finished job; `None` before the first job.
+    /// Process id of the running worker; `None` before the first job.
     pub fn worker_pid(&self) -> Option<u32> {
-        Some(self.worker_pid.load(Ordering::Relaxed)).filter(|&pid| pid != 0)
+        lock(&self.current).as_ref().map(Killer::pid)
     }
 
     /// Queues a job (waits while the previous one is still queued).
@@ -150,9 +158,15 @@ impl Trainer {
 impl Drop for Trainer {
     fn drop(&mut self) {
         // Closing the job channel ends the thread's loop; unblock a pending result send too.
+        // A round in flight is abandoned: its worker is killed rather than waited for.
+        self.stopping.store(true, Ordering::SeqCst);
         self.done.close();
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.jobs, closed));
+        let running = lock(&self.current).clone();
+        if let Some(worker) = running {
+            worker.kill();
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -167,36 +181,65 @@ fn start(program: &Path, setup: &Setup) -> Result<(Worker, Built), Error> {
     Ok((worker, built))
 }
 
-/// Trains `job` in the worker in `slot`, starting one if there is none or it has died; if it
-/// dies during the job, starts another and retries once.
-fn train(
-    slot: &mut Option<Worker>,
-    program: &Path,
-    setup: &Setup,
-    job: &Job,
-) -> Result<(Vec<f32>, BTreeMap<String, f64>), Error> {
-    let mut retried = false;
-    loop {
-        if let Some(worker) = slot
-            && !worker.is_alive()
-        {
-            tracing::warn!(
-                pid = worker.id(),
-                "the training worker has died; starting another"
-            );
-            *slot = None;
-        }
-        let worker = match slot {
-            Some(worker) => worker,
-            None => slot.insert(start(program, setup)?.0),
-        };
-        match worker.train(&job.params, job.steps) {
-            Err(e) if !retried && !worker.is_alive() => {
-                tracing::warn!(round = job.round, error = %e, "the training worker died during the round; retrying in another");
+/// What the training thread needs to run jobs, shared with the [`Trainer`].
+struct Driver {
+    program: PathBuf,
+    current: Arc<Mutex<Option<Killer>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Driver {
+    fn set_current(&self, worker: Option<&Worker>) {
+        *lock(&self.current) = worker.map(Worker::killer);
+    }
+
+    /// Trains `job` in the worker in `slot`, starting one if there is none or it has died; if
+    /// it dies during the job, starts another and retries once (unless the trainer is being
+    /// dropped, which kills it).
+    fn train(
+        &self,
+        slot: &mut Option<Worker>,
+        setup: &Setup,
+        job: &Job,
+    ) -> Result<(Vec<f32>, BTreeMap<String, f64>), Error> {
+        let mut retried = false;
+        loop {
+            if let Some(worker) = slot
+                && !worker.is_alive()
+            {
+                tracing::warn!(
+                    pid = worker.id(),
+                    "the training worker has died; starting another"
+                );
                 *slot = None;
-                retried = true;
+                self.set_current(None);
             }
-            result => return result,
+            let worker = match slot {
+                Some(worker) => worker,
+                None => {
+                    let worker = slot.insert(start(&self.program, setup)?.0);
+                    self.set_current(Some(worker));
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return Err(Error::Worker("the trainer is stopping".into()));
+                    }
+                    worker
+                }
+            };
+            match worker.train(&job.params, job.steps) {
+                Err(e)
+                    if !retried && !worker.is_alive() && !self.stopping.load(Ordering::SeqCst) =>
+                {
+                    tracing::warn!(round = job.round, error = %e, "the training worker died during the round; retrying in another");
+                    *slot = None;
+                    self.set_current(None);
+                    retried = true;
+                }
+                result => return result,
+            }
         }
     }
+}
+
+fn lock(current: &Mutex<Option<Killer>>) -> MutexGuard<'_, Option<Killer>> {
+    current.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -44,7 +44,13 @@ pub fn evaluate(
 ) -> anyhow::Result<Found> {
     anyhow::ensure!(!test.is_empty(), "no local test rows to validate on");
     let probs = evaluator
-        .predict(&config.model, config.init_seed, params, test)
+        .predict(
+            &config.model,
+            &config.training,
+            config.init_seed,
+            params,
+            test,
+        )
         .context("evaluating the version with this node's model spec")?;
     let binary = metrics::binary(&probs, &test.y, 0.5)?;
     let seed = u64::from_le_bytes(model.0[..8].try_into().unwrap_or_default());

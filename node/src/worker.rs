@@ -5,7 +5,12 @@
 //! operators before `main` runs: about 110 MB resident for a process that does nothing else.
 //! Keeping it out of the peer keeps the peer's footprint to its own needs, lets the operating
 //! system reclaim the trainer's memory between experiments, and turns a crash inside libtorch
-//! (an abort, an out-of-memory kill) into an error the peer reports instead of its own death.
+//! (an abort, an out-of-memory kill) into an error the peer sees, instead of its own death: the
+//! trainer replaces the worker and retries the round once ([`crate::trainer`]).
+//!
+//! The worker's standard output carries the frames only: the worker points its file descriptor
+//! 1 at standard error before it loads a model, so text that libtorch or a TorchScript module
+//! prints lands in the log instead of in the protocol.
 //!
 //! **Protocol.** The peer writes [`Request`]s to the worker's standard input and reads one
 //! [`Response`] per request from its standard output, in order. Each message is a frame: its
@@ -25,6 +30,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -153,10 +159,21 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Writes `value` as one frame and flushes.
+/// Writes `value` as one frame and flushes. A value that cannot be encoded, or whose frame
+/// would be over [`MAX_FRAME`], is an [`io::ErrorKind::InvalidInput`] error before anything is
+/// written.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
     let bytes = bincode::serde::encode_to_vec(value, bincode_config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if bytes.len() as u64 > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a frame of {} bytes is over the limit of {MAX_FRAME}",
+                bytes.len()
+            ),
+        ));
+    }
     out.write_all(&(bytes.len() as u64).to_le_bytes())?;
     out.write_all(&bytes)?;
     out.flush()
@@ -226,9 +243,33 @@ pub fn program() -> PathBuf {
 #[derive(Debug)]
 pub struct Worker {
     program: PathBuf,
-    child: Child,
+    pid: u32,
+    child: Arc<Mutex<Child>>,
     input: Option<BufWriter<ChildStdin>>,
-    output: BufReader<ChildStdout>,
+    output: Option<BufReader<ChildStdout>>,
+}
+
+/// Kills a worker from another thread (the one driving it may be blocked on its answer).
+#[derive(Debug, Clone)]
+pub struct Killer {
+    pid: u32,
+    child: Arc<Mutex<Child>>,
+}
+
+impl Killer {
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kills the worker (SIGKILL); its driver then sees it gone.
+    pub fn kill(&self) {
+        let _ = lock(&self.child).kill();
+    }
+}
+
+fn lock(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
+    child.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Worker {
@@ -263,9 +304,10 @@ impl Worker {
         };
         let mut worker = Self {
             program: program.to_path_buf(),
-            child,
+            pid: child.id(),
+            child: Arc::new(Mutex::new(child)),
             input: Some(BufWriter::with_capacity(1 << 20, input)),
-            output: BufReader::with_capacity(1 << 20, output),
+            output: Some(BufReader::with_capacity(1 << 20, output)),
         };
         match worker.call(&Request::Hello { protocol: PROTOCOL })? {
             Response::Hello { protocol, .. } if protocol == PROTOCOL => Ok(worker),
@@ -280,12 +322,20 @@ impl Worker {
 
     /// Whether the process still runs and takes requests (not after it failed to answer).
     pub fn is_alive(&mut self) -> bool {
-        self.input.is_some() && matches!(self.child.try_wait(), Ok(None))
+        self.input.is_some() && matches!(lock(&self.child).try_wait(), Ok(None))
+    }
+
+    /// A handle that kills this worker from another thread.
+    pub fn killer(&self) -> Killer {
+        Killer {
+            pid: self.pid,
+            child: Arc::clone(&self.child),
+        }
     }
 
     /// The worker's process id.
     pub fn id(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Builds the learner; what it is.
@@ -330,13 +380,18 @@ impl Worker {
     /// Sends one request and reads its answer. An error here means the process is gone or
     /// out of step: [`Error::Worker`].
     fn call(&mut self, request: &Request<'_>) -> Result<Response, Error> {
-        let Some(input) = self.input.as_mut() else {
+        let (Some(input), Some(output)) = (self.input.as_mut(), self.output.as_mut()) else {
             return Err(Error::Worker("the worker's input is closed".into()));
         };
-        if let Err(e) = write_frame(input, request) {
-            return Err(self.gone(&format!("writing to it failed ({e})")));
+        match write_frame(input, request) {
+            Ok(()) => {}
+            // Nothing was written: the worker is fine, the request is not.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(Error::Worker(format!("cannot send the request: {e}")));
+            }
+            Err(e) => return Err(self.gone(&format!("writing to it failed ({e})"))),
         }
-        match read_frame::<Response>(&mut self.output) {
+        match read_frame::<Response>(output) {
             Ok(Some(response)) => Ok(response),
             Ok(None) => Err(self.gone("it closed its output")),
             Err(e) => Err(self.gone(&format!("reading its answer failed ({e})"))),
@@ -371,7 +426,7 @@ impl Worker {
         self.input = None;
         let deadline = Instant::now() + Duration::from_millis(500);
         let status = loop {
-            match self.child.try_wait() {
+            match lock(&self.child).try_wait() {
                 Ok(Some(status)) => break Some(status),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -386,25 +441,28 @@ impl Worker {
         Error::Worker(format!(
             "{} (pid {}): {what}; {status}",
             self.program.display(),
-            self.child.id()
+            self.pid
         ))
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the input ends the worker after its current request; give it a moment.
+        // Closing the input ends the worker after its current request; give it a moment. Its
+        // output closes too, so a worker still writing an answer gets an error, not a wait.
         self.input = None;
+        self.output = None;
         let deadline = Instant::now() + EXIT_GRACE;
+        let mut child = lock(&self.child);
         loop {
-            match self.child.try_wait() {
+            match child.try_wait() {
                 Ok(Some(_)) | Err(_) => return,
                 Ok(None) if Instant::now() >= deadline => break,
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -413,35 +471,45 @@ impl Drop for Worker {
 /// [`Evaluator::release_idle`] lets it go; a worker that died is replaced on the next call.
 #[derive(Debug, Default)]
 pub struct Evaluator {
-    worker: Option<Worker>,
+    /// The worker and the model it was built for.
+    worker: Option<(Worker, ModelSpec, TrainConfig, u64)>,
     last_used: Option<Instant>,
 }
 
 impl Evaluator {
-    /// Predictions of the model `params` of `spec` for every row of `table`.
+    /// Predictions of the model `params` of `spec` (built with `training`'s settings, e.g. its
+    /// thread count, and `init_seed`) for every row of `table`. A worker built for another
+    /// model is replaced.
     pub fn predict(
         &mut self,
         spec: &ModelSpec,
+        training: &TrainConfig,
         init_seed: u64,
         params: &[f32],
         table: &Table,
     ) -> Result<Vec<f32>, Error> {
-        if let Some(worker) = &mut self.worker
-            && !worker.is_alive()
+        if let Some((worker, built_spec, built_training, built_seed)) = &mut self.worker
+            && (!worker.is_alive()
+                || built_spec != spec
+                || built_training != training
+                || *built_seed != init_seed)
         {
             self.worker = None;
         }
         let worker = match &mut self.worker {
-            Some(worker) => worker,
+            Some((worker, ..)) => worker,
             None => {
                 let mut worker = Worker::start()?;
                 worker.build(&Setup {
                     spec: spec.clone(),
-                    training: TrainConfig::default(),
+                    training: training.clone(),
                     init_seed,
                     data: table.clone(),
                 })?;
-                self.worker.insert(worker)
+                &mut self
+                    .worker
+                    .insert((worker, spec.clone(), training.clone(), init_seed))
+                    .0
             }
         };
         let result = worker.predict(params, table);

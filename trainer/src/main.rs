@@ -46,11 +46,33 @@ enum Command {
     },
 }
 
+/// The stream the worker's answers go to: its standard output, kept aside, after which file
+/// descriptor 1 is pointed at standard error, so that anything else printing to standard output
+/// (libtorch, a TorchScript module's `print`) lands in the peer's log and not in the protocol.
+#[cfg(unix)]
+fn protocol_output() -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let kept = stdout
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate standard output")?;
+    rustix::stdio::dup2_stdout(std::io::stderr().as_fd())
+        .context("cannot point standard output at standard error")?;
+    Ok(std::fs::File::from(kept))
+}
+
+/// Elsewhere the answers go to standard output as it is.
+#[cfg(not(unix))]
+fn protocol_output() -> anyhow::Result<std::io::Stdout> {
+    Ok(std::io::stdout())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Worker => {
             let mut input = BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-            let mut output = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            let mut output = BufWriter::with_capacity(1 << 20, protocol_output()?);
             worker::serve(&mut input, &mut output).context("medmesh-train worker")?;
         }
         Command::Baseline {

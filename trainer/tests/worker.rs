@@ -51,6 +51,17 @@ fn setup(rows: usize) -> Setup {
     }
 }
 
+/// The learner of `setup`, built in this process.
+fn in_process(setup: &Setup) -> TchLearner {
+    TchLearner::new(
+        setup.spec.clone(),
+        setup.training.clone(),
+        setup.init_seed,
+        &setup.data,
+    )
+    .expect("builds")
+}
+
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
@@ -109,13 +120,7 @@ fn the_trainer_thread_trains_in_the_worker_and_answers_in_order() {
 #[test]
 fn the_worker_trains_and_predicts_bit_exactly_as_the_learner_in_process() {
     let setup = setup(40);
-    let mut local = TchLearner::new(
-        setup.spec.clone(),
-        setup.training.clone(),
-        setup.init_seed,
-        &setup.data,
-    )
-    .expect("builds");
+    let mut local = in_process(&setup);
     let mut worker = Worker::start_program(program()).expect("starts");
     let built = worker.build(&setup).expect("builds");
     assert_eq!(bits(&built.init), bits(&local.params()));
@@ -231,20 +236,20 @@ fn a_trainer_that_cannot_build_is_an_error() {
 fn the_evaluator_starts_one_worker_and_reuses_it() {
     // `Evaluator` and `admin::model_layout` find `medmesh-train` next to this test's folder.
     let setup = setup(30);
-    let mut local = TchLearner::new(
-        setup.spec.clone(),
-        setup.training.clone(),
-        setup.init_seed,
-        &setup.data,
-    )
-    .expect("builds");
+    let mut local = in_process(&setup);
     local.train(30).expect("trains");
     let params = local.params();
     let mut evaluator = Evaluator::default();
     for rows in [7, 12] {
         let test = table(rows);
         let got = evaluator
-            .predict(&setup.spec, setup.init_seed, &params, &test)
+            .predict(
+                &setup.spec,
+                &setup.training,
+                setup.init_seed,
+                &params,
+                &test,
+            )
             .expect("predicts");
         assert_eq!(bits(&got), bits(&local.predict(&test).expect("predicts")));
     }
@@ -253,7 +258,13 @@ fn the_evaluator_starts_one_worker_and_reuses_it() {
     evaluator.release_idle(std::time::Duration::ZERO);
     assert!(!evaluator.is_running(), "released");
     let err = evaluator
-        .predict(&setup.spec, setup.init_seed, &[0.0; 2], &table(3))
+        .predict(
+            &setup.spec,
+            &setup.training,
+            setup.init_seed,
+            &[0.0; 2],
+            &table(3),
+        )
         .expect_err("wrong length");
     assert!(err.to_string().contains("2 values"), "{err}");
 }
@@ -299,4 +310,36 @@ fn garbage_on_the_workers_input_is_an_error_exit_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("medmesh-train worker"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn dropping_the_trainer_kills_a_worker_in_the_middle_of_a_round() {
+    let trainer = Trainer::spawn("stopping", program(), setup(10)).expect("starts");
+    // A round that would take tens of minutes.
+    trainer
+        .submit_blocking(Job {
+            round: 1,
+            params: trainer.init.clone(),
+            steps: 50_000_000,
+        })
+        .expect("queued");
+    let pid = loop {
+        if let Some(pid) = trainer.worker_pid() {
+            break pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(trainer);
+        let _ = dropped_tx.send(());
+    });
+    // A liveness bound, not a speed one: without the kill the drop would wait for the round.
+    dropped_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the drop returns without waiting for the round");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the worker was killed and reaped"
+    );
 }
