@@ -1,5 +1,6 @@
 //! The running peer: one `tokio::select!` loop that translates between the libp2p swarm, the
-//! sans-IO [`Peer`], the training thread and the store — and decides nothing itself.
+//! sans-IO [`Peer`], the trainer (a thread driving the `medmesh-train` worker process) and the
+//! store — and decides nothing itself.
 //!
 //! Order of duties for every action the peer asks for: persist before announcing (a version is
 //! in the store before anyone can fetch it), store the checkpoint with the parameters before a
@@ -10,8 +11,10 @@
 //! pass and publishes a snapshot once per turn; the admin endpoint (if the config enables it)
 //! runs as its own task and only reads those snapshots.
 //!
-//! It never blocks the runtime on training (that runs on the trainer thread) and never trusts a
-//! byte from the network before the peer has judged it.
+//! It never blocks the runtime on training (that runs in the worker, driven by the trainer
+//! thread) and never trusts a byte from the network before the peer has judged it. Evaluation
+//! (a validation, the final test) is the exception: it waits for the evaluator's worker, which
+//! costs about 0.4 s of libtorch start-up when none is running.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
