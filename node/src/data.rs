@@ -179,16 +179,20 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {
     /// `rows × cols` feature values, row after row.
+    #[serde(with = "crate::worker::f32_le")]
     pub x: Vec<f32>,
     /// Number of rows.
     pub rows: usize,
     /// Number of features per row.
     pub cols: usize,
     /// 0/1 labels, one per row; empty if the dataset has no label.
+    #[serde(with = "crate::worker::f32_le")]
     pub y: Vec<f32>,
     /// Survival times, one per row; empty unless the dataset is a survival dataset.
+    #[serde(with = "crate::worker::f32_le")]
     pub time: Vec<f32>,
     /// 0/1 event indicators (1 = event observed), one per row; empty unless survival.
+    #[serde(with = "crate::worker::f32_le")]
     pub event: Vec<f32>,
 }
 

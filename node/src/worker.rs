@@ -28,6 +28,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+#[cfg(target_os = "linux")]
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -40,13 +42,16 @@ use crate::data::Table;
 use crate::learner::{Error, ModelSpec, TrainConfig};
 
 /// Version of the request/response protocol; both sides must speak the same.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// The worker program's file name.
 pub const PROGRAM: &str = "medmesh-train";
 /// Environment variable naming the worker program.
 pub const PROGRAM_ENV: &str = "MEDMESH_TRAIN";
 /// Largest frame either side reads (parameters and tables of a few hundred million values).
 pub const MAX_FRAME: u64 = 4 << 30;
+/// Size asked for the worker's pipes.
+#[cfg(target_os = "linux")]
+const PIPE_SIZE: usize = 1 << 20;
 /// How long a worker whose input closed may take to finish before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -90,6 +95,58 @@ mod as_json {
     }
 }
 
+/// Vectors of `f32` (parameters, predictions, table columns) travel as their little-endian
+/// bytes: one copy, where serde's default would make one encoder call per value (35× slower
+/// than the in-process copy at 1M parameters).
+pub(crate) mod f32_le {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<T: AsRef<[f32]>, S: Serializer>(
+        values: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let values = values.as_ref();
+        if cfg!(target_endian = "little") {
+            serializer.serialize_bytes(bytemuck::cast_slice(values))
+        } else {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            serializer.serialize_bytes(&bytes)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, T: From<Vec<f32>>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        deserializer.deserialize_bytes(F32s).map(T::from)
+    }
+
+    struct F32s;
+
+    impl Visitor<'_> for F32s {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("little-endian f32 bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
+            if !bytes.len().is_multiple_of(4) {
+                return Err(E::invalid_length(bytes.len(), &self));
+            }
+            let mut values = vec![0f32; bytes.len() / 4];
+            if cfg!(target_endian = "little") {
+                bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(bytes);
+            } else {
+                for (value, chunk) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *value = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                }
+            }
+            Ok(values)
+        }
+    }
+}
+
 /// What the peer asks of the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request<'a> {
@@ -103,6 +160,7 @@ pub enum Request<'a> {
     /// Load `params`, train `steps` optimizer steps, answer with the new parameters.
     Train {
         /// Parameters to start from.
+        #[serde(with = "f32_le")]
         params: Cow<'a, [f32]>,
         /// Optimizer steps.
         steps: usize,
@@ -111,6 +169,7 @@ pub enum Request<'a> {
     /// log-risk scores for survival).
     Predict {
         /// The model's parameters.
+        #[serde(with = "f32_le")]
         params: Cow<'a, [f32]>,
         /// The rows.
         table: Cow<'a, Table>,
@@ -125,6 +184,7 @@ pub struct Built {
     /// Training rows (the averaging weight).
     pub samples: usize,
     /// The freshly initialized parameters.
+    #[serde(with = "f32_le")]
     pub init: Vec<f32>,
     /// Variable names and shapes in flattening order.
     pub layout: Vec<(String, Vec<i64>)>,
@@ -145,12 +205,13 @@ pub enum Response {
     /// Trained parameters and training metrics.
     Trained {
         /// The parameters after training.
+        #[serde(with = "f32_le")]
         params: Vec<f32>,
         /// Training metrics (`loss`, `epsilon` under DP).
         metrics: BTreeMap<String, f64>,
     },
     /// Predictions, one per row.
-    Predicted(Vec<f32>),
+    Predicted(#[serde(with = "f32_le")] Vec<f32>),
     /// The request was refused (the learner's error, as text); the worker carries on.
     Failed(String),
 }
@@ -163,24 +224,43 @@ fn bincode_config() -> bincode::config::Configuration {
 /// would be over [`MAX_FRAME`], is an [`io::ErrorKind::InvalidInput`] error before anything is
 /// written.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
-    let bytes = bincode::serde::encode_to_vec(value, bincode_config())
+    write_frame_with(out, value, &mut Vec::new())
+}
+
+/// [`write_frame`], encoding into `scratch` (cleared first), so that a caller sending many
+/// large frames reuses one buffer instead of faulting in a fresh one every time.
+pub fn write_frame_with<T: Serialize>(
+    out: &mut impl Write,
+    value: &T,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    scratch.clear();
+    bincode::serde::encode_into_std_write(value, scratch, bincode_config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    if bytes.len() as u64 > MAX_FRAME {
+    if scratch.len() as u64 > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "a frame of {} bytes is over the limit of {MAX_FRAME}",
-                bytes.len()
+                scratch.len()
             ),
         ));
     }
-    out.write_all(&(bytes.len() as u64).to_le_bytes())?;
-    out.write_all(&bytes)?;
+    out.write_all(&(scratch.len() as u64).to_le_bytes())?;
+    out.write_all(scratch)?;
     out.flush()
 }
 
 /// Reads one frame; `None` if the input ends before a frame starts.
 pub fn read_frame<T: DeserializeOwned>(input: &mut impl Read) -> io::Result<Option<T>> {
+    read_frame_with(input, &mut Vec::new())
+}
+
+/// [`read_frame`], reading the frame's bytes into `scratch` (cleared first).
+pub fn read_frame_with<T: DeserializeOwned>(
+    input: &mut impl Read,
+    scratch: &mut Vec<u8>,
+) -> io::Result<Option<T>> {
     let mut len = [0u8; 8];
     let mut filled = 0;
     while filled < len.len() {
@@ -199,18 +279,19 @@ pub fn read_frame<T: DeserializeOwned>(input: &mut impl Read) -> io::Result<Opti
             format!("a frame of {len} bytes is over the limit of {MAX_FRAME}"),
         ));
     }
-    // Grow with what arrives rather than trusting the length for one allocation.
-    let mut bytes = Vec::new();
-    input.take(len).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 != len {
+    // Trust the length for at most 256 MiB up front; beyond that, grow with what arrives.
+    scratch.clear();
+    scratch.reserve(len.min(256 << 20) as usize);
+    input.take(len).read_to_end(scratch)?;
+    if scratch.len() as u64 != len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let (value, used) = bincode::serde::decode_from_slice(&bytes, bincode_config())
+    let (value, used) = bincode::serde::decode_from_slice(scratch, bincode_config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if used != bytes.len() {
+    if used != scratch.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} bytes after the value in a frame", bytes.len() - used),
+            format!("{} bytes after the value in a frame", scratch.len() - used),
         ));
     }
     Ok(Some(value))
@@ -247,6 +328,8 @@ pub struct Worker {
     child: Arc<Mutex<Child>>,
     input: Option<BufWriter<ChildStdin>>,
     output: Option<BufReader<ChildStdout>>,
+    /// Frame buffer, reused by every call.
+    scratch: Vec<u8>,
 }
 
 /// Kills a worker from another thread (the one driving it may be blocked on its answer).
@@ -302,12 +385,21 @@ impl Worker {
             let _ = child.wait();
             return Err(Error::Worker("the worker's pipes are missing".into()));
         };
+        // A 1 MiB pipe (the unprivileged maximum by default) instead of 64 KiB: a 4 MB frame
+        // then crosses in 4 wake-ups instead of 64, about 3× the throughput here.
+        #[cfg(target_os = "linux")]
+        for fd in [input.as_fd(), output.as_fd()] {
+            if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE) {
+                tracing::debug!(error = %e, "the worker's pipe keeps its default size");
+            }
+        }
         let mut worker = Self {
             program: program.to_path_buf(),
             pid: child.id(),
             child: Arc::new(Mutex::new(child)),
             input: Some(BufWriter::with_capacity(1 << 20, input)),
             output: Some(BufReader::with_capacity(1 << 20, output)),
+            scratch: Vec::new(),
         };
         match worker.call(&Request::Hello { protocol: PROTOCOL })? {
             Response::Hello { protocol, .. } if protocol == PROTOCOL => Ok(worker),
@@ -383,7 +475,7 @@ impl Worker {
         let (Some(input), Some(output)) = (self.input.as_mut(), self.output.as_mut()) else {
             return Err(Error::Worker("the worker's input is closed".into()));
         };
-        match write_frame(input, request) {
+        match write_frame_with(input, request, &mut self.scratch) {
             Ok(()) => {}
             // Nothing was written: the worker is fine, the request is not.
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -391,7 +483,7 @@ impl Worker {
             }
             Err(e) => return Err(self.gone(&format!("writing to it failed ({e})"))),
         }
-        match read_frame::<Response>(output) {
+        match read_frame_with::<Response>(output, &mut self.scratch) {
             Ok(Some(response)) => Ok(response),
             Ok(None) => Err(self.gone("it closed its output")),
             Err(e) => Err(self.gone(&format!("reading its answer failed ({e})"))),
@@ -608,6 +700,17 @@ mod tests {
         trailing.push(0);
         let err = read_frame::<Response>(&mut trailing.as_slice()).expect_err("refused");
         assert!(err.to_string().contains("after the value"), "{err}");
+        // Predictions whose bytes are not whole `f32`s: variant 3, then 5 bytes.
+        let body = [3u8, 5, 1, 2, 3, 4, 5];
+        let mut ragged = (body.len() as u64).to_le_bytes().to_vec();
+        ragged.extend_from_slice(&body);
+        let err = read_frame::<Response>(&mut ragged.as_slice()).expect_err("refused");
+        assert!(err.to_string().contains("f32"), "{err}");
+        let whole = [3u8, 8, 0, 0, 128, 63, 0, 0, 0, 64];
+        let mut frame = (whole.len() as u64).to_le_bytes().to_vec();
+        frame.extend_from_slice(&whole);
+        let read = read_frame::<Response>(&mut frame.as_slice()).expect("reads");
+        assert_eq!(read, Some(Response::Predicted(vec![1.0, 2.0])));
     }
 
     #[test]

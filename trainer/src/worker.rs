@@ -5,7 +5,9 @@
 use std::io::{self, Read, Write};
 
 use medmesh_node::learner::{Error, Learner};
-use medmesh_node::worker::{Built, PROTOCOL, Request, Response, Setup, read_frame, write_frame};
+use medmesh_node::worker::{
+    Built, PROTOCOL, Request, Response, Setup, read_frame_with, write_frame_with,
+};
 
 use crate::learner::TchLearner;
 
@@ -14,9 +16,10 @@ use crate::learner::TchLearner;
 /// malformed frame, a closed output), after which the peer cannot be answered any more.
 pub fn serve(input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
     let mut learner: Option<TchLearner> = None;
-    while let Some(request) = read_frame::<Request<'static>>(input)? {
+    let mut scratch = Vec::new();
+    while let Some(request) = read_frame_with::<Request<'static>>(input, &mut scratch)? {
         let response = answer(&mut learner, request);
-        write_frame(output, &response)?;
+        write_frame_with(output, &response, &mut scratch)?;
     }
     Ok(())
 }
