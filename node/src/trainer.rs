@@ -12,16 +12,15 @@
 //! flight (a node that stops resumes from its checkpoint), and joins the thread.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
 use crate::learner::Error;
-use crate::worker::{Built, Killer, Setup, Worker};
+use crate::worker::{Built, Killer, Setup, Worker, lock};
 
 /// A request to train one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,8 +237,4 @@ impl Driver {
             }
         }
     }
-}
-
-fn lock(current: &Mutex<Option<Killer>>) -> MutexGuard<'_, Option<Killer>> {
-    current.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -351,8 +351,10 @@ impl Killer {
     }
 }
 
-fn lock(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
-    child.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks `mutex`, also after a panic elsewhere while it was held (the guarded values here, a
+/// child process handle or the handle to kill one, stay valid).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Worker {
