@@ -18,6 +18,12 @@ use std::env;
 use std::path::Path;
 
 fn main() {
+    // The simulator links libtorch only with its `torch` feature.
+    if env::var("CARGO_PKG_NAME").is_ok_and(|p| p == "medmesh-simulations")
+        && env::var_os("CARGO_FEATURE_TORCH").is_none()
+    {
+        return;
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Some(libtorch) = env::var_os("LIBTORCH") else {
         println!(

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use medmesh_node::data::{Dataset, Table, Task};
+use medmesh_learning::data::{Dataset, Table, Task};
 
 const FILES: [&str; 4] = ["schema.toml", "a.csv", "b.csv", "split.csv"];
 

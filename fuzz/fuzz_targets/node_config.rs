@@ -2,7 +2,7 @@
 //! relative paths, check the rules that span sections).
 //!
 //! The input is written to `node.toml` in a temporary folder made once per process. Checks:
-//! nothing panics; a config that loads serializes back to TOML (as `medmesh mesh` writes the
+//! nothing panics; a config that loads serializes back to TOML (as `medmesh-lab mesh` writes the
 //! configs it generates) and that TOML parses to the same config.
 
 #![no_main]

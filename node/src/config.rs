@@ -42,8 +42,8 @@ use std::time::Duration;
 use medmesh_protocol::peer;
 use serde::{Deserialize, Serialize};
 
-use crate::learner::{ModelSpec, TrainConfig};
 use crate::network::NetworkConfig;
+use medmesh_learning::learner::{ModelSpec, TrainConfig};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,27 +1,20 @@
 //! # medmesh-node
 //!
 //! The peer a hospital runs. It drives the sans-IO [`medmesh_protocol::peer::Peer`] and owns
-//! everything the protocol must not do: files, keys, training and the network. Training itself
+//! everything the protocol must not do: keys, the network, the store and training. Training
 //! runs in the `medmesh-train` worker process ([`worker`], crate `medmesh-trainer`), so this
-//! crate does not link libtorch. The simulator reuses the parts that are not network-bound
-//! (data, metrics, privacy accounting).
+//! crate does not link libtorch; the signed record (store, lineage, bundles) is
+//! `medmesh-record`, datasets and model specs are `medmesh-learning`.
+//!
+//! It holds only what a hospital deploys: the local multi-process launcher for test meshes is
+//! `medmesh-lab`.
 
 pub mod admin;
-pub mod bundle;
 pub mod config;
-pub mod data;
 pub mod keys;
-pub mod learner;
-pub mod lineage;
-pub mod mesh;
-pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod privacy;
-pub mod store;
+pub mod storage;
 pub mod trainer;
 pub mod validate;
 pub mod worker;
-
-#[cfg(test)]
-mod testkit;

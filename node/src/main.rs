@@ -5,10 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medmesh_learning::data::Dataset;
+use medmesh_learning::frame::Setup;
+use medmesh_learning::learner::{Layout, TrainConfig};
 use medmesh_node::config::NodeConfig;
-use medmesh_node::{admin, bundle, keys, lineage, mesh, node};
+use medmesh_node::worker::Worker;
+use medmesh_node::{admin, keys, node};
 use medmesh_protocol::identity::{Digest, MemberId};
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
+use medmesh_record::{bundle, export, lineage, store};
 
 /// medmesh: train medical AI models across hospitals with no central server.
 #[derive(Debug, Parser)]
@@ -76,7 +81,7 @@ enum Command {
         /// A version's content id, or `latest`: this node's newest (the highest round of anyone
         /// without `--config`).
         #[arg(long, default_value = "latest")]
-        model: admin::Selection,
+        model: store::Selection,
         /// Folder to write into (created if missing).
         #[arg(long)]
         out: PathBuf,
@@ -108,7 +113,7 @@ enum Command {
     Lineage {
         /// A version's content id, or `latest`: this node's newest with `--config` (the highest
         /// round of anyone without).
-        model: admin::Selection,
+        model: store::Selection,
         /// The node's store (default: `store` of `--config`).
         #[arg(long)]
         store: Option<PathBuf>,
@@ -134,9 +139,6 @@ enum Command {
         #[arg(long)]
         genesis: Option<Digest>,
     },
-    /// Run a whole mesh on this machine: one `medmesh run` process per site of a dataset, on
-    /// loopback, then print each hospital's accuracy next to training alone.
-    Mesh(mesh::Options),
     /// Create, sign and inspect signed rosters (who is in the mesh).
     #[command(subcommand)]
     Roster(RosterCommand),
@@ -456,10 +458,33 @@ fn block_command(args: BlockArgs, block: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The layout of the config's model: by arithmetic for a built-in model; a TorchScript
+/// module's tensors are learned from a training worker that loads it on the config's data.
+fn model_layout(config: &NodeConfig) -> anyhow::Result<Layout> {
+    if let Some(layout) = config.model.layout() {
+        return Ok(layout);
+    }
+    let dataset = Dataset::load(&config.data.schema)?;
+    let site = dataset.site(&config.data.site).with_context(|| {
+        format!(
+            "site {:?} is not in {}",
+            config.data.site,
+            config.data.schema.display()
+        )
+    })?;
+    let built = Worker::start()?.build(&Setup {
+        spec: config.model.clone(),
+        training: TrainConfig::default(),
+        init_seed: 0,
+        data: site.train.clone(),
+    })?;
+    Ok(built.layout)
+}
+
 fn export_command(
     store: Option<PathBuf>,
     config: Option<PathBuf>,
-    model: admin::Selection,
+    model: store::Selection,
     out: PathBuf,
 ) -> anyhow::Result<()> {
     let config = config.map(|path| NodeConfig::load(&path)).transpose()?;
@@ -469,21 +494,21 @@ fn export_command(
     let (author, layout) = match &config {
         Some(config) => {
             let author = match model {
-                admin::Selection::Latest => Some(keys::load(&config.key)?.id()),
-                admin::Selection::Id(_) => None,
+                store::Selection::Latest => Some(keys::load(&config.key)?.id()),
+                store::Selection::Id(_) => None,
             };
-            (author, Some(admin::model_layout(config)?))
+            (author, Some(model_layout(config)?))
         }
         None => (None, None),
     };
     let spec = config.as_ref().map(|c| &c.model);
-    let exported = admin::export(&store, model, author, spec, layout.as_deref(), &out)?;
+    let exported = export::export(&store, model, author, spec, layout.as_deref(), &out)?;
     print!("{}", exported.to_text());
     Ok(())
 }
 
 fn lineage_command(
-    model: admin::Selection,
+    model: store::Selection,
     store: Option<PathBuf>,
     config: Option<PathBuf>,
     format: lineage::Format,
@@ -494,7 +519,7 @@ fn lineage_command(
         .or_else(|| config.as_ref().map(|c| c.store.clone()))
         .context("give the store (--store) or the node's --config")?;
     let author = match (&config, model) {
-        (Some(config), admin::Selection::Latest) => Some(keys::load(&config.key)?.id()),
+        (Some(config), store::Selection::Latest) => Some(keys::load(&config.key)?.id()),
         _ => None,
     };
     let found = lineage::read(&store, model, author, depth)?;
@@ -555,14 +580,6 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             if let Some(outcome) = runtime.block_on(node::run(config, shutdown_signal()))? {
                 println!("{}", serde_json::to_string(&outcome)?);
-            }
-        }
-        Command::Mesh(options) => {
-            let exe = std::env::current_exe()?;
-            let report = mesh::run(&options, &exe, |line| eprintln!("{line}"))?;
-            print!("{}", report.to_text());
-            if let Some(path) = &options.json {
-                std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
             }
         }
         Command::Validate {

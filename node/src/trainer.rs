@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use crate::learner::Error;
 use crate::worker::{Built, Killer, Setup, Worker, lock};
+use medmesh_learning::learner::Error;
 
 /// A request to train one round.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,9 +12,9 @@ use medmesh_protocol::roster::Member;
 use medmesh_protocol::validation::{Dataset, Metric, Report};
 
 use crate::config::NodeConfig;
-use crate::data::Table;
-use crate::metrics;
 use crate::worker::Evaluator;
+use medmesh_learning::data::Table;
+use medmesh_learning::metrics;
 
 /// Bootstrap resamples per interval.
 pub const RESAMPLES: usize = 1000;

@@ -58,8 +58,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use medmesh_node::data::{Dataset, Table};
-use medmesh_node::learner::ModelSpec;
+use medmesh_learning::data::{Dataset, Table};
+use medmesh_learning::learner::ModelSpec;
 use medmesh_protocol::aggregate::Rule;
 use medmesh_protocol::peer::{Config, Outliers};
 use rand::seq::SliceRandom;
@@ -71,6 +71,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::attack::{Attack, AttackKind, Placement};
 use crate::attack::{Byzantine, Poisoned};
 use crate::native::{Local, Logistic};
+#[cfg(feature = "torch")]
 use crate::torch::Torch;
 use crate::{
     Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, genesis, keys, synthetic,
@@ -493,6 +494,7 @@ pub fn run(
                     training.local_steps,
                 ))
             }
+            #[cfg(feature = "torch")]
             Some(spec) => Either::Torch(Torch::new(
                 spec,
                 data,
@@ -501,11 +503,18 @@ pub fn run(
                 training.local_steps,
                 seed,
             )?),
+            #[cfg(not(feature = "torch"))]
+            Some(_) => anyhow::bail!(
+                "{}: `[training] model` needs the libtorch trainer, and this medmesh-sim was built \
+                 without it (build with the default `torch` feature)",
+                scenario.name
+            ),
         };
         // The shared initialization: zeros for the native logistic regression, libtorch's
         // seeded initialization otherwise (a network started from zeros cannot break symmetry).
         let init = match &learner {
             Either::Native(native) => vec![0.0; native.dim()],
+            #[cfg(feature = "torch")]
             Either::Torch(torch) => torch.init().to_vec(),
         };
         let k = keys(peers, seed);
@@ -557,6 +566,7 @@ pub fn run(
                 last = Some(row);
             }
         }
+        #[cfg(feature = "torch")]
         if let Either::Torch(torch) = sim.learner().inner()
             && let Some(failure) = torch.failure()
         {
@@ -615,6 +625,7 @@ pub fn run(
 #[derive(Debug)]
 enum Either {
     Native(Logistic),
+    #[cfg(feature = "torch")]
     Torch(Torch),
 }
 
@@ -622,6 +633,7 @@ impl Learner for Either {
     fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
         match self {
             Either::Native(l) => l.train(peer, round, params),
+            #[cfg(feature = "torch")]
             Either::Torch(l) => l.train(peer, round, params),
         }
     }
@@ -631,6 +643,7 @@ impl Evaluate for Either {
     fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
         match self {
             Either::Native(l) => l.accuracy(peer, params),
+            #[cfg(feature = "torch")]
             Either::Torch(l) => l.accuracy(peer, params),
         }
     }
@@ -695,6 +708,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "torch")]
     #[test]
     fn the_nodes_libtorch_trainer_runs_inside_the_simulator_deterministically() {
         let mut scenario =

@@ -19,7 +19,7 @@
 //!
 //! Everything is a function of the spec and the seed; nothing here reads a file or a clock.
 
-use medmesh_node::data::Table;
+use medmesh_learning::data::Table;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, StandardNormal};

@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use medmesh_node::data::{Table, Task};
-use medmesh_node::learner::{Learner as _, ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::data::{Table, Task};
+use medmesh_learning::learner::{Learner as _, ModelSpec, Optimizer, TrainConfig};
 use medmesh_trainer::learner::TchLearner;
 
 use crate::{Evaluate, Learner};

@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use medmesh_node::data::{Dataset, Table};
-use medmesh_node::learner::{Learner, ModelSpec, TrainConfig};
+use medmesh_learning::data::{Dataset, Table};
+use medmesh_learning::learner::{Learner, ModelSpec, TrainConfig};
 use medmesh_trainer::learner::TchLearner;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};

@@ -9,9 +9,10 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use medmesh_node::data::Table;
-use medmesh_node::learner::{Learner, ModelSpec, TrainConfig};
-use medmesh_node::worker::{Setup, Worker};
+use medmesh_learning::data::Table;
+use medmesh_learning::frame::Setup;
+use medmesh_learning::learner::{Learner, ModelSpec, TrainConfig};
+use medmesh_node::worker::Worker;
 use medmesh_trainer::learner::TchLearner;
 
 fn table(cols: usize) -> Table {

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use medmesh_node::data::{Dataset, Normalization, Table};
-use medmesh_node::learner::{ModelSpec, TrainConfig};
+use medmesh_learning::data::{Dataset, Normalization, Table};
+use medmesh_learning::learner::{ModelSpec, TrainConfig};
 
 use crate::learner::TchLearner;
 

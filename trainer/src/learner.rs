@@ -2,7 +2,7 @@
 //!
 //! [`TchLearner`] implements the node's [`Learner`] boundary for the built-in models (logistic
 //! regression, MLP, linear Cox) and for any TorchScript module a researcher exports from PyTorch,
-//! with the parameter order documented in [`medmesh_node::learner`].
+//! with the parameter order documented in [`medmesh_learning::learner`].
 //!
 //! **Determinism.** Initialization uses the spec's seed; batches, Poisson sampling and DP noise
 //! come from a ChaCha generator seeded from the training config, and libtorch runs on the number
@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use medmesh_node::data::{Table, Task};
-use medmesh_node::learner::{Error, Learner, ModelSpec, Optimizer, TrainConfig};
-use medmesh_node::metrics;
-use medmesh_node::privacy::{Accountant, DpConfig};
+use medmesh_learning::data::{Table, Task};
+use medmesh_learning::learner::{Error, Learner, ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::metrics;
+use medmesh_learning::privacy::{Accountant, DpConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -262,7 +262,7 @@ impl TchLearner {
     }
 
     /// Privacy spent so far under DP-SGD, if enabled.
-    pub fn privacy_spent(&self) -> Option<medmesh_node::privacy::Spent> {
+    pub fn privacy_spent(&self) -> Option<medmesh_learning::privacy::Spent> {
         let dp = self.config.dp?;
         self.accountant.spent(dp.delta).ok()
     }
@@ -542,7 +542,7 @@ impl TchLearner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medmesh_node::learner::TaskKind;
+    use medmesh_learning::learner::TaskKind;
 
     /// Two Gaussian blobs: label 1 around +0.75 on every feature, label 0 around -0.75.
     fn blobs(rows: usize, cols: usize, seed: u64) -> Table {
@@ -836,7 +836,7 @@ mod tests {
 #[cfg(test)]
 mod torchscript_tests {
     use super::*;
-    use medmesh_node::learner::TaskKind;
+    use medmesh_learning::learner::TaskKind;
 
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mlp.pt");
 

@@ -2,7 +2,7 @@
 //!
 //! Local training for medmesh with libtorch, through `tch`: the learner for the node's model
 //! specs ([`learner::TchLearner`]), the `medmesh-train` worker process the peer drives
-//! ([`worker::serve`]; the peer's side and the protocol are `medmesh_node::worker`), and the
+//! ([`worker::serve`]; its frames are `medmesh_learning::frame`, the peer's side is `medmesh_node::worker`), and the
 //! non-federated baselines ([`baseline`]).
 //!
 //! This is the only crate of the peer that links libtorch. Keeping it out of `medmesh-node`

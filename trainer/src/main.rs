@@ -1,5 +1,5 @@
 //! `medmesh-train`: the training worker the `medmesh` peer starts (`medmesh-train worker`, which
-//! speaks the protocol of `medmesh_node::worker` on its standard input and output), and the
+//! speaks the frames of `medmesh_learning::frame` on its standard input and output), and the
 //! non-federated baselines (`medmesh-train baseline`, also reached as `medmesh baseline`).
 
 use std::io::{BufReader, BufWriter};
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use medmesh_node::learner::TrainConfig;
+use medmesh_learning::learner::TrainConfig;
 use medmesh_trainer::{baseline, worker};
 
 /// medmesh-train: local training with libtorch for medmesh.

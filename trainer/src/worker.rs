@@ -1,13 +1,13 @@
-//! The worker side of the training protocol (`medmesh_node::worker`): reads requests from one
+//! The worker side of the training protocol (`medmesh_learning::frame`): reads requests from one
 //! stream and answers each on the other, with one [`TchLearner`] built by
-//! [`Request::Build`](medmesh_node::worker::Request::Build).
+//! [`Request::Build`].
 
 use std::io::{self, Read, Write};
 
-use medmesh_node::learner::{Error, Learner};
-use medmesh_node::worker::{
+use medmesh_learning::frame::{
     Built, PROTOCOL, Request, Response, Setup, read_frame_with, write_frame_with,
 };
+use medmesh_learning::learner::{Error, Learner};
 
 use crate::learner::TchLearner;
 

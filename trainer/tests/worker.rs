@@ -5,11 +5,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use medmesh_node::config::NodeConfig;
-use medmesh_node::data::Table;
-use medmesh_node::learner::{Learner, ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::data::Table;
+use medmesh_learning::frame::Setup;
+use medmesh_learning::learner::{Learner, ModelSpec, Optimizer, TrainConfig};
 use medmesh_node::trainer::{Job, Trainer};
-use medmesh_node::worker::{Evaluator, Setup, Worker};
+use medmesh_node::worker::{Evaluator, Worker};
 use medmesh_trainer::learner::TchLearner;
 
 fn program() -> &'static Path {
@@ -138,7 +138,7 @@ fn the_worker_trains_and_predicts_bit_exactly_as_the_learner_in_process() {
         bits(&predicted),
         bits(&local.predict(&test).expect("predicts"))
     );
-    let accuracy = medmesh_node::metrics::binary(&predicted, &test.y, 0.5)
+    let accuracy = medmesh_learning::metrics::binary(&predicted, &test.y, 0.5)
         .expect("scores")
         .accuracy;
     assert!(accuracy >= 0.9, "accuracy {accuracy}");
@@ -270,24 +270,52 @@ fn the_evaluator_starts_one_worker_and_reuses_it() {
 }
 
 #[test]
-fn model_layout_follows_the_spec() {
-    let config = NodeConfig {
-        model: ModelSpec::Mlp {
+fn the_layout_arithmetic_matches_what_the_worker_builds() {
+    let specs = [
+        ModelSpec::Logistic { inputs: 13 },
+        ModelSpec::Cox { inputs: 5 },
+        ModelSpec::Mlp {
             inputs: 4,
             hidden: vec![3],
         },
-        ..NodeConfig::default()
-    };
-    let layout = medmesh_node::admin::model_layout(&config).expect("lays out");
-    assert_eq!(
-        layout,
-        vec![
-            ("layer0.bias".to_owned(), vec![3]),
-            ("layer0.weight".to_owned(), vec![3, 4]),
-            ("layer1.bias".to_owned(), vec![1]),
-            ("layer1.weight".to_owned(), vec![1, 3]),
-        ]
-    );
+        // Eleven layers: `layer10` sorts before `layer2`, as the trainer flattens them.
+        ModelSpec::Mlp {
+            inputs: 3,
+            hidden: vec![2; 10],
+        },
+    ];
+    let mut worker = Worker::start_program(program()).expect("starts");
+    for spec in specs {
+        let inputs = match &spec {
+            ModelSpec::Logistic { inputs }
+            | ModelSpec::Cox { inputs }
+            | ModelSpec::Mlp { inputs, .. } => *inputs as usize,
+            ModelSpec::TorchScript { .. } => unreachable!("built-in specs only"),
+        };
+        let data = Table {
+            x: vec![0.0; inputs],
+            rows: 1,
+            cols: inputs,
+            y: vec![0.0],
+            time: vec![1.0],
+            event: vec![1.0],
+        };
+        let built = worker
+            .build(&Setup {
+                spec: spec.clone(),
+                training: TrainConfig::default(),
+                init_seed: 0,
+                data,
+            })
+            .expect("builds");
+        let computed = spec.layout().expect("a built-in layout");
+        assert_eq!(built.layout, computed, "{spec:?}");
+        let params: i64 = computed
+            .iter()
+            .map(|(_, s)| s.iter().product::<i64>())
+            .sum();
+        assert_eq!(params as usize, built.dim, "{spec:?}");
+    }
 }
 
 #[test]

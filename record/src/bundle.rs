@@ -38,6 +38,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use medmesh_learning::learner::ModelSpec;
 use medmesh_protocol::identity::{self, ContentId, Digest, MemberId, Signable, Signed, Verified};
 use medmesh_protocol::roster::{Chain, Outcome, Role, SignedRoster};
 use medmesh_protocol::update::{self, Encoding, Version};
@@ -45,9 +46,6 @@ use medmesh_protocol::validation::Report;
 use medmesh_protocol::wire;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::{self, VersionRecord};
-use crate::config::NodeConfig;
-use crate::learner::ModelSpec;
 use crate::lineage::{self, Lineage, Party};
 use crate::store::Store;
 
@@ -1173,12 +1171,10 @@ fn check_model(
                     ),
                 ));
             }
-            let config = NodeConfig {
-                model: spec.clone(),
-                ..NodeConfig::default()
-            };
-            let layout = admin::model_layout(&config)
-                .map_err(|e| fail(MODEL, Part::Field("spec"), e.to_string()))?;
+            // Built-in models are laid out by arithmetic: no worker, no libtorch.
+            let layout = spec
+                .layout()
+                .ok_or_else(|| fail(MODEL, Part::Field("spec"), "has no built-in layout"))?;
             let follows = layout.len() == model.tensors.len()
                 && layout.iter().zip(&model.tensors).all(|((name, shape), t)| {
                     *name == t.name
@@ -1326,10 +1322,21 @@ fn check_weights(
     Ok(model.tensors.len())
 }
 
+/// A signed model version as `version.json` holds it: its content id and the version's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Content id of the signed version.
+    pub id: ContentId,
+    /// The version as signed.
+    #[serde(flatten)]
+    pub version: Version,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::{Selection, export, model_layout};
+    use crate::export::export;
+    use crate::store::Selection;
     use crate::testkit::{self, key};
 
     /// Exports `name` of the fixture mesh (with its spec and layout) into a new folder.
@@ -1340,11 +1347,7 @@ mod tests {
     /// Exports version `id` of the fixture mesh's store into a new folder.
     fn export_bundle_id(mesh: &testkit::Mesh, id: ContentId, dir: &Path) -> PathBuf {
         let spec = testkit::spec();
-        let config = NodeConfig {
-            model: spec.clone(),
-            ..NodeConfig::default()
-        };
-        let layout = model_layout(&config).expect("lays out");
+        let layout = spec.layout().expect("a built-in layout");
         let out = dir.join(format!("bundle-{}", id.short()));
         export(
             &mesh.path,
@@ -1572,11 +1575,7 @@ mod tests {
             (report.id(), stranger.id(), child.id(), by_validator.id())
         };
         let spec = testkit::spec();
-        let config = NodeConfig {
-            model: spec.clone(),
-            ..NodeConfig::default()
-        };
-        let layout = model_layout(&config).expect("lays out");
+        let layout = spec.layout().expect("a built-in layout");
         let bundle = |id: ContentId, name: &str| {
             let out = dir.path().join(name);
             export(

@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{data, options, wait_for};
+use medmesh_lab::mesh::{self, LocalNode};
+use medmesh_learning::learner::ModelSpec;
 use medmesh_node::admin;
-use medmesh_node::learner::ModelSpec;
-use medmesh_node::mesh::{self, LocalNode};
-use medmesh_node::store::Store;
 use medmesh_protocol::identity::ContentId;
+use medmesh_record::store::Store;
 
 /// The ids of every version, payload and roster version in a store, after checking that every
 /// record verifies.

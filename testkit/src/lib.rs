@@ -1,10 +1,13 @@
-//! Fixtures for the node's unit tests: member keys, a signed roster chain, model versions with
-//! their payloads, validation reports, and a store holding a small mesh history (three hospitals
-//! over three rounds, one validator). Compiled only for tests; it must never be reachable from
-//! the binary.
+//! # medmesh-testkit
+//!
+//! Signed fixtures for medmesh's tests, written once: member keys from fixed seeds, members and
+//! signed roster chains, model versions with their payloads, validation reports, and a small
+//! mesh history (three hospitals over three rounds, one validator) as the items a store would
+//! hold. It is a dev-dependency of the other crates and must never be reachable from a shipped
+//! binary: its keys are public.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use medmesh_protocol::identity::{ContentId, Keypair, Verified};
@@ -13,21 +16,20 @@ use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 use medmesh_protocol::update::{self, Version};
 use medmesh_protocol::validation::{Dataset, Metric, Report};
 
-use crate::learner::ModelSpec;
-use crate::store::Store;
+use medmesh_learning::learner::ModelSpec;
 
 /// The member key with seed `[n; 32]`.
-pub(crate) fn key(n: u8) -> Keypair {
+pub fn key(n: u8) -> Keypair {
     Keypair::from_seed([n; 32])
 }
 
 /// Country of fixture member `n`, so reports and summaries cross borders.
-pub(crate) fn country(n: u8) -> &'static str {
+pub fn country(n: u8) -> &'static str {
     ["DE", "FR", "US", "NL", "IT", "ES"][usize::from(n.saturating_sub(1)) % 6]
 }
 
 /// Member `n` with `role`: named `Hospital n` (or `Validator n`), at `Campus n`.
-pub(crate) fn member(n: u8, role: Role) -> Member {
+pub fn member(n: u8, role: Role) -> Member {
     let title = match role {
         Role::Hospital => "Hospital",
         Role::Validator => "Validator",
@@ -44,7 +46,7 @@ pub(crate) fn member(n: u8, role: Role) -> Member {
 }
 
 /// `roster` signed by the keys `signers`.
-pub(crate) fn signed_by(roster: Roster, signers: &[u8]) -> SignedRoster {
+pub fn signed_by(roster: Roster, signers: &[u8]) -> SignedRoster {
     let mut signed = SignedRoster::new(roster);
     for &n in signers {
         signed.sign(&key(n));
@@ -53,12 +55,12 @@ pub(crate) fn signed_by(roster: Roster, signers: &[u8]) -> SignedRoster {
 }
 
 /// The model every fixture version trains: logistic regression over 3 inputs (4 parameters).
-pub(crate) fn spec() -> ModelSpec {
+pub fn spec() -> ModelSpec {
     ModelSpec::Logistic { inputs: 3 }
 }
 
 /// A version of [`spec`] by `author`, signed, with its payload bytes.
-pub(crate) fn version(
+pub fn version(
     author: &Keypair,
     round: u64,
     parents: Vec<ContentId>,
@@ -85,7 +87,7 @@ pub(crate) fn version(
 }
 
 /// A report by `validator` on `model` with an AUC and its confidence interval.
-pub(crate) fn report(validator: &Keypair, n: u8, model: ContentId, auc: f64) -> Verified<Report> {
+pub fn report(validator: &Keypair, n: u8, model: ContentId, auc: f64) -> Verified<Report> {
     validator.sign(Report {
         model,
         validator: validator.id(),
@@ -108,30 +110,21 @@ pub(crate) fn report(validator: &Keypair, n: u8, model: ContentId, auc: f64) -> 
     })
 }
 
-/// Stores a version and its payload.
-pub(crate) fn put(store: &Store, version: &Verified<Version>, bytes: &Bytes) {
-    store
-        .put_all(&[
-            Item::Version(version.signed().clone()),
-            Item::Payload {
-                id: version.id(),
-                bytes: bytes.clone(),
-            },
-        ])
-        .expect("stores the version");
-}
-
-/// Stores a report.
-pub(crate) fn put_report(store: &Store, report: &Verified<Report>) {
-    store
-        .put(&Item::Report(report.signed().clone()))
-        .expect("stores the report");
+/// A version and its payload as the items a store keeps.
+pub fn items(version: &Verified<Version>, bytes: &Bytes) -> [Item; 2] {
+    [
+        Item::Version(version.signed().clone()),
+        Item::Payload {
+            id: version.id(),
+            bytes: bytes.clone(),
+        },
+    ]
 }
 
 /// The roster chain of the fixture mesh: genesis founded by hospitals 1, 2, 3 and validator 4
 /// (threshold 2), then version 1 admitting hospital 5, signed by 1, 2 and 3 (one more than
 /// needed).
-pub(crate) fn rosters() -> Vec<SignedRoster> {
+pub fn rosters() -> Vec<SignedRoster> {
     let founders = vec![
         member(1, Role::Hospital),
         member(2, Role::Hospital),
@@ -148,62 +141,34 @@ pub(crate) fn rosters() -> Vec<SignedRoster> {
     ]
 }
 
-/// What [`mesh`] stored.
-pub(crate) struct Mesh {
-    /// Keeps the folder alive.
-    pub(crate) _dir: tempfile::TempDir,
-    /// The store file (closed: open it again).
-    pub(crate) path: PathBuf,
+/// A small mesh history: three rounds of hospitals 1 (`a`), 2 (`b`) and 3 (`c`): round 1
+/// starts from nothing; `a2` averages `a1` and `b1`, `b2` averages `b1`, `c1` and a version that
+/// was never stored, `c2` averages `c1` and `a1`; `a3` averages the three round-2 versions.
+/// Hospital 5 adds `e1` on its own. Plus the roster chain of [`rosters`] and the reports below.
+pub struct History {
+    /// Every signed item in the order a store would receive them.
+    pub items: Vec<Item>,
     /// Versions by name: `a1`, `b1`, `c1`, `a2`, `b2`, `c2`, `a3`, and `e1` (outside the
     /// lineage of `a3`).
-    pub(crate) versions: BTreeMap<&'static str, Verified<Version>>,
+    pub versions: BTreeMap<&'static str, Verified<Version>>,
     /// A parent of `b2` that was never stored.
-    pub(crate) missing: ContentId,
+    pub missing: ContentId,
     /// Reports on the lineage of `a3`: validator 4 on `a3` and `b2`, hospital 1 on `c1`.
-    pub(crate) reports: Vec<Verified<Report>>,
+    pub reports: Vec<Verified<Report>>,
     /// A report outside the lineage of `a3` (validator 4 on `e1`).
-    pub(crate) unrelated: Verified<Report>,
+    pub unrelated: Verified<Report>,
 }
 
-impl Mesh {
+impl History {
     /// The version named `name`.
-    pub(crate) fn get(&self, name: &str) -> &Verified<Version> {
+    pub fn get(&self, name: &str) -> &Verified<Version> {
         self.versions.get(name).expect("a fixture version")
     }
 }
 
-/// A store holding three rounds of hospitals 1 (`a`), 2 (`b`) and 3 (`c`): round 1 starts from
-/// nothing; `a2` averages `a1` and `b1`, `b2` averages `b1`, `c1` and a version that was never
-/// stored, `c2` averages `c1` and `a1`; `a3` averages the three round-2 versions. Hospital 5
-/// adds `e1` on its own. Plus the roster chain and the reports of [`Mesh`].
-pub(crate) fn mesh() -> Mesh {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.redb");
-    let (versions, missing, reports, unrelated) = {
-        let store = Store::open(&path).expect("opens the store");
-        fill(&store)
-    };
-    Mesh {
-        _dir: dir,
-        path,
-        versions,
-        missing,
-        reports,
-        unrelated,
-    }
-}
-
-type Filled = (
-    BTreeMap<&'static str, Verified<Version>>,
-    ContentId,
-    Vec<Verified<Report>>,
-    Verified<Report>,
-);
-
-fn fill(store: &Store) -> Filled {
-    for roster in rosters() {
-        store.put(&Item::Roster(roster)).expect("stores the roster");
-    }
+/// The [`History`] fixture.
+pub fn history() -> History {
+    let mut items: Vec<Item> = rosters().into_iter().map(Item::Roster).collect();
     let params = |seed: f32| [seed, seed * 0.5, -seed, 0.25];
     let mut versions = BTreeMap::new();
     let mut add = |name: &'static str, n: u8, round, parents: Vec<ContentId>| {
@@ -213,7 +178,7 @@ fn fill(store: &Store) -> Filled {
             parents,
             &params(round as f32 + f32::from(n)),
         );
-        put(store, &v, &bytes);
+        items.extend(self::items(&v, &bytes));
         versions.insert(name, v.clone());
         v.id()
     };
@@ -231,16 +196,24 @@ fn fill(store: &Store) -> Filled {
         report(&key(4), 4, b2, 0.81),
         report(&key(1), 1, c1, 0.78),
     ];
-    for r in &reports {
-        put_report(store, r);
-    }
     let unrelated = report(&key(4), 4, e1, 0.7);
-    put_report(store, &unrelated);
-    (versions, missing, reports, unrelated)
+    items.extend(
+        reports
+            .iter()
+            .chain([&unrelated])
+            .map(|r| Item::Report(r.signed().clone())),
+    );
+    History {
+        items,
+        versions,
+        missing,
+        reports,
+        unrelated,
+    }
 }
 
 /// Copies every file of folder `from` into a new folder `to`.
-pub(crate) fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("creates the copy");
     for entry in std::fs::read_dir(from).expect("lists") {
         let entry = entry.expect("entry");

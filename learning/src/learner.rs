@@ -129,6 +129,34 @@ impl ModelSpec {
         Ok(Digest::of("medmesh 2026-11 model spec v1", &bytes))
     }
 
+    /// Names and shapes of a built-in model's tensors, in the order its parameters flatten
+    /// (the trainer's layers are `layer0`, `layer1`, …, each a `weight` of `[out, in]` and a
+    /// `bias` of `[out]`, ordered by name), computed without building the model; `None` for a
+    /// TorchScript module, whose tensors only loading it tells. Export and offline
+    /// verification rely on it, so a bundle checks on a machine without libtorch.
+    pub fn layout(&self) -> Option<Layout> {
+        let layers: Vec<(i64, i64, bool)> = match self {
+            ModelSpec::Logistic { inputs } => vec![(*inputs, 1, true)],
+            ModelSpec::Cox { inputs } => vec![(*inputs, 1, false)],
+            ModelSpec::Mlp { inputs, hidden } => {
+                let mut widths = vec![*inputs];
+                widths.extend(hidden);
+                widths.push(1);
+                widths.windows(2).map(|w| (w[0], w[1], true)).collect()
+            }
+            ModelSpec::TorchScript { .. } => return None,
+        };
+        let mut layout = Vec::with_capacity(2 * layers.len());
+        for (i, (inputs, outputs, bias)) in layers.into_iter().enumerate() {
+            if bias {
+                layout.push((format!("layer{i}.bias"), vec![outputs]));
+            }
+            layout.push((format!("layer{i}.weight"), vec![outputs, inputs]));
+        }
+        layout.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(layout)
+    }
+
     /// Checks sizes: every width between 1 and 2^24.
     pub fn check(&self) -> Result<(), Error> {
         let positive = |n: i64, what: &str| {
@@ -152,6 +180,9 @@ impl ModelSpec {
         }
     }
 }
+
+/// Names and shapes of a model's tensors, in the order its parameters flatten.
+pub type Layout = Vec<(String, Vec<i64>)>;
 
 /// Optimizer of local training.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

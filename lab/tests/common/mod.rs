@@ -7,26 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use medmesh_lab::mesh::{self, Children, LocalNode, MeshSpec, Options};
 use medmesh_node::config::{DataConfig, NodeConfig, Shard};
-use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec, Options};
 use medmesh_node::node::write_roster;
 
-/// The `medmesh` binary under test. Its training worker, `medmesh-train`, belongs to the
-/// `medmesh-trainer` package; `cargo test --workspace` builds it next to `medmesh`.
+/// The `medmesh` binary under test, with its training worker `medmesh-train` beside it (built
+/// first if missing or stale: see `programs::built`).
 pub(crate) fn exe() -> &'static Path {
-    let exe = Path::new(env!("CARGO_BIN_EXE_medmesh"));
-    let worker = exe.with_file_name(format!(
-        "{}{}",
-        medmesh_node::worker::PROGRAM,
-        std::env::consts::EXE_SUFFIX
-    ));
-    assert!(
-        worker.is_file(),
-        "{} is missing: the node's process tests need the training worker; run them with \
-         `cargo test --workspace` (or `cargo build -p medmesh-trainer` first)",
-        worker.display()
-    );
-    exe
+    medmesh_lab::programs::built().expect("the peer's programs for the process tests")
 }
 
 /// The shipped heart-disease schema.

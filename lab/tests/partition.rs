@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{data, options, wait_for};
+use medmesh_lab::mesh::{self, LocalNode};
 use medmesh_node::admin;
-use medmesh_node::mesh::{self, LocalNode};
-use medmesh_node::store::Store;
 use medmesh_protocol::identity::MemberId;
+use medmesh_record::store::Store;
 
 /// Blocks (or unblocks) `names` on `node`; the members it blocks afterwards.
 fn block(node: &LocalNode, names: &[&str], block: bool) -> Vec<String> {

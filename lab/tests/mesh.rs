@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 fn medmesh(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_medmesh"))
+    Command::new(common::exe())
         .args(args)
         .output()
         .expect("medmesh runs")
@@ -17,7 +19,9 @@ fn four_hospital_processes_train_heart_disease_serverlessly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("mesh.json");
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/heart-disease/schema.toml");
-    let output = Command::new(env!("CARGO_BIN_EXE_medmesh"))
+    // The lab starts the `medmesh` beside it, with its worker: both built and fresh.
+    common::exe();
+    let output = Command::new(env!("CARGO_BIN_EXE_medmesh-lab"))
         .args([
             "mesh",
             "--rounds",

@@ -17,8 +17,8 @@ use futures::StreamExt;
 use libp2p::gossipsub;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
-use medmesh_node::learner::ModelSpec;
-use medmesh_node::mesh::{self, Children, LocalNode, MeshSpec};
+use medmesh_lab::mesh::{self, Children, LocalNode, MeshSpec};
+use medmesh_learning::learner::ModelSpec;
 use medmesh_node::network::{self, NetworkConfig, Response};
 use medmesh_node::node::write_roster;
 use medmesh_protocol::identity::{ContentId, Digest, Keypair};
@@ -189,7 +189,7 @@ async fn run_rogue(
 }
 
 fn free_port() -> u16 {
-    medmesh_node::mesh::free_port().expect("a free port")
+    medmesh_lab::mesh::free_port().expect("a free port")
 }
 
 #[test]

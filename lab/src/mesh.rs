@@ -16,13 +16,15 @@ use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 use medmesh_protocol::validation::Policy;
 use serde::Serialize;
 
-use crate::config::{DataConfig, NodeConfig};
-use crate::data::Dataset;
-use crate::learner::{ModelSpec, Optimizer, TrainConfig};
-use crate::network::NetworkConfig;
-use crate::node::{Outcome, write_roster};
-use crate::worker::{Setup, Worker};
-use crate::{admin, keys, metrics, network};
+use medmesh_learning::data::Dataset;
+use medmesh_learning::frame::Setup;
+use medmesh_learning::learner::{ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::metrics;
+use medmesh_node::config::{DataConfig, NodeConfig};
+use medmesh_node::network::NetworkConfig;
+use medmesh_node::node::{Outcome, write_roster};
+use medmesh_node::worker::Worker;
+use medmesh_node::{admin, keys, network};
 
 /// Settings of a local mesh.
 #[derive(Debug, Clone, clap::Args)]
@@ -634,7 +636,7 @@ pub fn run(
             data: site.train.clone(),
         })?;
         let (trained, _) = alone.train(&built.init, options.steps * options.rounds as usize)?;
-        let mut accuracy = |table: &crate::data::Table| -> anyhow::Result<f64> {
+        let mut accuracy = |table: &medmesh_learning::data::Table| -> anyhow::Result<f64> {
             let probs = alone.predict(&trained, table)?;
             Ok(metrics::binary(&probs, &table.y, 0.5)?.accuracy)
         };

@@ -42,10 +42,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use bytes::{Bytes, BytesMut};
-use medmesh_protocol::identity::{self, ContentId, Signable, Signed, Verified};
-use medmesh_protocol::peer::Item;
+use medmesh_protocol::identity::{self, ContentId, MemberId, Signable, Signed, Verified};
+use medmesh_protocol::peer::{Checkpoint, Item};
 use medmesh_protocol::roster::{self, Chain, Outcome, SignedRoster};
 use medmesh_protocol::update::{self, PayloadDescriptor, Version};
 use medmesh_protocol::validation::Report;
@@ -70,6 +71,9 @@ const REPORTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("reports"
 const REPORTS_BY_MODEL: TableDefinition<[u8; 64], ()> = TableDefinition::new("reports_by_model");
 const ROSTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("rosters");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// State keys of the peer's checkpoint and of the parameters its round starts from.
+const CHECKPOINT_KEY: &str = "checkpoint";
+const PARAMS_KEY: &str = "params";
 
 /// What went wrong with the store; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -405,8 +409,16 @@ impl Store {
         Self::open_with(path, |builder| builder.create(path))
     }
 
-    /// Opens the store named `path` through `create` (a file, or in tests a storage backend
-    /// that injects faults).
+    /// Opens a store kept by `backend` instead of a file of its own (`path` names it in errors):
+    /// for storage a file cannot model, and for tests that inject faults (a full or slow disk).
+    pub fn open_with_backend(
+        path: &Path,
+        backend: impl redb::StorageBackend,
+    ) -> Result<Store, Error> {
+        Self::open_with(path, |builder| builder.create_with_backend(backend))
+    }
+
+    /// Opens the store named `path` through `create` (a file, or a storage backend).
     fn open_with(
         path: &Path,
         create: impl FnOnce(&redb::Builder) -> Result<Database, redb::DatabaseError>,
@@ -506,8 +518,20 @@ impl Store {
     /// roster must extend the stored chain by one version, or repeat one ([`Error::Roster`]), so
     /// [`Store::roster_history`] always rebuilds a chain.
     pub fn put_all(&self, items: &[Item]) -> Result<(), Error> {
+        self.commit(items, None)
+    }
+
+    /// Stores `items` (as [`Store::put_all`]) and, if given, the peer's checkpoint with the
+    /// parameters its round starts from (as [`Store::set_checkpoint`]), in one transaction: all
+    /// of it is on disk when this returns, or, on an error, none of it. A writer batches what
+    /// queued up while the disk was busy through this.
+    pub fn commit(
+        &self,
+        items: &[Item],
+        checkpoint: Option<(&Checkpoint, &[f32])>,
+    ) -> Result<(), Error> {
         guarded(&self.path, || {
-            if items.is_empty() {
+            if items.is_empty() && checkpoint.is_none() {
                 return Ok(());
             }
             // Signatures are checked before the write lock is taken.
@@ -560,6 +584,15 @@ impl Store {
                     Item::Payload { id, bytes } => self.write_payload(&txn, id, bytes)?,
                     Item::Roster(signed) => self.write_roster(&txn, signed)?,
                 }
+            }
+            if let Some((checkpoint, params)) = checkpoint {
+                let mut table = txn.open_table(STATE).at(&self.path)?;
+                table
+                    .insert(CHECKPOINT_KEY, wire::encode(checkpoint).as_slice())
+                    .at(&self.path)?;
+                let mut bytes = Vec::new();
+                update::encode_f32(params, &mut bytes);
+                table.insert(PARAMS_KEY, bytes.as_slice()).at(&self.path)?;
             }
             txn.commit().at(&self.path)
         })
@@ -888,6 +921,31 @@ impl Store {
         })
     }
 
+    /// Sets the peer's checkpoint and the parameters the round it names starts from, in one
+    /// transaction: a crash leaves the old pair or the new one, never a checkpoint with another
+    /// round's parameters.
+    pub fn set_checkpoint(&self, checkpoint: &Checkpoint, params: &[f32]) -> Result<(), Error> {
+        self.commit(&[], Some((checkpoint, params)))
+    }
+
+    /// The pair [`Store::set_checkpoint`] wrote last, or `None` if there is none (or it does not
+    /// decode: the peer then starts from the shared initialization).
+    pub fn checkpoint(&self) -> Result<Option<(Checkpoint, Vec<f32>)>, Error> {
+        let (Some(checkpoint), Some(params)) =
+            (self.state(CHECKPOINT_KEY)?, self.state(PARAMS_KEY)?)
+        else {
+            return Ok(None);
+        };
+        let Ok(checkpoint) = wire::decode::<Checkpoint>(&checkpoint) else {
+            return Ok(None);
+        };
+        let mut values = Vec::new();
+        if update::decode_f32(&params, &mut values).is_err() {
+            return Ok(None);
+        }
+        Ok(Some((checkpoint, values)))
+    }
+
     /// A piece of state set by [`Store::set_state`], or `None`.
     pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         guarded(&self.path, || {
@@ -1090,6 +1148,46 @@ impl Store {
             }
             Ok(audit)
         })
+    }
+}
+
+/// Which stored version a command means: `latest` or a content id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// The newest version by the given author (by anyone when no author is known).
+    Latest,
+    /// The version with this content id.
+    Id(ContentId),
+}
+
+impl FromStr for Selection {
+    type Err = identity::Error;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim() == "latest" {
+            Ok(Selection::Latest)
+        } else {
+            text.parse().map(Selection::Id)
+        }
+    }
+}
+
+impl Selection {
+    /// The stored version this selects: for `Latest`, the highest round by `author` (by anyone
+    /// when `None`), ties broken by content id; `None` when nothing matches.
+    pub fn find(
+        &self,
+        store: &Store,
+        author: Option<MemberId>,
+    ) -> Result<Option<Verified<Version>>, Error> {
+        match self {
+            Selection::Id(id) => store.version(id),
+            Selection::Latest => Ok(store
+                .versions()?
+                .into_iter()
+                .filter(|v| author.is_none_or(|a| v.author == a))
+                .max_by_key(|v| (v.round, v.id()))),
+        }
     }
 }
 
@@ -1701,7 +1799,7 @@ mod tests {
                 file: redb::backends::FileBackend::new(file).expect("backend"),
                 limit: limit.clone(),
             };
-            Store::open_with(&path, |builder| builder.create_with_backend(backend))
+            Store::open_with_backend(&path, backend)
         };
         let store = open(&limit).expect("opens");
         let (v, bytes, r) = fill(&store);
@@ -1784,14 +1882,26 @@ mod tests {
     /// SIGKILL (it is writing all the time, so the kill lands inside a write transaction or a
     /// fsync) and adds every item it reported committed to `committed`.
     fn write_until_killed(path: &Path, more: usize, committed: &mut Vec<(u64, ContentId)>) {
+        write_until_killed_by(
+            "store::tests::crash_child",
+            CRASH_CHILD,
+            path,
+            more,
+            committed,
+        );
+    }
+
+    /// [`write_until_killed`] with the child test `child`, told its store by `variable`.
+    fn write_until_killed_by(
+        child: &str,
+        variable: &str,
+        path: &Path,
+        more: usize,
+        committed: &mut Vec<(u64, ContentId)>,
+    ) {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "store::tests::crash_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CRASH_CHILD, path)
+            .args(["--exact", child, "--nocapture", "--test-threads=1"])
+            .env(variable, path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -1868,5 +1978,77 @@ mod tests {
         store
             .put_all(&items(&v, &bytes))
             .expect("writes after recovery");
+    }
+
+    /// Set in the child process of [`a_checkpoint_and_its_parameters_survive_kill_9_as_a_pair`].
+    const CHECKPOINT_CHILD: &str = "MEDMESH_STORE_CHECKPOINT_CHILD";
+
+    /// Not a test on its own: when [`CHECKPOINT_CHILD`] is set, writes checkpoints of rounds
+    /// after the stored one, each with parameters that name their round, and prints
+    /// `committed <round>` after each, until it is killed.
+    #[test]
+    fn checkpoint_child() {
+        let Some(path) = std::env::var_os(CHECKPOINT_CHILD) else {
+            return;
+        };
+        let store = Store::open(Path::new(&path)).expect("child opens");
+        let first = store
+            .checkpoint()
+            .expect("child reads")
+            .map_or(0, |(c, _)| c.round)
+            + 1;
+        let mut out = std::io::stdout().lock();
+        for round in first..first + 2000 {
+            let checkpoint = Checkpoint {
+                round,
+                parents: vec![ContentId([round as u8; 32])],
+            };
+            // Big enough that the kill often lands inside the write.
+            let params = vec![round as f32; 256 * 1024];
+            store
+                .set_checkpoint(&checkpoint, &params)
+                .expect("child stores");
+            writeln!(out, "committed {round} {}", ContentId([0; 32])).expect("stdout");
+            out.flush().expect("stdout");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_and_its_parameters_survive_kill_9_as_a_pair() {
+        if std::env::var_os(CHECKPOINT_CHILD).is_some() {
+            return;
+        }
+        let (_dir, path) = temp();
+        let mut committed = Vec::new();
+        for more in [15, 4, 9] {
+            write_until_killed_by(
+                "store::tests::checkpoint_child",
+                CHECKPOINT_CHILD,
+                &path,
+                more,
+                &mut committed,
+            );
+            let store = Store::open(&path).expect("reopens after kill -9");
+            let (checkpoint, params) = store
+                .checkpoint()
+                .expect("reads")
+                .expect("a checkpoint was committed");
+            let last = committed.iter().map(|(r, _)| *r).max().unwrap_or(0);
+            assert!(
+                checkpoint.round >= last,
+                "checkpoint behind what was committed"
+            );
+            assert_eq!(params.len(), 256 * 1024);
+            assert!(
+                params.iter().all(|&p| p == checkpoint.round as f32),
+                "round {} resumed with the parameters of round {}",
+                checkpoint.round,
+                params[0]
+            );
+            assert_eq!(
+                checkpoint.parents,
+                vec![ContentId([checkpoint.round as u8; 32])]
+            );
+        }
     }
 }

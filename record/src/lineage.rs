@@ -23,8 +23,7 @@ use medmesh_protocol::update::Version;
 use medmesh_protocol::validation::{Dataset, Metric, Report};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::Selection;
-use crate::store::{self, Store};
+use crate::store::{self, Selection, Store};
 
 /// What can go wrong reading a lineage from a store.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{cli, data, options, wait_for};
+use medmesh_lab::mesh::{self, Children, LocalNode};
 use medmesh_node::admin::Phase;
-use medmesh_node::mesh::{self, Children, LocalNode};
 
 #[test]
 fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {

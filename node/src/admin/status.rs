@@ -1,0 +1,223 @@
+//! The snapshot of a node that `GET /status` serves and `medmesh status` prints: plain data that
+//! the event loop fills in, the server clones and the client parses, with no I/O of its own.
+//!
+//! It must never carry keys, patient data or parameters — only counters, ids and aggregate
+//! training metrics, since the endpoint that serves it has no authentication.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use medmesh_protocol::identity::{ContentId, MemberId};
+use serde::{Deserialize, Serialize};
+
+/// Where a node is in its round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// This key is not on the roster yet: waiting for the members to admit it.
+    Admission,
+    /// Waiting for the other members to join before the first round.
+    #[default]
+    Starting,
+    /// Training locally.
+    Training,
+    /// Announced; pulling and merging the other members' versions.
+    Gathering,
+    /// Every round is done (the node lingers to serve slower members).
+    Finished,
+}
+
+/// Connected peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    /// Peers with an open connection.
+    pub connected: usize,
+    /// Peers subscribed to the mesh's gossip topic.
+    pub subscribed: usize,
+    /// Payload pulls in flight (requested, not yet answered).
+    #[serde(default)]
+    pub pulls: usize,
+}
+
+/// The last round that closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    /// The round.
+    pub round: u64,
+    /// Authors merged, this node first.
+    pub contributors: Vec<MemberId>,
+    /// Whether it closed on its timeout rather than on completed pulls.
+    pub timed_out: bool,
+}
+
+/// The last local training.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    /// The round trained.
+    pub round: u64,
+    /// Wall time on the training thread, seconds.
+    pub seconds: f64,
+    /// What the learner reported (`loss`, ...).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The final model on this hospital's own test split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Test {
+    /// Test rows.
+    pub samples: usize,
+    /// Accuracy at threshold 0.5.
+    pub accuracy: f64,
+    /// Area under the ROC curve, when both classes are present.
+    pub auc: Option<f64>,
+}
+
+/// A snapshot of a node, as `GET /status` returns it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This member.
+    pub member: MemberId,
+    /// Its libp2p peer id (what bootstrap addresses end with).
+    pub peer_id: String,
+    /// Its site in the dataset.
+    pub site: String,
+    /// The mesh's name.
+    pub mesh: String,
+    /// Version of the roster the node follows.
+    pub roster_version: u64,
+    /// The round in progress.
+    pub round: u64,
+    /// Where the node is in that round.
+    pub phase: Phase,
+    /// Whether every round is done.
+    pub finished: bool,
+    /// Connected peers.
+    pub peers: Peers,
+    /// The last round that closed, if any since the node started.
+    pub last_round: Option<RoundSummary>,
+    /// Content id of this node's newest announced version, if any since the node started.
+    pub own_version: Option<ContentId>,
+    /// The last local training, if any since the node started.
+    pub training: Option<Training>,
+    /// The final model on the local test split, once finished.
+    pub test: Option<Test>,
+    /// Refused messages by reason (`Reason::label`).
+    pub rejections: BTreeMap<String, u64>,
+    /// Rounds that closed on their timeout.
+    pub rounds_timed_out: u64,
+    /// Model versions the experiment's certification policy certifies, as this node judges.
+    #[serde(default)]
+    pub certified: Vec<ContentId>,
+    /// Members this node's operator blocked (`medmesh block`), by name.
+    #[serde(default)]
+    pub blocked: Vec<String>,
+    /// Seconds since the node started (filled in when served).
+    pub uptime_seconds: f64,
+}
+
+impl Status {
+    /// A few readable lines, for `medmesh status`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let phase = match self.phase {
+            Phase::Admission => "waiting to be admitted to the roster",
+            Phase::Starting => "waiting for members",
+            Phase::Training => "training",
+            Phase::Gathering => "merging",
+            Phase::Finished => "finished",
+        };
+        let _ = writeln!(
+            out,
+            "member {} ({}) in mesh {:?}, roster version {}",
+            self.member.short(),
+            self.site,
+            self.mesh,
+            self.roster_version
+        );
+        let progress = match (self.phase, &self.last_round) {
+            (Phase::Finished, Some(last)) => format!("finished after round {}", last.round),
+            _ => format!("round {}: {phase}", self.round),
+        };
+        let _ = writeln!(out, "{progress}; up {}", duration(self.uptime_seconds));
+        let _ = writeln!(
+            out,
+            "peers: {} connected, {} subscribed; {} payload pull(s) in flight",
+            self.peers.connected, self.peers.subscribed, self.peers.pulls
+        );
+        if !self.blocked.is_empty() {
+            let _ = writeln!(out, "blocked by the operator: {}", self.blocked.join(", "));
+        }
+        if let Some(last) = &self.last_round {
+            let authors: Vec<String> = last.contributors.iter().map(MemberId::short).collect();
+            let _ = writeln!(
+                out,
+                "last round {}: merged {} version(s) [{}]{}",
+                last.round,
+                authors.len(),
+                authors.join(" "),
+                if last.timed_out {
+                    ", closed on its timeout"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(id) = &self.own_version {
+            let _ = writeln!(out, "own newest version: {id}");
+        }
+        if let Some(t) = &self.training {
+            let metrics: Vec<String> = t
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "training of round {}: {} in {:.2} s",
+                t.round,
+                if metrics.is_empty() {
+                    "no metrics".to_owned()
+                } else {
+                    metrics.join(", ")
+                },
+                t.seconds
+            );
+        }
+        if let Some(test) = &self.test {
+            let auc = test
+                .auc
+                .map(|a| format!(", AUC {a:.3}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "final model on the local test split: accuracy {:.3}{auc} ({} rows)",
+                test.accuracy, test.samples
+            );
+        }
+        let rejected: Vec<String> = self
+            .rejections
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "rejected: {}; rounds timed out: {}",
+            if rejected.is_empty() {
+                "none".to_owned()
+            } else {
+                rejected.join(", ")
+            },
+            self.rounds_timed_out
+        );
+        out
+    }
+}
+
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s:02}s"),
+        (h, m, s) => format!("{h}h {m:02}m {s:02}s"),
+    }
+}

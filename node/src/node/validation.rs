@@ -1,0 +1,196 @@
+//! Validating model versions on this node's data, and judging certification from the signed
+//! reports the node holds.
+//!
+//! The verdicts are kept in memory, indexed by model: an accepted report re-judges its own
+//! model only, instead of re-reading every stored report (the store is read once, at start).
+//! Evaluation itself waits for the evaluator's worker: the one wait the event loop has,
+//! about 0.4 s of libtorch start-up when no evaluator is running.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context;
+use bytes::Bytes;
+use medmesh_learning::data::{Dataset, Table};
+use medmesh_learning::metrics;
+use medmesh_protocol::identity::{ContentId, Verified};
+use medmesh_protocol::roster::Roster;
+use medmesh_protocol::update::{self, Version};
+use medmesh_protocol::validation::{Certification, Policy, Report};
+use tokio::sync::oneshot;
+
+use crate::config::{DataConfig, NodeConfig};
+use crate::validate;
+use crate::worker::Evaluator;
+
+/// Where an operator's `medmesh validate` gets its answer.
+pub(super) type Reply = oneshot::Sender<Result<String, String>>;
+
+/// A validation on its way: asked for, then its version and payload found or pulled.
+#[derive(Debug)]
+pub(super) struct Validation {
+    /// The version to validate.
+    pub(super) model: ContentId,
+    /// Other local data to validate on (default: the node's own test split).
+    pub(super) data: Option<DataConfig>,
+    /// The operator waiting, if one asked.
+    pub(super) reply: Option<Reply>,
+}
+
+impl Validation {
+    /// Answers the operator, if one asked; a failure is logged either way.
+    pub(super) fn answer(self, answer: Result<String, String>) {
+        if let Err(error) = &answer {
+            tracing::warn!(model = %self.model, %error, "validation failed");
+        }
+        if let Some(reply) = self.reply {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// What the store holds for a validation, read off the loop.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    pub(super) validation: Validation,
+    /// The signed version, if stored.
+    pub(super) version: Option<Verified<Version>>,
+    /// Its payload, if stored.
+    pub(super) payload: Option<Bytes>,
+}
+
+/// The test rows a validation runs on: other local data if it names some, else `own`.
+pub(super) fn test_rows(
+    data: Option<&DataConfig>,
+    own: (&str, &Table),
+) -> anyhow::Result<(String, Table)> {
+    let Some(d) = data else {
+        return Ok((own.0.to_owned(), own.1.clone()));
+    };
+    let set = Dataset::load(&d.schema)?;
+    let test = set
+        .site(&d.site)
+        .with_context(|| format!("site {:?} is not in {}", d.site, d.schema.display()))?
+        .test
+        .clone();
+    Ok((set.name.clone(), test))
+}
+
+/// Decodes the pulled parameters of `version` and evaluates them on `test`.
+pub(super) fn evaluate_version(
+    evaluator: &mut Evaluator,
+    config: &NodeConfig,
+    version: &Verified<Version>,
+    bytes: Option<Bytes>,
+    test: &Table,
+    dataset: &str,
+    member: &medmesh_protocol::roster::Member,
+) -> anyhow::Result<validate::Found> {
+    let bytes = bytes.context("its author did not serve the payload")?;
+    let mut params = Vec::new();
+    update::decode_payload(&version.payload, &bytes, &mut params)
+        .context("the payload does not match the signed version")?;
+    validate::evaluate(
+        evaluator,
+        config,
+        version.id(),
+        member,
+        dataset,
+        &params,
+        test,
+    )
+}
+
+/// The model `params` on `test`, run by `evaluator`'s worker.
+pub(super) fn evaluate(
+    evaluator: &mut Evaluator,
+    config: &NodeConfig,
+    params: &[f32],
+    test: &Table,
+) -> anyhow::Result<metrics::Binary> {
+    let probs = evaluator.predict(
+        &config.model,
+        &config.training,
+        config.init_seed,
+        params,
+        test,
+    )?;
+    Ok(metrics::binary(&probs, &test.y, 0.5)?)
+}
+
+/// The signed reports this node holds, by model, and the certification verdict on each.
+#[derive(Debug, Default)]
+pub(super) struct Certifier {
+    reports: HashMap<ContentId, Vec<Verified<Report>>>,
+    verdicts: BTreeMap<ContentId, Certification>,
+}
+
+impl Certifier {
+    /// Indexes the reports read from the store at start.
+    pub(super) fn new(reports: Vec<Verified<Report>>) -> Self {
+        let mut certifier = Certifier::default();
+        for report in reports {
+            certifier.insert(report);
+        }
+        certifier
+    }
+
+    /// Adds a report (a copy of one held is ignored); the model it is about.
+    pub(super) fn insert(&mut self, report: Verified<Report>) -> ContentId {
+        let model = report.model;
+        let held = self.reports.entry(model).or_default();
+        if !held.iter().any(|r| r.id() == report.id()) {
+            held.push(report);
+        }
+        model
+    }
+
+    /// Judges `models` under `policy`; whether a verdict changed.
+    pub(super) fn judge<'a>(
+        &mut self,
+        roster: &Roster,
+        policy: &Policy,
+        models: impl IntoIterator<Item = &'a ContentId>,
+    ) -> bool {
+        let mut changed = false;
+        for model in models {
+            let Some(reports) = self.reports.get(model) else {
+                continue;
+            };
+            let verdict = policy.judge(roster, model, reports);
+            if self.verdicts.get(model) == Some(&verdict) {
+                continue;
+            }
+            if verdict.certified {
+                tracing::info!(
+                    model = %model,
+                    validators = verdict.validators.len(),
+                    countries = ?verdict.countries,
+                    "model version certified"
+                );
+            }
+            self.verdicts.insert(*model, verdict);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Judges every model with reports; whether a verdict changed.
+    pub(super) fn judge_all(&mut self, roster: &Roster, policy: &Policy) -> bool {
+        let models: Vec<ContentId> = self.reports.keys().copied().collect();
+        self.judge(roster, policy, &models)
+    }
+
+    /// Every verdict, by model id.
+    pub(super) fn verdicts(&self) -> Vec<Certification> {
+        self.verdicts.values().cloned().collect()
+    }
+
+    /// The certified versions.
+    pub(super) fn certified(&self) -> Vec<ContentId> {
+        self.verdicts
+            .values()
+            .filter(|c| c.certified)
+            .map(|c| c.model)
+            .collect()
+    }
+}

@@ -1,0 +1,311 @@
+//! The simulated network: what lies between the peers of a run. Its settings and faults as
+//! scenario files spell them ([`Network`] with its [`Partition`]s and [`Churn`], and
+//! [`Stragglers`]), and [`Links`], which answers the event loop's questions from them: who hears
+//! a broadcast, whether a message is lost or cut by a partition, how long it travels, whether a
+//! peer is offline.
+//!
+//! It only answers: it never holds a message or schedules a delivery (that is [`crate::Sim`]'s
+//! job), never touches a socket or the wall clock, and draws randomness only from the generator
+//! the event loop hands it or from generators of its own seeded by the run's seed (one per fault,
+//! so turning a fault on shifts no other draw of the run).
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The simulated network between every pair of peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// One-way latency, milliseconds: the minimum.
+    pub latency_ms: f64,
+    /// One-way latency, milliseconds: mean of the exponential jitter added to the minimum.
+    pub jitter_ms: f64,
+    /// Link bandwidth for payload transfers, megabytes per second.
+    pub bandwidth_mbps: f64,
+    /// Probability that a gossip message to one peer is lost.
+    pub loss: f64,
+    /// Partitions that open and heal (`[[network.partition]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partition: Vec<Partition>,
+    /// Peers that go offline and come back with their state (`[network.churn]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+}
+
+impl Network {
+    /// Checks the ranges of the fault settings.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for p in &self.partition {
+            anyhow::ensure!(
+                p.at >= 0.0 && p.heal > p.at && p.groups >= 2,
+                "a partition needs 0 <= at < heal and groups >= 2"
+            );
+        }
+        if let Some(churn) = &self.churn {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&churn.fraction),
+                "churn fraction must be in [0, 1]"
+            );
+            anyhow::ensure!(
+                churn.fraction == 0.0 || (churn.down > 0.0 && churn.every > churn.down),
+                "periodic churn needs every > down > 0"
+            );
+            for o in &churn.outages {
+                anyhow::ensure!(
+                    o.at >= 0.0 && o.down > 0.0,
+                    "an outage needs at >= 0 and down > 0"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            latency_ms: 20.0,
+            jitter_ms: 10.0,
+            bandwidth_mbps: 100.0,
+            loss: 0.0,
+            partition: Vec::new(),
+            churn: None,
+        }
+    }
+}
+
+/// A partition of the network, as `[[network.partition]] at = 30.0, heal = 60.0, groups = 2`:
+/// from `at` until `heal` (virtual seconds) gossip and payload pulls between peers of different
+/// groups are dropped, those already in flight across the cut included. Peers are cut into
+/// `groups` contiguous blocks of indices (two halves by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// When the partition opens, virtual seconds.
+    pub at: f64,
+    /// When it heals, virtual seconds.
+    pub heal: f64,
+    /// How many groups of peers it cuts the network into.
+    #[serde(default = "two")]
+    pub groups: usize,
+}
+
+fn two() -> usize {
+    2
+}
+
+impl Partition {
+    /// Whether peers `a` and `b` of `n` are on different sides at virtual time `t`.
+    fn cuts(&self, a: usize, b: usize, n: usize, t: f64) -> bool {
+        self.at <= t && t < self.heal && a * self.groups / n != b * self.groups / n
+    }
+}
+
+/// Churn, as `[network.churn] fraction = 0.1, down = 5.0, every = 30.0`: a seeded `fraction` of
+/// the peers each go offline for `down` virtual seconds once every `every` seconds (at a seeded
+/// phase of their own), plus any explicit `outages`. An offline peer receives nothing and sends
+/// nothing; its timers and a training result that completes meanwhile are held until it comes
+/// back, with its state, and catches up.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Churn {
+    /// Share of peers that go offline periodically.
+    pub fraction: f64,
+    /// How long each outage lasts, virtual seconds.
+    pub down: f64,
+    /// Period of a churning peer's outages, virtual seconds.
+    pub every: f64,
+    /// Explicit outages, as `outages = [{ peer = 3, at = 10.0, down = 5.0 }]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outages: Vec<Outage>,
+}
+
+/// One peer offline from `at` for `down` virtual seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Index of the peer.
+    pub peer: usize,
+    /// When it goes offline, virtual seconds.
+    pub at: f64,
+    /// How long it stays offline, virtual seconds.
+    pub down: f64,
+}
+
+/// Slow trainers, as `[timing] stragglers = { fraction = 0.2, slowdown = 5.0 }`: a seeded
+/// `fraction` of the peers take `slowdown` times longer to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stragglers {
+    /// Share of peers that are slow.
+    pub fraction: f64,
+    /// Factor on their training time.
+    pub slowdown: f64,
+}
+
+impl Stragglers {
+    /// Checks the ranges.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.fraction) && self.slowdown > 0.0,
+            "stragglers need fraction in [0, 1] and slowdown > 0"
+        );
+        Ok(())
+    }
+
+    /// Each of `n` peers' factor on its training time in a run seeded by `seed`: `slowdown` for
+    /// the seeded share of slow peers, 1 for the others.
+    pub(crate) fn slowdowns(&self, n: usize, seed: u64) -> Vec<f64> {
+        let (chosen, _) = pick(n, self.fraction, seed, 0x5709_9a1e_5000_0002);
+        chosen
+            .into_iter()
+            .map(|c| if c { self.slowdown } else { 1.0 })
+            .collect()
+    }
+}
+
+/// `round(fraction × n)` distinct peers of `n`, drawn from a generator of their own so that
+/// turning a feature on does not shift any other random draw of the run.
+fn pick(n: usize, fraction: f64, seed: u64, salt: u64) -> (Vec<bool>, ChaCha8Rng) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt);
+    let k = ((fraction * n as f64).round() as usize).min(n);
+    let mut chosen = vec![false; n];
+    for i in rand::seq::index::sample(&mut rng, n, k) {
+        chosen[i] = true;
+    }
+    (chosen, rng)
+}
+
+/// The network of one run between its `peers`: the settings, who gossips to whom, and each
+/// peer's outages drawn from the run's seed.
+#[derive(Debug)]
+pub(crate) struct Links {
+    network: Network,
+    peers: usize,
+    /// Fixed neighbours per peer (indices): gossip travels only along these edges.
+    neighbours: Option<Vec<Vec<usize>>>,
+    /// Without fixed neighbours: how many random peers hear each broadcast; `None` = every peer.
+    gossip_reach: Option<usize>,
+    /// Periodic churn: each churning peer's first outage, nanoseconds of virtual time.
+    churn_phase: Vec<Option<u64>>,
+    /// Explicit outages per peer: (start, end) in nanoseconds of virtual time.
+    outages: Vec<Vec<(u64, u64)>>,
+}
+
+impl Links {
+    /// Checks `network` and draws the churning peers of a run of `peers` seeded by `seed`.
+    pub(crate) fn new(
+        network: Network,
+        peers: usize,
+        seed: u64,
+        neighbours: Option<Vec<Vec<usize>>>,
+        gossip_reach: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        network.check()?;
+        let mut churn_phase = vec![None; peers];
+        let mut outages = vec![Vec::new(); peers];
+        if let Some(churn) = &network.churn {
+            let (chosen, mut rng) = pick(peers, churn.fraction, seed, 0xc4a2_0c4a_2000_0001);
+            for (i, phase) in churn_phase.iter_mut().enumerate() {
+                if chosen[i] {
+                    let p: f64 = rng.random_range(0.0..1.0);
+                    *phase = Some(nanos((1.0 - p) * churn.every));
+                }
+            }
+            for o in &churn.outages {
+                anyhow::ensure!(o.peer < peers, "outage of peer {} of {peers}", o.peer);
+                outages[o.peer].push((nanos(o.at), nanos(o.at + o.down)));
+            }
+        }
+        Ok(Self {
+            network,
+            peers,
+            neighbours,
+            gossip_reach,
+            churn_phase,
+            outages,
+        })
+    }
+
+    /// Replaces `targets` with the peers that hear a broadcast of peer `i`: its fixed
+    /// neighbours, a random sample of `gossip_reach` peers, or everyone else.
+    pub(crate) fn targets(&self, i: usize, rng: &mut impl Rng, targets: &mut Vec<usize>) {
+        let n = self.peers;
+        targets.clear();
+        match (&self.neighbours, self.gossip_reach) {
+            (Some(neighbours), _) => targets.extend_from_slice(&neighbours[i]),
+            (None, Some(reach)) if reach + 1 < n => targets.extend(
+                rand::seq::index::sample(rng, n - 1, reach)
+                    .into_iter()
+                    .map(|j| if j >= i { j + 1 } else { j }),
+            ),
+            (None, _) => targets.extend((0..n).filter(|&to| to != i)),
+        }
+    }
+
+    /// Whether one gossip message is lost on its way.
+    pub(crate) fn lost(&self, rng: &mut impl Rng) -> bool {
+        self.network.loss > 0.0 && rng.random_bool(self.network.loss)
+    }
+
+    /// A one-way latency: the minimum plus exponential jitter.
+    pub(crate) fn latency(&self, rng: &mut impl Rng) -> Duration {
+        let jitter: f64 = if self.network.jitter_ms > 0.0 {
+            let u: f64 = rng.random_range(f64::EPSILON..1.0);
+            -u.ln() * self.network.jitter_ms
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64((self.network.latency_ms + jitter).max(0.0) / 1e3)
+    }
+
+    /// How long `bytes` of payload take over the link bandwidth.
+    pub(crate) fn transfer(&self, bytes: usize) -> Duration {
+        let size = bytes as f64;
+        Duration::from_secs_f64(size / (self.network.bandwidth_mbps * 1e6))
+    }
+
+    /// Whether a partition separates peers `a` and `b` at virtual time `now`.
+    pub(crate) fn cut(&self, a: usize, b: usize, now: Duration) -> bool {
+        let (n, t) = (self.peers, now.as_secs_f64());
+        self.network.partition.iter().any(|p| p.cuts(a, b, n, t))
+    }
+
+    /// When peer `i`, offline at virtual time `t`, comes back; `None` if it is online.
+    pub(crate) fn offline_until(&self, i: usize, t: Duration) -> Option<Duration> {
+        let t = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+        let mut end = None;
+        if let (Some(phase), Some(churn)) = (self.churn_phase[i], &self.network.churn)
+            && t >= phase
+        {
+            let (every, down) = (nanos(churn.every).max(1), nanos(churn.down));
+            let into = (t - phase) % every;
+            if into < down {
+                end = Some(t - into + down);
+            }
+        }
+        for &(start, stop) in &self.outages[i] {
+            if start <= t && t < stop {
+                end = end.max(Some(stop));
+            }
+        }
+        end.map(Duration::from_nanos)
+    }
+
+    /// Peers that go offline now and then (periodic churn or explicit outages).
+    pub(crate) fn churned(&self) -> Vec<usize> {
+        (0..self.peers)
+            .filter(|&i| self.churn_phase[i].is_some() || !self.outages[i].is_empty())
+            .collect()
+    }
+}
+
+/// Virtual seconds as nanoseconds.
+fn nanos(seconds: f64) -> u64 {
+    Duration::try_from_secs_f64(seconds.max(0.0)).map_or(u64::MAX, |d| {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    })
+}
