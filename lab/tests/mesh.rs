@@ -117,11 +117,34 @@ fn four_hospital_processes_train_heart_disease_serverlessly() {
         "{}",
         String::from_utf8_lossy(&export.stderr)
     );
-    let verify = medmesh(&["verify", &bundle.to_string_lossy()]);
+    // `medmesh` copied alone into an empty folder, with no `medmesh-train` and no libtorch
+    // anywhere it could look (an empty environment), checks the bundle: verification never
+    // starts a worker, and the binary does not link libtorch.
+    let alone = dir.path().join("alone");
+    std::fs::create_dir(&alone).expect("empty folder");
+    let copy = alone.join("medmesh");
+    std::fs::copy(common::exe(), &copy).expect("copies medmesh");
+    let verify = Command::new(&copy)
+        .arg("verify")
+        .arg(&bundle)
+        .env_clear()
+        .current_dir(&alone)
+        .output()
+        .expect("the copy runs");
     assert!(
         verify.status.success(),
         "{}",
         String::from_utf8_lossy(&verify.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&alone).expect("lists").count(),
+        1,
+        "verify wrote nothing beside the binary"
+    );
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        said.contains("lays out these tensors"),
+        "the tensor layout was checked against the model spec: {said}"
     );
     let weights = bundle.join("model.safetensors");
     let mut bytes = std::fs::read(&weights).expect("weights");

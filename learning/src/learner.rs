@@ -5,7 +5,7 @@
 //! The protocol's `Peer` never sees tensors: it hands out and takes back one flat `Vec<f32>` of
 //! parameters plus a sample count and metrics. The learner for these specs is libtorch's, through
 //! `tch`, in the `medmesh-trainer` crate; the node reaches it through the `medmesh-train` worker
-//! process ([`crate::worker`]), so the long-running peer never loads libtorch itself.
+//! process (its frames are [`crate::frame`]), so the long-running peer never loads libtorch itself.
 //!
 //! **Parameter order.** A model's parameters flatten in the order of their variable names sorted
 //! as byte strings (for built-in models `layer0.bias`, `layer0.weight`, `layer1.bias`, …; for

@@ -8,7 +8,7 @@
 //! | `model.safetensors` | the weights, tensors named and shaped as `model.json` says |
 //! | `model.json` | [`ModelFile`]: the model spec, the signed spec digest and the tensor layout |
 //! | `version.bin` | the signed version (`wire::encode` of a `Signed<Version>`, as stored) |
-//! | `version.json` | its human-readable copy ([`crate::admin::VersionRecord`]) |
+//! | `version.json` | its human-readable copy ([`VersionRecord`]) |
 //! | `lineage.bin` | every stored version of its lineage, signed, root first |
 //! | `reports.bin` | every stored validation report on a version of the lineage, signed |
 //! | `roster.bin` | the roster chain from genesis, with the signatures that make each version valid |
@@ -302,7 +302,7 @@ fn version_json(version: &Verified<Version>) -> Result<Vec<u8>, serde_json::Erro
     })
 }
 
-/// What [`write`] added to an export.
+/// What [`write()`] added to an export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     /// The files written, the manifest last.

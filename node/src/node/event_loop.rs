@@ -36,8 +36,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
+use super::outcome::{Outcome, params_digest, write_outcome};
 use super::validation::{self, Certifier, Prepared, Validation};
-use super::{Outcome, admission, members, params_digest, write_outcome};
+use super::{admission, members};
 use crate::config::NodeConfig;
 use crate::network::{self, Response, RosterResponse};
 use crate::storage::{Progress, Storage};

@@ -1,6 +1,6 @@
 //! The running peer: [`run`] opens the node's key, store and swarm, waits for admission if
-//! its key is not on the roster yet ([`admission`]), resumes its checkpoint, and hands
-//! everything to the [`event_loop`], which translates between the libp2p swarm, the sans-IO
+//! its key is not on the roster yet (`admission`), resumes its checkpoint, and hands
+//! everything to the event loop (`event_loop`), which translates between the libp2p swarm, the sans-IO
 //! [`Peer`], the trainer (a thread driving the `medmesh-train` worker process) and the store's
 //! writer ([`crate::storage`]) — and decides nothing itself.
 //!
@@ -11,64 +11,30 @@
 mod admission;
 mod event_loop;
 mod members;
+mod outcome;
 mod validation;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 use libp2p::PeerId;
 use medmesh_learning::data::{Dataset, Site};
-use medmesh_learning::metrics;
-use medmesh_protocol::identity::{ContentId, Digest, MemberId, Verified};
+use medmesh_protocol::identity::{ContentId, MemberId, Verified};
 use medmesh_protocol::peer::{Checkpoint, Item, Peer};
 use medmesh_protocol::roster::{Chain, SignedRoster};
 use medmesh_protocol::update::Version;
-use medmesh_protocol::validation::Certification;
 use medmesh_record::store::Store;
-use serde::{Deserialize, Serialize};
 
 use self::event_loop::{EventLoop, Local, Parts};
+pub use self::outcome::Outcome;
 use self::validation::Certifier;
 use crate::config::NodeConfig;
 use crate::storage::Storage;
 use crate::trainer::Trainer;
 use crate::worker::Setup;
 use crate::{admin, keys, network};
-
-/// What a node reports when its rounds are done.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// This member.
-    pub member: MemberId,
-    /// Its site.
-    pub site: String,
-    /// Last round completed.
-    pub rounds: u64,
-    /// The final model evaluated on this hospital's own test split.
-    pub test: metrics::Binary,
-    /// The final parameters.
-    pub params: Vec<f32>,
-    /// Digest of the final parameters (to compare peers at a glance).
-    pub params_digest: Digest,
-    /// Rejected messages by reason.
-    pub rejections: BTreeMap<String, u64>,
-    /// Rounds that closed on their timeout.
-    pub timeouts: u64,
-    /// Wall time from start to the last round, seconds.
-    pub seconds: f64,
-    /// This member's final version (the merged model it announced after the last round).
-    #[serde(default)]
-    pub final_version: Option<ContentId>,
-    /// Versions this member validated and reported on.
-    #[serde(default)]
-    pub validated: Vec<ContentId>,
-    /// The certification policy's verdict on every model version with reports, as this member
-    /// judged it from the signed reports it holds (updated as reports arrive).
-    #[serde(default)]
-    pub certifications: Vec<Certification>,
-}
 
 /// Reads a signed roster file (JSON).
 pub fn read_roster(path: &Path) -> anyhow::Result<SignedRoster> {
@@ -367,30 +333,6 @@ fn resume_peer(
         t.samples as u64,
         checkpoint,
     )?)
-}
-
-/// Digest of parameters, to compare peers' final models at a glance.
-fn params_digest(params: &[f32]) -> Digest {
-    let bytes: Vec<u8> = params.iter().flat_map(|p| p.to_le_bytes()).collect();
-    Digest::of("medmesh params", &bytes)
-}
-
-/// Writes the outcome to the config's results file, if it names one.
-fn write_outcome(config: &NodeConfig, outcome: &Outcome) -> anyhow::Result<()> {
-    if let Some(path) = &config.results {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(
-            &mut tmp,
-            (serde_json::to_string_pretty(outcome)? + "\n").as_bytes(),
-        )?;
-        tmp.persist(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// The libp2p peer id of a member, for logs and bootstrap addresses.
