@@ -518,25 +518,11 @@ pub fn run(
         }
     }
     if !options.resume || !genesis_path.exists() {
-        let mut members = hospitals_only
-            .iter()
-            .map(|n| n.member("US", Role::Hospital))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if let Some(v) = &validator {
-            let mut member = v.member("DE", Role::Validator)?;
-            member.name = "university hospital abroad (validator)".into();
-            members.push(member);
-        }
-        let threshold = u32::try_from(members.len() / 2 + 1)?;
-        let mut roster = SignedRoster::new(Roster::genesis(
-            format!("{}-mesh", dataset.name),
-            threshold,
-            members,
-        )?);
-        for node in &everyone {
-            roster.sign(&node.key);
-        }
-        write_roster(&genesis_path, &roster)?;
+        let name = format!("{}-mesh", dataset.name);
+        write_roster(
+            &genesis_path,
+            &founders(&name, &hospitals_only, validator.as_ref())?,
+        )?;
     }
 
     let spec = MeshSpec {
@@ -576,52 +562,113 @@ pub fn run(
         None
     };
 
-    // Certification: every node judges every final version from the reports it holds; wait
-    // (while they linger) until each has judged all of them, then compare the verdicts.
-    let finals: Vec<ContentId> = outcomes.iter().filter_map(|o| o.final_version).collect();
-    let mut verdicts_agree = None;
-    if validator.is_some() {
-        let judged_all = |o: &Outcome| {
-            finals
-                .iter()
-                .all(|f| o.certifications.iter().any(|c| c.model == *f))
-        };
-        let until = Instant::now() + Duration::from_secs(15);
-        let mut latest: Vec<Outcome> = Vec::new();
-        while Instant::now() < until {
-            latest = everyone.iter().filter_map(|n| n.outcome()).collect();
-            if latest.len() == everyone.len() && latest.iter().all(judged_all) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let key = |o: &Outcome| {
-            let mut v: Vec<(ContentId, bool)> = o
-                .certifications
-                .iter()
-                .filter(|c| finals.contains(&c.model))
-                .map(|c| (c.model, c.certified))
-                .collect();
-            v.sort();
-            v
-        };
-        verdicts_agree = Some(
-            latest.len() == everyone.len()
-                && latest.iter().all(judged_all)
-                && latest.windows(2).all(|w| key(&w[0]) == key(&w[1])),
-        );
-        for (outcome, fresh) in outcomes.iter_mut().zip(&latest) {
-            outcome.certifications = fresh.certifications.clone();
-        }
-        if verdicts_agree == Some(true) {
+    // Certification: every node judges every final version from the reports it holds.
+    let verdicts_agree = if validator.is_some() {
+        let agree = agree_on_verdicts(&everyone, &mut outcomes);
+        if agree {
             progress("every node reaches the same certification verdicts");
         }
-    }
+        Some(agree)
+    } else {
+        None
+    };
 
-    // Local-only training with the same budget, for comparison, in one training worker.
+    let hospitals = compare_alone(options, &dataset, inputs, &outcomes)?;
+    let n = hospitals.len() as f64;
+    Ok(Report {
+        mean_accuracy: hospitals.iter().map(|h| h.accuracy).sum::<f64>() / n,
+        mean_local_accuracy: hospitals.iter().map(|h| h.local_accuracy).sum::<f64>() / n,
+        mean_local_generalization: hospitals
+            .iter()
+            .map(|h| h.local_generalization)
+            .sum::<f64>()
+            / n,
+        hospitals,
+        max_relative_distance: max_relative_distance(&outcomes),
+        seconds,
+        validator: validator_outcome.map(|o| Validator {
+            site: format!("{validator_site} test split"),
+            country: "DE".into(),
+            validated: o.validated.len(),
+            auc: o.test.auc,
+        }),
+        verdicts_agree,
+        policy: demo_policy(),
+    })
+}
+
+/// The founders' genesis roster: every hospital (US) and the validator abroad (DE), a majority
+/// to sign updates, signed by every founder.
+fn founders(
+    mesh: &str,
+    hospitals: &[&LocalNode],
+    validator: Option<&LocalNode>,
+) -> anyhow::Result<SignedRoster> {
+    let mut members = hospitals
+        .iter()
+        .map(|n| n.member("US", Role::Hospital))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(v) = validator {
+        let mut member = v.member("DE", Role::Validator)?;
+        member.name = "university hospital abroad (validator)".into();
+        members.push(member);
+    }
+    let threshold = u32::try_from(members.len() / 2 + 1)?;
+    let mut roster = SignedRoster::new(Roster::genesis(mesh.to_owned(), threshold, members)?);
+    for node in hospitals.iter().copied().chain(validator) {
+        roster.sign(&node.key);
+    }
+    Ok(roster)
+}
+
+/// Waits (while the nodes linger) until every node has judged every final version, copies the
+/// latest verdicts into `outcomes`, and tells whether all nodes reached the same ones.
+fn agree_on_verdicts(everyone: &[&LocalNode], outcomes: &mut [Outcome]) -> bool {
+    let finals: Vec<ContentId> = outcomes.iter().filter_map(|o| o.final_version).collect();
+    let judged_all = |o: &Outcome| {
+        finals
+            .iter()
+            .all(|f| o.certifications.iter().any(|c| c.model == *f))
+    };
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut latest: Vec<Outcome> = Vec::new();
+    while Instant::now() < until {
+        latest = everyone.iter().filter_map(|n| n.outcome()).collect();
+        if latest.len() == everyone.len() && latest.iter().all(judged_all) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let key = |o: &Outcome| {
+        let mut v: Vec<(ContentId, bool)> = o
+            .certifications
+            .iter()
+            .filter(|c| finals.contains(&c.model))
+            .map(|c| (c.model, c.certified))
+            .collect();
+        v.sort();
+        v
+    };
+    let agree = latest.len() == everyone.len()
+        && latest.iter().all(judged_all)
+        && latest.windows(2).all(|w| key(&w[0]) == key(&w[1]));
+    for (outcome, fresh) in outcomes.iter_mut().zip(&latest) {
+        outcome.certifications = fresh.certifications.clone();
+    }
+    agree
+}
+
+/// Each hospital's row: the mesh's result next to local-only training with the same budget (in
+/// one training worker), tested on its own split and on every hospital's.
+fn compare_alone(
+    options: &Options,
+    dataset: &Dataset,
+    inputs: i64,
+    outcomes: &[Outcome],
+) -> anyhow::Result<Vec<Hospital>> {
     let mut alone = Worker::start()?;
     let mut hospitals = Vec::new();
-    for (site, outcome) in dataset.sites.iter().zip(&outcomes) {
+    for (site, outcome) in dataset.sites.iter().zip(outcomes) {
         let config = TrainConfig {
             optimizer: Optimizer::Sgd { momentum: 0.0 },
             lr: options.lr,
@@ -662,27 +709,7 @@ pub fn run(
             certified,
         });
     }
-    let n = hospitals.len() as f64;
-    Ok(Report {
-        mean_accuracy: hospitals.iter().map(|h| h.accuracy).sum::<f64>() / n,
-        mean_local_accuracy: hospitals.iter().map(|h| h.local_accuracy).sum::<f64>() / n,
-        mean_local_generalization: hospitals
-            .iter()
-            .map(|h| h.local_generalization)
-            .sum::<f64>()
-            / n,
-        hospitals,
-        max_relative_distance: max_relative_distance(&outcomes),
-        seconds,
-        validator: validator_outcome.map(|o| Validator {
-            site: format!("{validator_site} test split"),
-            country: "DE".into(),
-            validated: o.validated.len(),
-            auc: o.test.auc,
-        }),
-        verdicts_agree,
-        policy: demo_policy(),
-    })
+    Ok(hospitals)
 }
 
 /// The demo's certification policy: a validator reports AUC ≥ 0.80 on ≥ 100 patients.

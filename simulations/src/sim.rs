@@ -97,6 +97,8 @@ pub struct Outbox {
     pub payloads: Vec<(ContentId, Bytes)>,
 }
 
+/// Broadcasts queued for the inspecting thread at most.
+const INSPECT_QUEUE: usize = 65_536;
 /// Payloads of adversary-made versions kept to serve (oldest dropped first).
 const ADVERSARY_PAYLOADS: usize = 4096;
 
@@ -105,9 +107,10 @@ const ADVERSARY_PAYLOADS: usize = 4096;
 /// once (not once per receiver) and the result is the same whichever thread computes it. A
 /// delivery whose check has not finished computes or waits for it ([`OnceLock::get_or_init`]),
 /// so runs stay deterministic; with one core there is no worker and deliveries check for
-/// themselves.
+/// themselves. The queue is bounded: when the worker is behind, a broadcast is left for its
+/// deliveries to check (the same result, computed on the simulation's thread).
 struct Inspector {
-    jobs: Option<mpsc::Sender<(Bytes, Arc<OnceLock<Inbound>>)>>,
+    jobs: Option<mpsc::SyncSender<(Bytes, Arc<OnceLock<Inbound>>)>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -120,7 +123,7 @@ impl Inspector {
                 worker: None,
             };
         }
-        let (jobs, queue) = mpsc::channel::<(Bytes, Arc<OnceLock<Inbound>>)>();
+        let (jobs, queue) = mpsc::sync_channel::<(Bytes, Arc<OnceLock<Inbound>>)>(INSPECT_QUEUE);
         let worker = std::thread::Builder::new()
             .name("inspect".into())
             .spawn(move || {
@@ -139,8 +142,8 @@ impl Inspector {
     fn submit(&self, bytes: &Bytes) -> Arc<OnceLock<Inbound>> {
         let cell = Arc::new(OnceLock::new());
         if let Some(jobs) = &self.jobs {
-            // A worker that is gone leaves the check to the delivery.
-            let _ = jobs.send((bytes.clone(), Arc::clone(&cell)));
+            // A worker that is gone or behind leaves the check to the delivery.
+            let _ = jobs.try_send((bytes.clone(), Arc::clone(&cell)));
         }
         cell
     }
