@@ -54,7 +54,12 @@ impl redb::StorageBackend for SlowDisk {
 /// A counter of the node's `/metrics` page.
 fn counter(page: &str, name: &str) -> u64 {
     page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(0, |v| v as u64)
 }
 
@@ -165,7 +170,11 @@ fn a_slow_disk_does_not_stall_the_event_loop() {
         .expect("an outcome");
     let others: Vec<_> = nodes[1..]
         .iter()
-        .map(|n| wait_for("the others' outcomes", Duration::from_secs(120), || n.outcome()))
+        .map(|n| {
+            wait_for("the others' outcomes", Duration::from_secs(120), || {
+                n.outcome()
+            })
+        })
         .collect();
     drop(children);
     eprintln!(
@@ -175,7 +184,10 @@ fn a_slow_disk_does_not_stall_the_event_loop() {
         syncs.load(Ordering::SeqCst),
         outcome.rounds,
         outcome.test.accuracy,
-        others.iter().map(|o| (o.rounds, o.test.accuracy)).collect::<Vec<_>>()
+        others
+            .iter()
+            .map(|o| (o.rounds, o.test.accuracy))
+            .collect::<Vec<_>>()
     );
     assert!(
         syncs.load(Ordering::SeqCst) >= 10,

@@ -31,8 +31,9 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, noise, request_response};
 use libp2p::{tcp, yamux};
 use medmesh_node::network::{self, Behaviour, Event, NetworkConfig, Response};
-use medmesh_protocol::identity::{ContentId, Keypair};
-use medmesh_protocol::roster::{Member, Role, Roster};
+use medmesh_protocol::identity::ContentId;
+use medmesh_protocol::roster::{Role, Roster};
+use medmesh_testkit::{key, member};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -69,19 +70,9 @@ async fn listening<B: libp2p::swarm::NetworkBehaviour>(swarm: &mut Swarm<B>) -> 
 
 // --- (a) the node's own networking ------------------------------------------------------------
 
-fn roster(keys: &[&Keypair]) -> Roster {
-    let members = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| Member {
-            id: k.id(),
-            name: format!("hospital {i}"),
-            site: String::new(),
-            country: "DE".into(),
-            role: Role::Hospital,
-            addresses: Vec::new(),
-        })
-        .collect();
+/// The roster of mesh `bench` whose hospitals hold [`key`]`(n)` for each `n` of `members`.
+fn roster(members: &[u8]) -> Roster {
+    let members = members.iter().map(|&n| member(n, Role::Hospital)).collect();
     Roster::genesis("bench", 1, members).expect("valid roster")
 }
 
@@ -99,8 +90,8 @@ fn node_config(bootstrap: Vec<Multiaddr>) -> NetworkConfig {
 /// mesh topic (connection, identify and gossipsub set-up done).
 fn medmesh_pair(rt: &Runtime, payload: Bytes) -> (Swarm<Behaviour>, PeerId) {
     rt.block_on(async {
-        let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
-        let roster = roster(&[&ka, &kb]);
+        let (ka, kb) = (key(1), key(2));
+        let roster = roster(&[1, 2]);
         let mut responder =
             network::build_swarm(&ka, &node_config(Vec::new()), &roster).expect("responder");
         let address = listening(&mut responder).await;

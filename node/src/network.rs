@@ -924,7 +924,8 @@ mod tests {
     use futures::StreamExt;
     use futures::io::Cursor;
     use libp2p::swarm::SwarmEvent;
-    use medmesh_protocol::roster::{Member, Role};
+    use medmesh_protocol::roster::Role;
+    use medmesh_testkit::{key, member};
     use request_response::Codec;
     use tokio::time::timeout;
 
@@ -932,23 +933,10 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(20);
 
-    fn key(n: u8) -> Keypair {
-        Keypair::from_seed([n; 32])
-    }
-
-    fn roster(keys: &[&Keypair]) -> Roster {
-        let members = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Member {
-                id: k.id(),
-                name: format!("hospital {i}"),
-                site: String::new(),
-                country: "DE".into(),
-                role: Role::Hospital,
-                addresses: Vec::new(),
-            })
-            .collect();
+    /// The roster of mesh `test` (topic `medmesh/test/1`) whose hospitals hold [`key`]`(n)` for
+    /// each `n` of `members`.
+    fn roster(members: &[u8]) -> Roster {
+        let members = members.iter().map(|&n| member(n, Role::Hospital)).collect();
         Roster::genesis("test", 1, members).expect("valid roster")
     }
 
@@ -1173,7 +1161,7 @@ mod tests {
     #[tokio::test]
     async fn gossip_reaches_a_member_and_is_validated() {
         let (ka, kb) = (key(1), key(2));
-        let roster = roster(&[&ka, &kb]);
+        let roster = roster(&[1, 2]);
         timeout(LIMIT, async {
             let (mut a, mut b, _) = pair(&ka, &kb, &roster).await;
             let a_id = *a.local_peer_id();
@@ -1217,7 +1205,7 @@ mod tests {
     #[tokio::test]
     async fn payload_of_4_mib_is_pulled_by_id() {
         let (ka, kb) = (key(3), key(4));
-        let roster = roster(&[&ka, &kb]);
+        let roster = roster(&[3, 4]);
         timeout(LIMIT, async {
             let (mut a, mut b, _) = pair(&ka, &kb, &roster).await;
             let payload: Bytes = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>().into();
@@ -1274,11 +1262,11 @@ mod tests {
     #[tokio::test]
     async fn a_key_not_on_the_roster_cannot_connect_or_hear_gossip() {
         let (ka, kb, kc) = (key(5), key(6), key(7));
-        let members = roster(&[&ka, &kb]);
+        let members = roster(&[5, 6]);
         timeout(LIMIT, async {
             let (mut a, mut b, address) = pair(&ka, &kb, &members).await;
             // The outsider believes everyone is allowed; the members do not allow it.
-            let mut c = build_swarm(&kc, &loopback(vec![address]), &roster(&[&ka, &kb, &kc]))
+            let mut c = build_swarm(&kc, &loopback(vec![address]), &roster(&[5, 6, 7]))
                 .expect("swarm c");
             let c_id = *c.local_peer_id();
             let mut refused = false;
@@ -1385,7 +1373,7 @@ mod tests {
     #[tokio::test]
     async fn a_blocked_member_is_cut_off_and_dialed_again_once_unblocked() {
         let (ka, kb) = (key(10), key(11));
-        let members = roster(&[&ka, &kb]);
+        let members = roster(&[10, 11]);
         timeout(LIMIT, async {
             let (mut a, mut b, _) = pair(&ka, &kb, &members).await;
             let a_id = *a.local_peer_id();
@@ -1435,9 +1423,9 @@ mod tests {
     async fn removing_a_member_closes_its_connections() {
         let (ka, kb) = (key(8), key(9));
         timeout(LIMIT, async {
-            let (mut a, mut b, _) = pair(&ka, &kb, &roster(&[&ka, &kb])).await;
+            let (mut a, mut b, _) = pair(&ka, &kb, &roster(&[8, 9])).await;
             let b_id = *b.local_peer_id();
-            allow_members(&mut a, &roster(&[&ka]), &HashSet::new());
+            allow_members(&mut a, &roster(&[8]), &HashSet::new());
             assert!(!a.behaviour().allowed.allowed_peers().contains(&b_id));
             loop {
                 tokio::select! {

@@ -11,10 +11,10 @@ use common::{Net, chain, inits, keys};
 use medmesh_protocol::aggregate::Rule;
 use medmesh_protocol::identity::{self, ContentId, Digest, Keypair, MemberId, Signed, Verified};
 use medmesh_protocol::peer::{Action, Config, Event, Outliers, Peer, Reason, Verdict};
-use medmesh_protocol::roster::{Role, SignedRoster};
-use medmesh_protocol::update::{self, Version};
-use medmesh_protocol::validation::{Dataset, Metric, Report};
+use medmesh_protocol::roster::Role;
+use medmesh_protocol::update::Version;
 use medmesh_protocol::wire::{self, Message};
+use medmesh_testkit::{key, report, signed_by, version_with};
 
 const DIM: usize = 8;
 
@@ -38,26 +38,21 @@ fn setup() -> (Vec<Keypair>, Peer) {
         Role::Observer,
         Role::Validator,
     ];
-    let c = chain(&k, &roles);
+    let c = chain(&roles);
     let peer = Peer::new(cfg(), k[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
     (k, peer)
 }
 
-fn version(key: &Keypair, round: u64, value: f32) -> (Verified<Version>, Vec<u8>) {
-    let mut bytes = Vec::new();
-    let payload = update::encode_f32(&[value; DIM], &mut bytes);
-    let v = key.sign(Version {
-        experiment: "hostile".into(),
-        model: Digest::default(),
-        round,
-        author: key.id(),
-        samples: 10,
-        degree: 2,
-        parents: vec![],
-        metrics: BTreeMap::new(),
-        payload,
-    });
-    (v, bytes)
+/// A version of this test's experiment (the default model digest, 10 samples, no metrics).
+fn hostile(v: &mut Version) {
+    v.experiment = "hostile".into();
+    v.model = Digest::default();
+    v.samples = 10;
+    v.metrics.clear();
+}
+
+fn version(key: &Keypair, round: u64, value: f32) -> (Verified<Version>, Bytes) {
+    version_with(key, round, vec![], &[value; DIM], hostile)
 }
 
 fn announce(v: &Verified<Version>) -> Vec<u8> {
@@ -98,7 +93,7 @@ fn forged_signature_is_rejected() {
 #[test]
 fn valid_signature_by_a_non_member_is_rejected() {
     let (k, mut peer) = setup();
-    let outsider = Keypair::from_seed([200; 32]);
+    let outsider = key(200);
     let (v, _) = version(&outsider, 1, 1.0);
     let verdict = peer.handle_message(T, k[1].id(), &announce(&v));
     assert!(matches!(verdict, Verdict::Reject(Reason::NotMember(id)) if id == outsider.id()));
@@ -174,68 +169,45 @@ fn payload_that_does_not_match_its_announcement_is_refused() {
         }
     }
     assert_eq!(fetch, Some(v.id()), "the peer pulls the announced payload");
-    let mut tampered = bytes.clone();
+    let mut tampered = bytes.to_vec();
     tampered[0] ^= 1;
     peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(tampered)));
     assert_eq!(rejected_reason(&mut peer), Some("payload_mismatch"));
     // A second answer to a pull already settled is a late answer, not an attack ...
-    peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(bytes.clone())));
+    peer.handle_payload(T, k[1].id(), v.id(), Some(bytes.clone()));
     assert_eq!(rejected_reason(&mut peer), None);
     // ... but a payload nobody asked for is refused.
-    peer.handle_payload(T, k[3].id(), ContentId([7; 32]), Some(Bytes::from(bytes)));
+    peer.handle_payload(T, k[3].id(), ContentId([7; 32]), Some(bytes));
     assert_eq!(rejected_reason(&mut peer), Some("unexpected_payload"));
 }
 
 #[test]
 fn non_finite_payload_is_refused() {
     let (k, mut peer) = setup();
-    let mut bytes = Vec::new();
     let mut params = [0.5f32; DIM];
     params[3] = f32::INFINITY;
-    let payload = update::encode_f32(&params, &mut bytes);
-    let v = k[1].sign(Version {
-        experiment: "hostile".into(),
-        model: Digest::default(),
-        round: 1,
-        author: k[1].id(),
-        samples: 10,
-        degree: 2,
-        parents: vec![],
-        metrics: BTreeMap::new(),
-        payload,
-    });
+    let (v, bytes) = version_with(&k[1], 1, vec![], &params, hostile);
     assert_eq!(
         peer.handle_message(T, k[1].id(), &announce(&v)),
         Verdict::Accept
     );
     while peer.poll_action().is_some() {}
-    peer.handle_payload(T, k[1].id(), v.id(), Some(Bytes::from(bytes)));
+    peer.handle_payload(T, k[1].id(), v.id(), Some(bytes));
     assert_eq!(rejected_reason(&mut peer), Some("payload_not_finite"));
 }
 
 #[test]
 fn wrong_model_shape_and_other_experiments() {
     let (k, mut peer) = setup();
-    let mut bytes = Vec::new();
-    let payload = update::encode_f32(&[1.0; DIM + 1], &mut bytes);
-    let mut v = Version {
-        experiment: "hostile".into(),
-        model: Digest::default(),
-        round: 1,
-        author: k[1].id(),
-        samples: 10,
-        degree: 2,
-        parents: vec![],
-        metrics: BTreeMap::new(),
-        payload,
-    };
-    let wrong_shape = k[1].sign(v.clone());
+    let (wrong_shape, _) = version_with(&k[1], 1, vec![], &[1.0; DIM + 1], hostile);
     assert_eq!(
         reject_label(&peer.handle_message(T, k[1].id(), &announce(&wrong_shape))),
         "wrong_model"
     );
-    v.experiment = "another".into();
-    let other = k[1].sign(v);
+    let (other, _) = version_with(&k[1], 1, vec![], &[1.0; DIM + 1], |v| {
+        hostile(v);
+        v.experiment = "another".into();
+    });
     assert!(matches!(
         peer.handle_message(T, k[1].id(), &announce(&other)),
         Verdict::Ignore(Reason::OtherExperiment(_))
@@ -265,34 +237,11 @@ fn garbage_oversized_and_wrong_channel_bytes_are_rejected() {
     );
 }
 
-fn report(validator: &Keypair, model: ContentId) -> Report {
-    Report {
-        model,
-        validator: validator.id(),
-        dataset: Dataset {
-            name: "local".into(),
-            site: "Partner University Hospital".into(),
-            country: "CH".into(),
-            description: "held-out patients".into(),
-        },
-        samples: 120,
-        metrics: BTreeMap::from([(
-            "auc".into(),
-            Metric {
-                value: 0.83,
-                low: None,
-                high: None,
-            },
-        )]),
-        issued_at_ms: 1,
-    }
-}
-
 #[test]
 fn reports_need_a_validating_member_and_a_known_model() {
     let (k, mut peer) = setup();
     let (v, _) = version(&k[1], 1, 1.0);
-    let good = k[5].sign(report(&k[5], v.id()));
+    let good = report(&k[5], 6, v.id(), 0.83);
     let unknown_first = peer.handle_message(
         T,
         k[5].id(),
@@ -309,15 +258,15 @@ fn reports_need_a_validating_member_and_a_known_model() {
         &Message::Report(good.signed().clone()).to_bytes(),
     );
     assert_eq!(accepted, Verdict::Accept);
-    let by_observer = k[4].sign(report(&k[4], v.id()));
+    let by_observer = report(&k[4], 5, v.id(), 0.83);
     let verdict = peer.handle_message(
         T,
         k[4].id(),
         &Message::Report(by_observer.signed().clone()).to_bytes(),
     );
     assert_eq!(reject_label(&verdict), "not_permitted");
-    let outsider = Keypair::from_seed([201; 32]);
-    let forged = outsider.sign(report(&outsider, v.id()));
+    let outsider = key(201);
+    let forged = report(&outsider, 201, v.id(), 0.83);
     let verdict = peer.handle_message(
         T,
         k[1].id(),
@@ -334,13 +283,10 @@ fn roster_forks_and_non_threshold_updates_are_rejected() {
     members.retain(|m| m.id != k[3].id());
     let next = current.next(members, 2).expect("valid next roster");
     // Signed by one member only: below the threshold of 2.
-    let mut weak = SignedRoster::new(next.clone());
-    weak.sign(&k[1]);
+    let weak = signed_by(next.clone(), &[2]);
     let verdict = peer.handle_message(T, k[1].id(), &Message::Roster(weak).to_bytes());
     assert_eq!(reject_label(&verdict), "roster");
-    let mut strong = SignedRoster::new(next);
-    strong.sign(&k[1]);
-    strong.sign(&k[2]);
+    let strong = signed_by(next, &[2, 3]);
     assert_eq!(
         peer.handle_message(T, k[1].id(), &Message::Roster(strong).to_bytes()),
         Verdict::Accept
@@ -354,10 +300,7 @@ fn roster_forks_and_non_threshold_updates_are_rejected() {
     );
     // A different version 1 is a fork.
     let fork = current.next(current.members.clone(), 3).expect("valid");
-    let mut fork = SignedRoster::new(fork);
-    for key in &k[..4] {
-        fork.sign(key);
-    }
+    let fork = signed_by(fork, &[1, 2, 3, 4]);
     assert_eq!(
         reject_label(&peer.handle_message(T, k[1].id(), &Message::Roster(fork).to_bytes())),
         "roster"
@@ -385,20 +328,12 @@ fn honest_mesh_converges_while_attacked() {
     let mut net = Net::new(&k, configs, init, &samples);
     // An outsider floods every peer with forged and non-member announcements for the rounds
     // ahead, and garbage, while the mesh trains.
-    let outsider = Keypair::from_seed([222; 32]);
-    let mut bytes = Vec::new();
+    let outsider = key(222);
     for round in 1..20u64 {
-        let payload = update::encode_f32(&[1e6; 16], &mut bytes);
-        let v = outsider.sign(Version {
-            experiment: "hostile".into(),
-            model: Digest::default(),
-            round,
-            author: outsider.id(),
-            samples: 1_000_000,
-            degree: 1,
-            parents: vec![],
-            metrics: BTreeMap::new(),
-            payload,
+        let (v, _) = version_with(&outsider, round, vec![], &[1e6; 16], |v| {
+            hostile(v);
+            v.samples = 1_000_000;
+            v.degree = 1;
         });
         let at = Duration::from_millis(100 * round);
         for to in 0..n {
@@ -476,7 +411,7 @@ fn a_flood_of_announcements_is_rate_limited_without_hurting_others() {
 #[test]
 fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
     let k = keys(4);
-    let c = chain(&k, &[Role::Hospital; 4]);
+    let c = chain(&[Role::Hospital; 4]);
     let config = Config {
         fanout: 3,
         max_rounds: Some(10),
@@ -493,7 +428,7 @@ fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
     let mut payloads = BTreeMap::new();
     for (key, round) in [(&k[1], 2), (&k[2], 2), (&k[3], 1000)] {
         let (v, bytes) = version(key, round, 1.0);
-        payloads.insert(v.id(), Bytes::from(bytes));
+        payloads.insert(v.id(), bytes);
         assert_eq!(
             peer.handle_message(T, key.id(), &announce(&v)),
             Verdict::Accept
@@ -529,7 +464,7 @@ fn a_small_order_signer_is_refused_alone_and_in_a_batch() {
     let forged: Signed<Version> = wire::decode(&input).expect("decodes");
     let signer = MemberId(identity_point);
     assert_eq!(forged.signer(), signer);
-    let (honest, _) = version(&Keypair::from_seed([1; 32]), 1, 1.0);
+    let (honest, _) = version(&key(1), 1, 1.0);
     let results = identity::verify_batch(vec![honest.signed().clone(), forged.clone()]);
     assert_eq!(results[0], Ok(honest));
     assert!(
@@ -552,7 +487,7 @@ fn inspected_gossip_is_handled_exactly_like_its_bytes() {
     use medmesh_protocol::peer::Inbound;
     let (k, mut by_bytes) = setup();
     let (_, mut by_inbound) = setup();
-    let outsider = Keypair::from_seed([200; 32]);
+    let outsider = key(200);
     let (v1, _) = version(&k[1], 1, 1.0);
     let (v2, _) = version(&k[2], 1, 2.0);
     let (twin, _) = version(&k[2], 1, 3.0);

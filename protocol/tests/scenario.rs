@@ -122,7 +122,7 @@ fn a_resumed_peer_continues_at_its_checkpoint() {
     use medmesh_protocol::peer::{Action, Checkpoint};
 
     let k = keys(2);
-    let chain = common::chain(&k, &[medmesh_protocol::roster::Role::Hospital; 2]);
+    let chain = common::chain(&[medmesh_protocol::roster::Role::Hospital; 2]);
     let checkpoint = Checkpoint {
         round: 7,
         parents: vec![medmesh_protocol::identity::ContentId([3; 32])],
@@ -179,7 +179,7 @@ fn a_peer_behind_joins_the_round_of_those_ahead_and_ends_with_them() {
     use medmesh_protocol::wire::Message;
 
     let k = keys(2);
-    let chain = common::chain(&k, &[Role::Hospital; 2]);
+    let chain = common::chain(&[Role::Hospital; 2]);
     // One member is already at the last round (3) ...
     let mut ahead = Peer::resume(
         config(Rule::Mean, 1, 3, 0),

@@ -1193,104 +1193,28 @@ impl Selection {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use medmesh_protocol::identity::{Digest, Keypair};
-    use medmesh_protocol::roster::{Member, Role, Roster};
-    use medmesh_protocol::validation::{Dataset, Metric};
+    use medmesh_protocol::identity::Keypair;
+    use medmesh_protocol::roster::{Role, Roster};
 
     use super::*;
+    use crate::testkit::{self, items, key, member, report, signed_by};
 
-    fn key(n: u8) -> Keypair {
-        Keypair::from_seed([n; 32])
-    }
-
-    fn version_with(author: &Keypair, round: u64, params: &[f32]) -> (Verified<Version>, Bytes) {
-        let mut bytes = Vec::new();
-        let payload = update::encode_f32(params, &mut bytes);
-        let version = author.sign(Version {
-            experiment: "heart".into(),
-            model: Digest([3; 32]),
-            round,
-            author: author.id(),
-            samples: 100,
-            degree: 3,
-            parents: Vec::new(),
-            metrics: BTreeMap::from([("loss".to_string(), 0.5)]),
-            payload,
-        });
-        (version, Bytes::from(bytes))
-    }
-
+    /// A version with no parents and 256 parameters.
     fn version(author: &Keypair, round: u64) -> (Verified<Version>, Bytes) {
         let params: Vec<f32> = (0..256).map(|i| i as f32 + round as f32).collect();
-        version_with(author, round, &params)
+        testkit::version(author, round, Vec::new(), &params)
     }
 
-    fn report(validator: &Keypair, model: ContentId, auc: f64) -> Verified<Report> {
-        validator.sign(Report {
-            model,
-            validator: validator.id(),
-            dataset: Dataset {
-                name: "test".into(),
-                site: "Campus".into(),
-                country: "DE".into(),
-                description: "held-out split".into(),
-            },
-            samples: 50,
-            metrics: BTreeMap::from([(
-                "auc".to_string(),
-                Metric {
-                    value: auc,
-                    low: None,
-                    high: None,
-                },
-            )]),
-            issued_at_ms: 1_795_000_000_000,
-        })
-    }
-
-    fn member(n: u8) -> Member {
-        Member {
-            id: key(n).id(),
-            name: format!("Hospital {n}"),
-            site: format!("Campus {n}"),
-            country: "DE".into(),
-            role: Role::Hospital,
-            addresses: Vec::new(),
-        }
-    }
-
-    fn signed_by(roster: Roster, signers: &[u8]) -> SignedRoster {
-        let mut signed = SignedRoster::new(roster);
-        for &n in signers {
-            signed.sign(&key(n));
-        }
-        signed
-    }
-
-    /// Genesis founded by 1..=3 (threshold 2), then version 1 admitting 4.
+    /// The fixture chain: genesis, then version 1 (which has member 4 and needs 2 signatures of
+    /// the genesis members).
     fn rosters() -> (SignedRoster, SignedRoster) {
-        let genesis =
-            Roster::genesis("test mesh", 2, (1..=3).map(member).collect()).expect("genesis");
-        let next = genesis
-            .next((1..=4).map(member).collect(), 3)
-            .expect("next");
-        (signed_by(genesis, &[1, 2, 3]), signed_by(next, &[1, 2]))
-    }
-
-    fn items(v: &Verified<Version>, bytes: &Bytes) -> [Item; 2] {
-        [
-            Item::Version(v.signed().clone()),
-            Item::Payload {
-                id: v.id(),
-                bytes: bytes.clone(),
-            },
-        ]
+        let [genesis, next] = testkit::rosters().try_into().expect("two rosters");
+        (genesis, next)
     }
 
     fn temp() -> (tempfile::TempDir, PathBuf) {
@@ -1302,7 +1226,7 @@ mod tests {
     /// Fills a store with one item of each kind; returns what it put.
     fn fill(store: &Store) -> (Verified<Version>, Bytes, Verified<Report>) {
         let (v, bytes) = version(&key(1), 1);
-        let r = report(&key(2), v.id(), 0.8);
+        let r = report(&key(2), 2, v.id(), 0.8);
         let (genesis, next) = rosters();
         store.put_all(&items(&v, &bytes)).expect("version");
         store
@@ -1376,7 +1300,7 @@ mod tests {
         let mut total = 0;
         for (n, len) in [(1u64, CHUNK * 5 / 2), (2, 2 * CHUNK), (3, 5 << 20)] {
             let params: Vec<f32> = (0..len / 4).map(|i| (i % 1000) as f32 * 0.5).collect();
-            let (v, bytes) = version_with(&key(1), n, &params);
+            let (v, bytes) = testkit::version(&key(1), n, Vec::new(), &params);
             store.put_all(&items(&v, &bytes)).expect("stores");
             assert_eq!(store.payload(&v.id()).expect("reads"), Some(bytes));
             total += len as u64;
@@ -1500,7 +1424,8 @@ mod tests {
             store.put(&Item::Roster(short)),
             Err(Error::Roster { version: 1, .. })
         ));
-        let other = Roster::genesis("test mesh", 1, vec![member(1)]).expect("genesis");
+        let other =
+            Roster::genesis("test mesh", 1, vec![member(1, Role::Hospital)]).expect("genesis");
         assert!(matches!(
             store.put(&Item::Roster(signed_by(other, &[1]))),
             Err(Error::Roster { version: 0, .. })
@@ -1529,7 +1454,7 @@ mod tests {
         let (v, bytes, r) = {
             let store = Store::open(&good).expect("opens");
             let filled = fill(&store);
-            let (big, big_bytes) = version_with(&key(1), 2, &vec![0.25; 200_000]);
+            let (big, big_bytes) = testkit::version(&key(1), 2, Vec::new(), &vec![0.25; 200_000]);
             store.put_all(&items(&big, &big_bytes)).expect("stores");
             filled
         };
@@ -1715,7 +1640,7 @@ mod tests {
         for (v, bytes) in a.iter().chain(&b) {
             store.put_all(&items(v, bytes)).expect("stores");
         }
-        let r = report(&key(2), a[0].0.id(), 0.7);
+        let r = report(&key(2), 2, a[0].0.id(), 0.7);
         store
             .put(&Item::Report(r.signed().clone()))
             .expect("report");
@@ -1810,7 +1735,7 @@ mod tests {
             Ordering::SeqCst,
         );
         let params: Vec<f32> = (0..1_000_000).map(|i| i as f32 * 1e-6).collect();
-        let (big, big_bytes) = version_with(&key(3), 2, &params);
+        let (big, big_bytes) = testkit::version(&key(3), 2, Vec::new(), &params);
         let err = store
             .put_all(&items(&big, &big_bytes))
             .expect_err("no space left");
@@ -1868,7 +1793,7 @@ mod tests {
             let params: Vec<f32> = (0..64 * 1024)
                 .map(|i| (i as f32) * 1e-3 + round as f32)
                 .collect();
-            let (v, bytes) = version_with(&author, round, &params);
+            let (v, bytes) = testkit::version(&author, round, Vec::new(), &params);
             store.put_all(&items(&v, &bytes)).expect("child stores");
             store
                 .set_state("round", &round.to_le_bytes())

@@ -424,32 +424,17 @@ pub fn flags(peers: &[Peer], attackers: &[bool]) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use medmesh_protocol::identity::{Digest, Error};
+    use medmesh_protocol::identity::Error;
+    use medmesh_testkit::{key, version_with};
 
     use super::*;
 
-    fn version(author: MemberId) -> Version {
-        let mut buf = Vec::new();
-        Version {
-            experiment: "x".into(),
-            model: Digest::default(),
-            round: 3,
-            author,
-            samples: 10,
-            degree: 2,
-            parents: vec![],
-            metrics: BTreeMap::new(),
-            payload: update::encode_f32(&[1.0, 2.0], &mut buf),
-        }
-    }
-
     #[test]
     fn an_impersonation_names_the_victim_and_does_not_verify() {
-        let attacker = Keypair::from_seed([1; 32]);
-        let victim = Keypair::from_seed([2; 32]).id();
-        let signed = attacker.sign(version(victim));
+        let attacker = key(1);
+        let victim = key(2).id();
+        // Signed by the attacker, naming the victim as its author.
+        let (signed, _) = version_with(&attacker, 3, vec![], &[1.0, 2.0], |v| v.author = victim);
         let forged = impersonate(signed.signed(), victim).expect("rewrites");
         assert_eq!(forged.signer(), victim);
         assert_eq!(forged.body(), signed.signed().body());

@@ -66,10 +66,24 @@ pub fn version(
     parents: Vec<ContentId>,
     params: &[f32],
 ) -> (Verified<Version>, Bytes) {
+    version_with(author, round, parents, params, |_| {})
+}
+
+/// [`version`] with `edit` applied before `author` signs it, for a test that needs another
+/// experiment, model digest, sample count, degree, metrics or author (a forgery). The payload
+/// descriptor is already that of `params`; the returned bytes are always the payload of
+/// `params`.
+pub fn version_with(
+    author: &Keypair,
+    round: u64,
+    parents: Vec<ContentId>,
+    params: &[f32],
+    edit: impl FnOnce(&mut Version),
+) -> (Verified<Version>, Bytes) {
     let mut bytes = Vec::new();
     let payload = update::encode_f32(params, &mut bytes);
     let model = spec().digest().expect("a built-in spec hashes");
-    let version = author.sign(Version {
+    let mut version = Version {
         experiment: "heart".into(),
         model,
         round,
@@ -82,8 +96,9 @@ pub fn version(
             ("loss".to_string(), 0.6 - round as f64 / 20.0),
         ]),
         payload,
-    });
-    (version, Bytes::from(bytes))
+    };
+    edit(&mut version);
+    (author.sign(version), Bytes::from(bytes))
 }
 
 /// A report by `validator` on `model` with an AUC and its confidence interval.
@@ -218,5 +233,35 @@ pub fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).expect("lists") {
         let entry = entry.expect("entry");
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copies");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use medmesh_protocol::identity::Digest;
+
+    use super::*;
+
+    #[test]
+    fn version_with_edits_before_signing() {
+        let (plain, bytes) = version(&key(1), 2, vec![], &[1.0; 4]);
+        let (same, same_bytes) = version_with(&key(1), 2, vec![], &[1.0; 4], |_| {});
+        assert_eq!((plain.id(), &bytes), (same.id(), &same_bytes));
+        let (edited, edited_bytes) = version_with(&key(1), 2, vec![], &[1.0; 4], |v| {
+            v.experiment = "other".into();
+            v.model = Digest::default();
+            v.samples = 10;
+        });
+        assert_eq!(edited_bytes, bytes);
+        assert_eq!(
+            (edited.experiment.as_str(), edited.model, edited.samples),
+            ("other", Digest::default(), 10)
+        );
+        assert_eq!(edited.payload, plain.payload);
+        assert_eq!(edited.signed().clone().verify(), Ok(edited.clone()));
+        // A forgery: signed by key 1, naming member 2 as its author.
+        let (forged, _) = version_with(&key(1), 2, vec![], &[1.0; 4], |v| v.author = key(2).id());
+        assert_eq!(forged.signer(), key(1).id());
+        assert_eq!(forged.author, key(2).id());
     }
 }

@@ -401,7 +401,8 @@ async fn connection(stream: TcpStream, router: Router) {
 mod tests {
     use std::collections::BTreeMap;
 
-    use medmesh_protocol::identity::{ContentId, Keypair};
+    use medmesh_protocol::identity::ContentId;
+    use medmesh_testkit::key;
 
     use super::*;
     // The client is the test's harness: the server is exercised as `medmesh` uses it.
@@ -410,7 +411,7 @@ mod tests {
 
     fn fake_status() -> Status {
         Status {
-            member: Keypair::from_seed([1; 32]).id(),
+            member: key(1).id(),
             peer_id: "12D3KooWtest".into(),
             site: "cleveland".into(),
             mesh: "national".into(),
@@ -425,10 +426,7 @@ mod tests {
             },
             last_round: Some(RoundSummary {
                 round: 6,
-                contributors: vec![
-                    Keypair::from_seed([1; 32]).id(),
-                    Keypair::from_seed([2; 32]).id(),
-                ],
+                contributors: vec![key(1).id(), key(2).id()],
                 timed_out: true,
             }),
             own_version: Some(ContentId([9; 32])),
@@ -574,8 +572,8 @@ mod tests {
 
     #[tokio::test]
     async fn posted_rosters_reach_the_loop_and_its_answer_comes_back() {
-        use medmesh_protocol::identity::Keypair;
-        use medmesh_protocol::roster::{Member, Role, Roster};
+        use medmesh_protocol::roster::{Role, Roster};
+        use medmesh_testkit::member;
 
         let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
         let server = reporter
@@ -598,16 +596,8 @@ mod tests {
             }
             seen
         });
-        let key = Keypair::from_seed([3; 32]);
-        let member = Member {
-            id: key.id(),
-            name: "a".into(),
-            site: "a".into(),
-            country: "NL".into(),
-            role: Role::Hospital,
-            addresses: Vec::new(),
-        };
-        let genesis = SignedRoster::new(Roster::genesis("m", 1, vec![member]).expect("roster"));
+        let roster = Roster::genesis("m", 1, vec![member(3, Role::Hospital)]).expect("roster");
+        let genesis = SignedRoster::new(roster);
         assert_eq!(publish_roster(addr, &genesis).await.expect("applied"), 1);
 
         let mut next = genesis.roster().clone();

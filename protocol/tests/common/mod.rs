@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use medmesh_protocol::identity::{ContentId, Keypair, MemberId};
 use medmesh_protocol::peer::{Action, Config, Event, Peer};
-use medmesh_protocol::roster::{Chain, Member, Role, Roster, SignedRoster};
+use medmesh_protocol::roster::{Chain, Role, Roster};
+use medmesh_testkit::{key, member, signed_by};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -50,35 +51,25 @@ pub struct Net {
     pub attackers: Vec<usize>,
 }
 
+/// The keys of members 1..=`n`: `keys(n)[i]` is the key of member `i + 1` of [`chain`].
 pub fn keys(n: usize) -> Vec<Keypair> {
-    (0..n)
-        .map(|i| Keypair::from_seed([i as u8 + 1; 32]))
+    (1..=n)
+        .map(|i| key(u8::try_from(i).expect("at most 255 members")))
         .collect()
 }
 
-pub fn chain(keys: &[Keypair], roles: &[Role]) -> Chain {
-    let members = keys
-        .iter()
-        .zip(roles)
-        .enumerate()
-        .map(|(i, (k, role))| Member {
-            id: k.id(),
-            name: format!("Hospital {i}"),
-            site: format!("site-{i}"),
-            country: "FR".into(),
-            role: *role,
-            addresses: vec![],
-        })
-        .collect();
+/// A genesis roster (threshold 2) of members 1..=`roles.len()` with `roles`, signed by all of
+/// them.
+pub fn chain(roles: &[Role]) -> Chain {
+    let members = (1..).zip(roles).map(|(n, role)| member(n, *role)).collect();
     let roster = Roster::genesis("test-mesh", 2, members).expect("valid genesis");
-    let mut signed = SignedRoster::new(roster);
-    for k in keys {
-        signed.sign(k);
-    }
-    Chain::from_genesis(signed).expect("founders signed")
+    let signers: Vec<u8> = (1..).take(roles.len()).collect();
+    Chain::from_genesis(signed_by(roster, &signers)).expect("founders signed")
 }
 
 impl Net {
+    /// A mesh of hospitals holding `keys` (the [`keys`] of as many members: the roster is
+    /// [`chain`]'s).
     pub fn new(
         keys: &[Keypair],
         configs: Vec<Config>,
@@ -86,7 +77,7 @@ impl Net {
         samples: &[u64],
     ) -> Self {
         let roles = vec![Role::Hospital; keys.len()];
-        Self::with_chain(chain(keys, &roles), keys, configs, inits, samples)
+        Self::with_chain(chain(&roles), keys, configs, inits, samples)
     }
 
     pub fn with_chain(
