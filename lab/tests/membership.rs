@@ -15,10 +15,11 @@ use medmesh_node::admin::Phase;
 fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    // 40 rounds, not FLamby's 15: a round of this small model takes ~0.2 s here, and refusing
-    // the one-signature roster and publishing the full one (two CLI processes) ~2 s, so with 15
-    // rounds the run could end before the newcomer had anything to catch up with.
-    let options = options(dir, 40);
+    // 200 rounds, not FLamby's 15: a round of this small model takes ~50 ms here now that the
+    // store is off the event loop, and showing the refusals, refusing the one-signature roster
+    // and publishing the full one (status polls and two CLI processes) take a few seconds, so a
+    // short run could end before the newcomer had anything to catch up with.
+    let options = options(dir, 200);
     // Cleveland's records are split between the founding clinic and a second one that joins.
     let founders = [
         LocalNode::new(dir, "cleveland", data("cleveland", Some((0, 2)))),
