@@ -40,7 +40,13 @@ fn audit(node: &LocalNode) -> (BTreeSet<ContentId>, BTreeSet<ContentId>, usize) 
 fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let options = options(dir, 15);
+    // 2,000 local steps a round at a 20× smaller rate, not 100: training must be most of a
+    // round for the kill to land inside it (with the store off the event loop, a 100-step round
+    // takes ~50 ms, most of it not training, and a poll every 200 ms can miss every training
+    // phase of the run); the same rate × steps keeps the hospitals' drift per round the same.
+    let mut options = options(dir, 15);
+    options.steps = 2000;
+    options.lr /= 20.0;
     let nodes = ["cleveland", "hungarian", "switzerland", "va"]
         .map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
     let all: Vec<&LocalNode> = nodes.iter().collect();
