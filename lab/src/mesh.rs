@@ -187,6 +187,9 @@ impl LocalNode {
         let home = dir.join(name);
         std::fs::create_dir_all(&home)?;
         let key = keys::load_or_generate(&home.join("key.pem"))?;
+        // The admin token the node will use (it would make one at its first start); made now so
+        // the lab can talk to the node from the start.
+        keys::AdminToken::load_or_create(&keys::token_path(&home.join("key.pem")))?;
         Ok(Self {
             name: name.to_owned(),
             data,
@@ -288,6 +291,7 @@ impl LocalNode {
                 mdns: false,
                 ..NetworkConfig::default()
             },
+            ..NodeConfig::default()
         })
     }
 
@@ -322,16 +326,35 @@ impl LocalNode {
         serde_json::from_str(&text).ok()
     }
 
+    /// Its admin endpoint, with its token.
+    pub fn endpoint(&self) -> anyhow::Result<admin::Endpoint> {
+        Ok(admin::Endpoint::new(
+            self.admin,
+            &keys::token_path(&self.home.join("key.pem")),
+        )?)
+    }
+
     /// Its status from its admin endpoint, if it answers.
     pub fn status(&self) -> Option<admin::Status> {
+        let endpoint = self.endpoint().ok()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .ok()?;
         runtime
-            .block_on(admin::fetch_status(self.admin))
+            .block_on(admin::fetch_status(&endpoint))
             .ok()
             .map(|(status, _)| status)
+    }
+
+    /// Its `/metrics` page, if its admin endpoint answers.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let endpoint = self.endpoint()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let page = runtime.block_on(admin::get(&endpoint, "/metrics"))?;
+        Ok(String::from_utf8_lossy(&page).into_owned())
     }
 }
 

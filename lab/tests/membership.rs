@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::{cli, data, options, wait_for};
 use medmesh_lab::mesh::{self, Children, LocalNode};
 use medmesh_node::admin::Phase;
+use medmesh_node::config::ValidationData;
 
 #[test]
 fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
@@ -73,7 +74,15 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     for (i, node) in everyone.iter().enumerate() {
         // Everyone pulls from every other trainer (3 before the admission, 4 after); the
         // newcomer knows the founders' addresses, and they do not know it.
-        let config = node.config(&spec, i, 4, &founding).expect("config");
+        let mut config = node.config(&spec, i, 4, &founding).expect("config");
+        if i == 2 {
+            // Switzerland may validate on VA's test split too (a dataset it declares, by name).
+            config.validation.push(ValidationData {
+                name: "va-test".into(),
+                schema: common::schema(),
+                site: "va".into(),
+            });
+        }
         node.write_config(&config).expect("write config");
         children.set(i, node.spawn(common::exe()).expect("spawn"));
     }
@@ -103,13 +112,8 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
         founders
             .iter()
             .map(|f| {
-                let metrics = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(medmesh_node::admin::get(f.admin, "/metrics"))
-                    .expect("metrics");
-                String::from_utf8_lossy(&metrics)
+                f.metrics()
+                    .expect("metrics")
                     .lines()
                     .find_map(|l| l.strip_prefix("medmesh_connections_refused_total "))
                     .and_then(|v| v.parse::<u64>().ok())
@@ -125,13 +129,13 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
 
     // Mid-run, one member publishes it. One signature is not enough: the node refuses to follow
     // it, and says why.
-    let admin = founders[1].admin.to_string();
+    let admin = founders[1].config_path().to_string_lossy().into_owned();
     let refused = std::process::Command::new(common::exe())
         .args([
             "roster",
             "publish",
             &one_signature.to_string_lossy(),
-            "--admin",
+            "--config",
             &admin,
         ])
         .output()
@@ -139,7 +143,7 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("409") && why.contains("signature"), "{why}");
-    let published = cli(&["roster", "publish", &proposal_text, "--admin", &admin]);
+    let published = cli(&["roster", "publish", &proposal_text, "--config", &admin]);
     assert!(published.contains("roster version 1"), "{published}");
     let admitted_at = founders[1].status().expect("status").round;
 
@@ -196,17 +200,14 @@ fn a_hospital_off_the_roster_is_refused_then_admitted_mid_run_and_catches_up() {
     assert!(distance <= 1e-3, "the five nodes disagree: {distance}");
     // While the members linger, one validates the newest model on another site's test split
     // on demand (hospitals may validate too) and publishes the signed report.
-    let schema = common::schema();
     let line = cli(&[
         "validate",
-        "--admin",
-        &founders[2].admin.to_string(),
+        "--config",
+        &founders[2].config_path().to_string_lossy(),
         "--model",
         "latest",
-        "--data",
-        &schema.to_string_lossy(),
-        "--site",
-        "va",
+        "--dataset",
+        "va-test",
     ]);
     assert!(
         line.contains("on 45 samples") && line.contains("auc"),

@@ -164,6 +164,7 @@ fn a_slow_disk_does_not_stall_the_event_loop() {
         .expect("runtime");
     let (mut gossip_during, mut served_during, mut windows, mut pending_seconds) =
         (0u64, 0u64, 0u64, 0.0);
+    let endpoint = slow.endpoint().expect("endpoint");
     let mut first: Option<Sample> = None;
     let started = Instant::now();
     while !node.is_finished() && started.elapsed() < Duration::from_secs(400) {
@@ -173,7 +174,7 @@ fn a_slow_disk_does_not_stall_the_event_loop() {
             continue;
         }
         let sync = syncs.load(Ordering::SeqCst);
-        let Ok(body) = runtime.block_on(admin::get(slow.admin, "/metrics")) else {
+        let Ok(body) = runtime.block_on(admin::get(&endpoint, "/metrics")) else {
             continue;
         };
         let page = String::from_utf8_lossy(&body);
@@ -284,6 +285,7 @@ async fn probe_payloads(
     };
     let mut swarm = network::build_swarm(&probe.key, &config, roster).expect("the probe's swarm");
     let target = network::peer_id(&slow.key.id()).expect("peer id");
+    let endpoint = slow.endpoint().expect("endpoint");
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut probed = Probed::default();
     let mut in_flight: Option<(request_response::OutboundRequestId, u64)> = None;
@@ -316,7 +318,7 @@ async fn probe_payloads(
             _ = tick.tick() => {
                 if asked_status.elapsed() >= Duration::from_millis(500) {
                     asked_status = Instant::now();
-                    if let Ok((status, _)) = admin::fetch_status(slow.admin).await {
+                    if let Ok((status, _)) = admin::fetch_status(&endpoint).await {
                         newest = status.own_version.or(newest);
                     }
                 }

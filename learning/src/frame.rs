@@ -9,6 +9,11 @@
 //! [`Request::Train`] / [`Request::Predict`] use it. A request the learner refuses is answered
 //! with [`Response::Failed`] and the worker carries on. The worker ends when its input closes.
 //!
+//! **The privacy ledger is the peer's.** [`Request::Train`] carries the accountant state the
+//! learner continues from (what the hospital has spent, as the peer stored it), and
+//! [`Response::Trained`] the state after the round, which the peer stores with its checkpoint:
+//! ε never restarts from zero when a worker is replaced or the node restarts.
+//!
 //! This module only encodes and decodes: it never starts a process or touches a file. The
 //! peer's side (starting, feeding and replacing workers) is the node's `worker` module; the
 //! worker's side is `medmesh_trainer::worker`.
@@ -22,9 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Table;
 use crate::learner::{ModelSpec, TrainConfig};
+use crate::privacy::AccountantState;
 
 /// Version of the request/response protocol; both sides must speak the same.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 /// The worker program's file name.
 pub const PROGRAM: &str = "medmesh-train";
 /// Environment variable naming the worker program.
@@ -137,13 +143,17 @@ pub enum Request<'a> {
     },
     /// Build the learner (replacing any earlier one).
     Build(Cow<'a, Setup>),
-    /// Load `params`, train `steps` optimizer steps, answer with the new parameters.
+    /// Load `params` (and the privacy ledger `privacy`, if given), train `steps` optimizer
+    /// steps, answer with the new parameters.
     Train {
         /// Parameters to start from.
         #[serde(with = "f32_le")]
         params: Cow<'a, [f32]>,
         /// Optimizer steps.
         steps: usize,
+        /// The accountant state to continue from (replacing the learner's own); `None` keeps
+        /// the learner's.
+        privacy: Option<Cow<'a, AccountantState>>,
     },
     /// Load `params` and predict every row of `table` (probabilities for a binary task,
     /// log-risk scores for survival).
@@ -187,8 +197,11 @@ pub enum Response {
         /// The parameters after training.
         #[serde(with = "f32_le")]
         params: Vec<f32>,
-        /// Training metrics (`loss`, `epsilon` under DP).
+        /// Training metrics: `loss` without DP; under DP-SGD only `epsilon`.
         metrics: BTreeMap<String, f64>,
+        /// The accountant state after training, for the peer to store; `None` for a learner
+        /// that has never accounted for anything (no DP and no ledger given).
+        privacy: Option<AccountantState>,
     },
     /// Predictions, one per row.
     Predicted(#[serde(with = "f32_le")] Vec<f32>),
@@ -303,27 +316,48 @@ mod tests {
         let params = [1.5f32, -0.0, f32::MIN_POSITIVE];
         let mut buf = Vec::new();
         write_frame(&mut buf, &Request::Build(Cow::Borrowed(&setup))).expect("writes");
+        let ledger = AccountantState {
+            history: vec![crate::privacy::Steps {
+                noise_multiplier: 1.1,
+                sample_rate: 0.01,
+                steps: 250,
+            }],
+        };
         write_frame(
             &mut buf,
             &Request::Train {
                 params: Cow::Borrowed(&params),
                 steps: 3,
+                privacy: Some(Cow::Borrowed(&ledger)),
             },
         )
         .expect("writes");
+        let trained = Response::Trained {
+            params: params.to_vec(),
+            metrics: BTreeMap::from([("epsilon".to_owned(), 0.5)]),
+            privacy: Some(ledger.clone()),
+        };
+        write_frame(&mut buf, &trained).expect("writes");
         let mut input = buf.as_slice();
         let first: Request<'static> = read_frame(&mut input).expect("reads").expect("a frame");
         assert_eq!(first, Request::Build(Cow::Owned(setup)));
         let second: Request<'static> = read_frame(&mut input).expect("reads").expect("a frame");
         match second {
-            Request::Train { params: got, steps } => {
+            Request::Train {
+                params: got,
+                steps,
+                privacy,
+            } => {
                 assert_eq!(steps, 3);
+                assert_eq!(privacy.as_deref(), Some(&ledger));
                 let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
                 let want: Vec<u32> = params.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(bits, want);
             }
             other => panic!("read {other:?}"),
         }
+        let third: Response = read_frame(&mut input).expect("reads").expect("a frame");
+        assert_eq!(third, trained);
         assert!(
             read_frame::<Request<'static>>(&mut input)
                 .expect("clean end")

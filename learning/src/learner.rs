@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Task;
 use crate::metrics;
-use crate::privacy::DpConfig;
+use crate::privacy::{self, DpConfig};
 
 /// What can go wrong when building, training or saving a model.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,13 @@ pub enum Error {
     /// Metrics could not be computed (e.g. a diverged model).
     #[error("metrics: {0}")]
     Metrics(#[from] metrics::Error),
+    /// Differential privacy refused: the hospital's budget is spent ([`privacy::Error::Budget`]),
+    /// or a stored accountant state does not check.
+    #[error("{0}")]
+    Privacy(#[from] privacy::Error),
+    /// The operating system's random source, which DP-SGD's noise is drawn from, failed.
+    #[error("the operating system's random source failed: {0}")]
+    Entropy(String),
 }
 
 /// The model every member of an experiment trains.
@@ -210,7 +217,9 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Optimizer steps per round.
     pub local_steps: usize,
-    /// Seed of batch order, sampling and DP noise.
+    /// Seed of batch order (and of DP-SGD's sampling and noise only with
+    /// [`DpConfig::seeded_noise`], for simulations and tests: by default those come from the
+    /// operating system).
     pub seed: u64,
     /// libtorch intra-op threads.
     pub threads: i32,
@@ -272,6 +281,7 @@ pub trait Learner {
     fn params(&self) -> Vec<f32>;
     /// Replaces the parameters.
     fn load(&mut self, params: &[f32]) -> Result<(), Error>;
-    /// Trains `steps` optimizer steps from the current parameters; returns training metrics.
+    /// Trains `steps` optimizer steps from the current parameters; returns training metrics
+    /// (the published ones: under DP-SGD no figure computed from the private batches but ε).
     fn train(&mut self, steps: usize) -> Result<BTreeMap<String, f64>, Error>;
 }

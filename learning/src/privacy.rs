@@ -15,10 +15,24 @@
 //! really samples each example independently with probability `sample_rate` and clips each
 //! per-sample gradient to `max_grad_norm` before adding the noise.
 //!
+//! **ε only grows.** A hospital's privacy loss adds up over its whole life, not per process: an
+//! [`Accountant`]'s history travels as an [`AccountantState`] (the worker returns it with every
+//! round, the peer stores it with its checkpoint and hands it back to every learner it builds),
+//! so a restart or a rebuilt worker continues from what was spent instead of from zero. With
+//! [`DpConfig::max_epsilon`] set, [`Accountant::check_budget`] refuses training that would take
+//! ε past it ([`Error::Budget`]).
+//!
+//! **Where the noise comes from** is the learner's business, but its switch lives here:
+//! [`DpConfig::seeded_noise`] (off by default) makes the learner draw Poisson sampling and noise
+//! from the training seed, for the simulator and tests only. Noise anyone can regenerate from the
+//! config can be subtracted, so a node refuses that setting; by default the learner draws them
+//! from a generator seeded by the operating system.
+//!
 //! It must never under-report ε: each RDP value is rounded up by a bound on its floating-point
 //! error; where f64 cannot give a figure at all it answers ∞ or an error, never a smaller number;
-//! bad inputs are errors, not guesses. It does no I/O, draws no randomness and never touches
-//! tensors — adding the noise is the learner's job; this module only counts.
+//! bad inputs, stored states included, are errors, not guesses. It does no I/O, draws no
+//! randomness and never touches tensors — adding the noise is the learner's job; this module only
+//! counts.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +98,25 @@ pub enum Error {
     /// More steps than a `u64` counts.
     #[error("step count overflows u64")]
     StepsOverflow,
+    /// A privacy budget that is not a finite number above 0.
+    #[error("max_epsilon {0} is not a finite number above 0")]
+    MaxEpsilon(f64),
+    /// Training further would take ε past the hospital's budget ([`DpConfig::max_epsilon`]).
+    #[error(
+        "privacy budget exhausted: max_epsilon is {max_epsilon} at delta {delta}, epsilon {spent:.4} is spent, and {steps} more DP-SGD steps would take it to {would_spend:.4}; training stops here (raise max_epsilon only if the hospital accepts the extra privacy loss)"
+    )]
+    Budget {
+        /// The budget.
+        max_epsilon: f64,
+        /// The δ ε is counted at.
+        delta: f64,
+        /// ε spent so far.
+        spent: f64,
+        /// The steps refused.
+        steps: u64,
+        /// ε after those steps.
+        would_spend: f64,
+    },
     /// No noise multiplier up to [`MAX_NOISE_MULTIPLIER`] keeps ε within the target.
     #[error(
         "no noise multiplier up to 1e6 keeps epsilon within {target_epsilon} at delta {delta}: the budget is too small for these steps and sample rate"
@@ -113,22 +146,35 @@ pub struct DpConfig {
     pub max_grad_norm: f64,
     /// The δ at which the hospital reports ε; keep it well below 1 / (number of examples).
     pub delta: f64,
+    /// The hospital's privacy budget: the learner refuses training that would take ε (at
+    /// `delta`, over the hospital's whole history) past it. `None`: no limit, ε is only reported.
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+    /// Draw Poisson sampling and noise from the training seed instead of the operating system,
+    /// so that a run repeats exactly. **Unsafe for real data**: anyone who knows the config can
+    /// regenerate the noise and subtract it, and it repeats after a restart. For the simulator
+    /// and tests only; a node refuses a config that sets it.
+    #[serde(default)]
+    pub seeded_noise: bool,
 }
 
 impl Default for DpConfig {
-    /// σ = 1, C = 1, δ = 10⁻⁵: the usual starting point for a data set of up to ~10⁵ examples.
+    /// σ = 1, C = 1, δ = 10⁻⁵: the usual starting point for a data set of up to ~10⁵ examples;
+    /// no budget, noise from the operating system.
     fn default() -> Self {
         Self {
             noise_multiplier: 1.0,
             max_grad_norm: 1.0,
             delta: 1e-5,
+            max_epsilon: None,
+            seeded_noise: false,
         }
     }
 }
 
 impl DpConfig {
     /// Checks the settings: a noise multiplier in (0, [`MAX_NOISE_MULTIPLIER`]], a finite positive
-    /// clipping bound and δ in (0, 1).
+    /// clipping bound, δ in (0, 1) and a budget, if any, that is a finite number above 0.
     pub fn check(&self) -> Result<(), Error> {
         check_noise(self.noise_multiplier)?;
         if self.noise_multiplier == 0.0 {
@@ -136,6 +182,11 @@ impl DpConfig {
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
             return Err(Error::MaxGradNorm(self.max_grad_norm));
+        }
+        if let Some(max) = self.max_epsilon
+            && !(max.is_finite() && max > 0.0)
+        {
+            return Err(Error::MaxEpsilon(max));
         }
         check_delta(self.delta)
     }
@@ -147,21 +198,82 @@ impl DpConfig {
 pub struct Accountant {
     /// One entry per distinct (σ, q); composition is commutative, so order does not matter and
     /// the history stays as small as the number of distinct settings.
-    history: Vec<Entry>,
+    history: Vec<Steps>,
 }
 
 /// Steps taken with one setting.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Entry {
-    noise_multiplier: f64,
-    sample_rate: f64,
-    steps: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steps {
+    /// σ of these steps.
+    pub noise_multiplier: f64,
+    /// q of these steps.
+    pub sample_rate: f64,
+    /// How many.
+    pub steps: u64,
+}
+
+/// What an [`Accountant`] has recorded, to store and restore it ([`Accountant::state`],
+/// [`Accountant::restore`]): the whole history, so that ε after a restart is the ε before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountantState {
+    /// Steps per distinct setting.
+    pub history: Vec<Steps>,
 }
 
 impl Accountant {
     /// An accountant that has spent nothing.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The history, to store.
+    pub fn state(&self) -> AccountantState {
+        AccountantState {
+            history: self.history.clone(),
+        }
+    }
+
+    /// An accountant that continues from a stored history. Each entry is checked as
+    /// [`Accountant::step`] checks it (a damaged state is an error, never a smaller ε); entries
+    /// of the same setting are merged.
+    pub fn restore(state: &AccountantState) -> Result<Self, Error> {
+        let mut accountant = Self::new();
+        for entry in &state.history {
+            accountant.step(entry.noise_multiplier, entry.sample_rate, entry.steps)?;
+        }
+        Ok(accountant)
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty()
+    }
+
+    /// Refuses `steps` more DP-SGD steps at `sample_rate` under `dp` if they would take ε at
+    /// `dp.delta` past `dp.max_epsilon` ([`Error::Budget`]); without a budget, never refuses.
+    /// Records nothing.
+    pub fn check_budget(&self, dp: &DpConfig, sample_rate: f64, steps: u64) -> Result<(), Error> {
+        let Some(max_epsilon) = dp.max_epsilon else {
+            return Ok(());
+        };
+        let spent = self.spent(dp.delta)?.epsilon;
+        let mut after = self.clone();
+        after.step(dp.noise_multiplier, sample_rate, steps)?;
+        let would_spend = after.spent(dp.delta)?.epsilon;
+        // Not `would_spend > max`: a NaN must refuse too.
+        if would_spend <= max_epsilon {
+            Ok(())
+        } else {
+            Err(Error::Budget {
+                max_epsilon,
+                delta: dp.delta,
+                spent,
+                steps,
+                would_spend,
+            })
+        }
     }
 
     /// Records `steps` DP-SGD steps at `noise_multiplier` and `sample_rate`, merging them with
@@ -185,7 +297,7 @@ impl Accountant {
             Some(entry) => {
                 entry.steps = entry.steps.checked_add(steps).ok_or(Error::StepsOverflow)?;
             }
-            None => self.history.push(Entry {
+            None => self.history.push(Steps {
                 noise_multiplier,
                 sample_rate,
                 steps,
@@ -1274,5 +1386,120 @@ mod tests {
     fn error_numerical() {
         assert_eq!(log_sub(1.0, 2.0, 2.5), Err(Error::Numerical { order: 2.5 }));
         assert_eq!(log_sub(1.0, 1.0, 2.5), Err(Error::Numerical { order: 2.5 }));
+    }
+
+    // ----- Persistence and budget -----
+
+    #[test]
+    fn a_restored_accountant_continues_where_the_stored_one_stopped()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut accountant = Accountant::new();
+        accountant.step(1.1, 0.02, 300)?;
+        accountant.step(2.0, 0.05, 40)?;
+        let before = accountant.spent(1e-5)?.epsilon;
+        // Through JSON, as the store keeps it.
+        let text = serde_json::to_string(&accountant.state())?;
+        let state: AccountantState = serde_json::from_str(&text)?;
+        assert_eq!(state, accountant.state());
+        let mut restored = Accountant::restore(&state)?;
+        assert_eq!(restored.spent(1e-5)?.epsilon, before);
+        restored.step(1.1, 0.02, 1)?;
+        assert!(restored.spent(1e-5)?.epsilon > before);
+        assert!(Accountant::restore(&AccountantState::default())?.is_empty());
+        // Duplicated settings merge as if they had been recorded by one accountant.
+        let doubled = AccountantState {
+            history: vec![state.history[0], state.history[0]],
+        };
+        let mut once = Accountant::new();
+        once.step(1.1, 0.02, 600)?;
+        assert_eq!(Accountant::restore(&doubled)?.state(), once.state());
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_state_is_an_error_not_a_smaller_epsilon() {
+        let bad = |noise_multiplier, sample_rate, steps| AccountantState {
+            history: vec![
+                Steps {
+                    noise_multiplier: 1.0,
+                    sample_rate: 0.1,
+                    steps: u64::MAX,
+                },
+                Steps {
+                    noise_multiplier,
+                    sample_rate,
+                    steps,
+                },
+            ],
+        };
+        assert!(matches!(
+            Accountant::restore(&bad(-1.0, 0.1, 1)),
+            Err(Error::NoiseMultiplier(_))
+        ));
+        assert!(matches!(
+            Accountant::restore(&bad(1.0, 2.0, 1)),
+            Err(Error::SampleRate(_))
+        ));
+        assert_eq!(
+            Accountant::restore(&bad(1.0, 0.1, 1)).err(),
+            Some(Error::StepsOverflow)
+        );
+        let typo = r#"{"history":[{"noise_multiplier":1,"sample_rate":0.1,"step":3}]}"#;
+        assert!(serde_json::from_str::<AccountantState>(typo).is_err());
+    }
+
+    #[test]
+    fn the_budget_refuses_steps_past_max_epsilon_and_names_it() -> Result<(), Error> {
+        let dp = DpConfig {
+            max_epsilon: Some(2.0),
+            ..DpConfig::default()
+        };
+        let mut accountant = Accountant::new();
+        accountant.check_budget(&dp, 0.01, 100)?;
+        accountant.step(1.0, 0.01, 100)?;
+        let spent = accountant.spent(dp.delta)?.epsilon;
+        assert!(spent < 2.0, "{spent}");
+        let err = accountant
+            .check_budget(&dp, 0.01, 10_000)
+            .expect_err("past the budget");
+        let Error::Budget {
+            max_epsilon,
+            spent: reported,
+            steps,
+            would_spend,
+            ..
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!((max_epsilon, reported, steps), (2.0, spent, 10_000));
+        assert!(would_spend > 2.0, "{would_spend}");
+        let text = err.to_string();
+        assert!(
+            text.contains("privacy budget exhausted")
+                && text.contains("max_epsilon is 2")
+                && text.contains(&format!("{spent:.4}")),
+            "{text}"
+        );
+        // Checking records nothing; without a budget nothing is refused.
+        assert_eq!(accountant.spent(dp.delta)?.epsilon, spent);
+        accountant.check_budget(&DpConfig::default(), 0.01, 10_000)?;
+        Ok(())
+    }
+
+    #[test]
+    fn new_settings_default_off_and_the_budget_is_checked() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let config: DpConfig =
+            serde_json::from_str(r#"{"noise_multiplier":1.1,"max_grad_norm":1.0,"delta":1e-5}"#)?;
+        assert_eq!((config.max_epsilon, config.seeded_noise), (None, false));
+        for max in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let config = DpConfig {
+                max_epsilon: Some(max),
+                ..DpConfig::default()
+            };
+            assert!(matches!(config.check(), Err(Error::MaxEpsilon(_))));
+        }
+        Ok(())
     }
 }

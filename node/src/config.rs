@@ -6,6 +6,7 @@
 //! genesis = "roster.json"      # the founders' signed roster, used until the store holds one
 //! init_seed = 42               # every member initializes the model from the same seed
 //! linger_ms = 15000            # keep serving payloads this long after the last round
+//! retention_rounds = 10        # keep each author's last 10 rounds of payloads (0: keep all)
 //!
 //! [data]
 //! schema = "../data/heart-disease/schema.toml"
@@ -19,6 +20,8 @@
 //! lr = 0.001
 //! batch_size = 4
 //! local_steps = 100
+//! # DP-SGD (noise from the OS; training stops once epsilon would pass max_epsilon):
+//! # dp = { noise_multiplier = 1.1, max_grad_norm = 1.0, delta = 1e-5, max_epsilon = 8.0 }
 //!
 //! [experiment]                 # medmesh_protocol::peer::Config (model digest is filled in)
 //! experiment = "heart-disease"
@@ -30,6 +33,8 @@
 //! [network]                    # network::NetworkConfig
 //! listen = ["/ip4/0.0.0.0/tcp/4001"]
 //! bootstrap = ["/ip4/10.0.0.2/tcp/4001/p2p/12D3Koo..."]
+//! payload_request_burst = 64         # payload requests a member may make at once,
+//! payload_requests_per_second = 32   # then this many a second (beyond: "not found")
 //! ```
 //!
 //! Relative paths are relative to the config file's folder. Every section has defaults;
@@ -97,6 +102,18 @@ impl Default for DataConfig {
     }
 }
 
+/// A local dataset the operator may validate on, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationData {
+    /// What the operator calls it (`medmesh validate --dataset NAME`).
+    pub name: String,
+    /// Its schema file.
+    pub schema: PathBuf,
+    /// The site whose test split to validate on.
+    pub site: String,
+}
+
 /// Training rows `index`, `index + count`, `index + 2·count`, … of a site (the test split is
 /// the site's whole test split).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,10 +139,28 @@ pub struct NodeConfig {
     pub init_seed: u64,
     /// After the last round, keep serving payloads to slower members this long (milliseconds).
     pub linger_ms: u64,
+    /// Payloads kept in the store: those of each author's last `retention_rounds` rounds, plus
+    /// every payload in the lineage of this node's final version and of every certified version;
+    /// older ones are deleted every `retention_rounds / 2` rounds, so the store stops growing.
+    /// Version records, reports and rosters are never deleted (lineage and certification stay
+    /// checkable; `medmesh export` of a version whose payload is gone says so). 0 keeps every
+    /// payload; otherwise at least 2, so a member a round behind still finds what it pulls.
+    pub retention_rounds: u64,
     /// Where to write the final result (JSON), if anywhere.
     pub results: Option<PathBuf>,
-    /// Local HTTP endpoint for `/status` and `/metrics` (e.g. `127.0.0.1:9100`).
+    /// The admin endpoint (`/status`, `/metrics` and the operator's requests), e.g.
+    /// `127.0.0.1:9100`; off when not set. Every request needs the token of `admin_token`.
     pub admin: Option<SocketAddr>,
+    /// The admin endpoint's credential file (default: `admin.token` beside the key), made
+    /// owner-only with a random token at `medmesh init` or the first start.
+    pub admin_token: Option<PathBuf>,
+    /// Allow `admin` to be an address other than loopback. Off by default: the endpoint speaks
+    /// plain HTTP, so a remote one belongs behind a TLS proxy on a management network.
+    pub admin_remote: bool,
+    /// Local datasets the operator may validate models on besides `[data]`
+    /// (`[[validation]]`, each with a `name`, its `schema` and a `site`): `medmesh validate
+    /// --dataset NAME` names one; a request never names a file.
+    pub validation: Vec<ValidationData>,
     /// Members that must be connected and subscribed before the first round starts, so the
     /// first announcements reach them (default: every other training member of the roster).
     pub min_peers: Option<usize>,
@@ -155,8 +190,12 @@ impl Default for NodeConfig {
             genesis: "roster.json".into(),
             init_seed: 42,
             linger_ms: 15_000,
+            retention_rounds: 10,
             results: None,
             admin: None,
+            admin_token: None,
+            admin_remote: false,
+            validation: Vec::new(),
             min_peers: None,
             start_timeout_ms: 60_000,
             validate_final: false,
@@ -207,6 +246,12 @@ impl NodeConfig {
         if let Some(r) = &mut self.results {
             join(r);
         }
+        if let Some(t) = &mut self.admin_token {
+            join(t);
+        }
+        for v in &mut self.validation {
+            join(&mut v.schema);
+        }
         if let ModelSpec::TorchScript { path, .. } = &mut self.model {
             join(path);
         }
@@ -223,6 +268,15 @@ impl NodeConfig {
             ));
         }
         self.training.check().map_err(|e| e.to_string())?;
+        if self.training.dp.is_some_and(|dp| dp.seeded_noise) {
+            return Err(
+                "[training.dp] seeded_noise = true draws the DP-SGD noise from the config's \
+                 seed: anyone who knows the config can regenerate the noise and subtract it, so it \
+                 protects no patient. It exists for the simulator and tests only; remove it, and \
+                 the node draws its noise from the operating system"
+                    .into(),
+            );
+        }
         self.network.check().map_err(|e| format!("[network] {e}"))?;
         let mut experiment = self.experiment.clone();
         experiment.model = medmesh_protocol::identity::Digest::default();
@@ -232,7 +286,44 @@ impl NodeConfig {
         if self.data.site.is_empty() {
             return Err("[data] site must name this hospital's site in the schema".into());
         }
+        if let Some(addr) = self.admin
+            && !addr.ip().is_loopback()
+            && !self.admin_remote
+        {
+            return Err(format!(
+                "admin = \"{addr}\" is not a loopback address: the admin endpoint speaks plain \
+                 HTTP, so set admin_remote = true only for a management network, behind a TLS proxy"
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for v in &self.validation {
+            if v.name.trim().is_empty() || !names.insert(v.name.as_str()) {
+                return Err(format!(
+                    "[[validation]] names must be unique and not empty ({:?})",
+                    v.name
+                ));
+            }
+        }
+        if self.retention_rounds == 1 {
+            return Err(
+                "retention_rounds must be 0 (keep every payload) or at least 2 (a member a \
+                 round behind still finds the payloads it pulls)"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The admin token file: `admin_token`, or `admin.token` beside the key.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token
+            .clone()
+            .unwrap_or_else(|| crate::keys::token_path(&self.key))
+    }
+
+    /// The `[[validation]]` dataset called `name`.
+    pub fn validation_data(&self, name: &str) -> Option<&ValidationData> {
+        self.validation.iter().find(|v| v.name == name)
     }
 
     /// How long to keep serving after the last round.
@@ -244,6 +335,35 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_admin_endpoint_needs_the_opt_in_and_validation_names_are_unique() {
+        let mut config = NodeConfig {
+            admin: Some("0.0.0.0:9100".parse().expect("addr")),
+            ..NodeConfig::default()
+        };
+        let err = config.check().expect_err("not loopback");
+        assert!(err.contains("admin_remote") && err.contains("TLS"), "{err}");
+        config.admin_remote = true;
+        assert_eq!(config.check(), Ok(()));
+        config.admin = Some("127.0.0.1:9100".parse().expect("addr"));
+        config.admin_remote = false;
+        assert_eq!(config.check(), Ok(()));
+        assert_eq!(config.admin_token_path(), PathBuf::from("admin.token"));
+        let data = ValidationData {
+            name: "va".into(),
+            schema: "schema.toml".into(),
+            site: "va".into(),
+        };
+        config.validation = vec![data.clone(), data];
+        assert!(config.check().expect_err("twice").contains("unique"));
+        config.validation.pop();
+        assert_eq!(
+            config.validation_data("va").map(|v| v.site.as_str()),
+            Some("va")
+        );
+        assert_eq!(config.validation_data("/etc/passwd"), None);
+    }
 
     #[test]
     fn defaults_round_trip_through_toml() {
@@ -273,6 +393,21 @@ mod tests {
     }
 
     #[test]
+    fn retention_keeps_at_least_two_rounds_or_everything() {
+        let config = |retention_rounds| NodeConfig {
+            retention_rounds,
+            ..NodeConfig::default()
+        };
+        assert!(config(1).check().is_err());
+        assert_eq!(config(0).check(), Ok(()));
+        assert_eq!(config(2).check(), Ok(()));
+        let parsed: NodeConfig = toml::from_str("retention_rounds = 25\n").expect("parses");
+        assert_eq!(parsed.retention_rounds, 25);
+        let parsed: NodeConfig = toml::from_str("").expect("parses");
+        assert_eq!(parsed.retention_rounds, 10, "the default");
+    }
+
+    #[test]
     fn relative_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.toml");
@@ -284,5 +419,31 @@ mod tests {
         let config = NodeConfig::load(&path).expect("loads");
         assert_eq!(config.key, dir.path().join("keys/k.pem"));
         assert_eq!(config.data.schema, PathBuf::from("/abs/schema.toml"));
+    }
+
+    #[test]
+    fn dp_is_read_with_its_budget_and_seeded_noise_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        let dp = "[training.dp]\nnoise_multiplier = 1.1\nmax_grad_norm = 1.0\ndelta = 1e-5\n";
+        std::fs::write(&path, format!("{dp}max_epsilon = 8.0\n")).expect("write");
+        let config = NodeConfig::load(&path).expect("loads");
+        let read = config.training.dp.expect("dp on");
+        assert_eq!((read.max_epsilon, read.seeded_noise), (Some(8.0), false));
+
+        std::fs::write(&path, format!("{dp}seeded_noise = true\n")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("seeded noise");
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{text}");
+        assert!(
+            text.contains("node.toml")
+                && text.contains("seeded_noise = true")
+                && text.contains("simulator and tests only"),
+            "{text}"
+        );
+
+        std::fs::write(&path, format!("{dp}max_epsilon = 0.0\n")).expect("write");
+        let err = NodeConfig::load(&path).expect_err("no budget at all");
+        assert!(err.to_string().contains("max_epsilon 0"), "{err}");
     }
 }

@@ -29,7 +29,8 @@ struct BlockArgs {
     /// Members by roster name, site or member id.
     #[arg(required = true)]
     members: Vec<String>,
-    /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+    /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`); its token is
+    /// the config's `admin_token`, or the file `MEDMESH_ADMIN_TOKEN` names.
     #[arg(long, env = "MEDMESH_ADMIN")]
     admin: Option<SocketAddr>,
     /// Take the admin address from this node config.
@@ -50,7 +51,8 @@ enum Command {
     },
     /// Ask a running node how it is doing (its local admin endpoint: `admin` in its config).
     Status {
-        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`); its token is
+        /// the config's `admin_token`, or the file `MEDMESH_ADMIN_TOKEN` names.
         #[arg(long, env = "MEDMESH_ADMIN")]
         admin: Option<SocketAddr>,
         /// Take the admin address from this node config.
@@ -93,14 +95,12 @@ enum Command {
         /// A version's content id, or `latest` (the highest round the node holds).
         #[arg(long, default_value = "latest")]
         model: String,
-        /// Validate on this dataset schema's `--site` test split instead of the node's own
-        /// `[data]` (a file on the node's machine).
-        #[arg(long, requires = "site")]
-        data: Option<PathBuf>,
-        /// The site of `--data` whose test split to validate on.
-        #[arg(long, requires = "data")]
-        site: Option<String>,
-        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+        /// Validate on this `[[validation]]` dataset of the node's config (by name) instead of
+        /// its own `[data]`.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`); its token is
+        /// the config's `admin_token`, or the file `MEDMESH_ADMIN_TOKEN` names.
         #[arg(long, env = "MEDMESH_ADMIN")]
         admin: Option<SocketAddr>,
         /// Take the admin address from this node config.
@@ -207,7 +207,8 @@ enum RosterCommand {
     Publish {
         /// The signed roster file.
         file: PathBuf,
-        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`).
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`); its token is
+        /// the config's `admin_token`, or the file `MEDMESH_ADMIN_TOKEN` names.
         #[arg(long, env = "MEDMESH_ADMIN")]
         admin: Option<SocketAddr>,
         /// Take the admin address from this node config.
@@ -329,12 +330,13 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
             config,
         } => {
             let update = node::read_roster(&file)?;
-            let addr = admin_address(admin, config.as_deref())?;
+            let endpoint = admin_endpoint(admin, config.as_deref())?;
+            let addr = endpoint.addr;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let version = runtime
-                .block_on(admin::publish_roster(addr, &update))
+                .block_on(admin::publish_roster(&endpoint, &update))
                 .with_context(|| format!("the node refused {}", file.display()))?;
             println!(
                 "the node at {addr} now follows roster version {version} of mesh {:?}",
@@ -405,20 +407,35 @@ async fn shutdown_signal() {
 }
 
 /// The admin address given, or the one in the node config given.
-fn admin_address(
+/// The environment variable naming an admin token file, for commands given `--admin` without
+/// `--config`.
+const TOKEN_ENV: &str = "MEDMESH_ADMIN_TOKEN";
+
+/// The admin endpoint a command talks to: `--admin` or the config's `admin`, with the token of
+/// the config's `admin_token` (beside its key by default), or of the file `MEDMESH_ADMIN_TOKEN`
+/// names.
+fn admin_endpoint(
     admin: Option<SocketAddr>,
     config: Option<&std::path::Path>,
-) -> anyhow::Result<SocketAddr> {
-    Ok(match (admin, config) {
+) -> anyhow::Result<admin::Endpoint> {
+    let config = config.map(NodeConfig::load).transpose()?;
+    let addr = match (admin, &config) {
         (Some(addr), _) => addr,
-        (None, Some(path)) => NodeConfig::load(path)?.admin.with_context(|| {
-            format!(
-                "{} has no `admin` address; set one or pass --admin",
-                path.display()
-            )
-        })?,
+        (None, Some(config)) => config
+            .admin
+            .context("the config has no `admin` address; set one or pass --admin")?,
         (None, None) => anyhow::bail!("give the node's admin address (--admin) or its --config"),
-    })
+    };
+    let token = match (std::env::var_os(TOKEN_ENV), &config) {
+        (Some(path), _) => PathBuf::from(path),
+        (None, Some(config)) => config.admin_token_path(),
+        (None, None) => anyhow::bail!(
+            "the admin endpoint needs the node's token: give its --config (the token is \
+             beside its key) or set {TOKEN_ENV} to the token file"
+        ),
+    };
+    admin::Endpoint::new(addr, &token)
+        .with_context(|| format!("cannot read the admin token {}", token.display()))
 }
 
 fn status_command(
@@ -426,11 +443,11 @@ fn status_command(
     config: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let addr = admin_address(admin, config.as_deref())?;
+    let endpoint = admin_endpoint(admin, config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, raw) = runtime.block_on(admin::fetch_status(addr))?;
+    let (status, raw) = runtime.block_on(admin::fetch_status(&endpoint))?;
     if json {
         println!("{}", String::from_utf8_lossy(&raw));
     } else {
@@ -445,11 +462,11 @@ fn block_command(args: BlockArgs, block: bool) -> anyhow::Result<()> {
         admin,
         config,
     } = args;
-    let addr = admin_address(admin, config.as_deref())?;
+    let endpoint = admin_endpoint(admin, config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let blocked = runtime.block_on(admin::block(addr, &members, block))?;
+    let blocked = runtime.block_on(admin::block(&endpoint, &members, block))?;
     if blocked.is_empty() {
         println!("no member is blocked");
     } else {
@@ -584,37 +601,31 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Validate {
             model,
-            data,
-            site,
+            dataset,
             admin,
             config,
         } => {
-            let addr = admin_address(admin, config.as_deref())?;
-            let schema = match data {
-                Some(path) => Some(
-                    std::fs::canonicalize(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                ),
-                None => None,
-            };
-            let request = admin::ValidateRequest {
-                model,
-                schema,
-                site,
-            };
+            let endpoint = admin_endpoint(admin, config.as_deref())?;
+            let request = admin::ValidateRequest { model, dataset };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            println!("{}", runtime.block_on(admin::validate(addr, &request))?);
+            println!(
+                "{}",
+                runtime.block_on(admin::validate(&endpoint, &request))?
+            );
         }
         Command::Roster(command) => roster_command(command)?,
         Command::Init { key } => {
             let pair = keys::generate()?;
             keys::write(&key, &pair).context("cannot create the member key")?;
+            let token = keys::token_path(&key);
+            keys::AdminToken::load_or_create(&token)?;
             println!("{}", pair.id());
             eprintln!(
-                "wrote {} (keep it secret; back it up offline)",
-                key.display()
+                "wrote {} (keep it secret; back it up offline) and the admin token {}",
+                key.display(),
+                token.display()
             );
         }
         Command::Id { key } => {

@@ -136,6 +136,15 @@ pub struct NetworkConfig {
     /// A payload request with no complete response by then fails (milliseconds in TOML).
     #[serde(with = "millis")]
     pub request_timeout: Duration,
+    /// Payload requests one member may make at once before the rate below holds it back (a
+    /// token bucket per member). An honest member asks for one version of this node per
+    /// round, a validator for each final version, a restarted one for the few it missed.
+    pub payload_request_burst: u32,
+    /// Payload requests per second one member is allowed on average (its bucket refills at this
+    /// rate). A request beyond its allowance is answered "not found" without reading the store
+    /// and counted as `rate_limited` (`medmesh_rejections_total`). The default, 32 a second
+    /// after a burst of 64, is far above one pull per round even with rounds of 50 ms.
+    pub payload_requests_per_second: u32,
 }
 
 impl Default for NetworkConfig {
@@ -156,6 +165,8 @@ impl Default for NetworkConfig {
             max_gossip_bytes: wire::MAX_GOSSIP,
             max_payload_bytes: wire::MAX_PAYLOAD,
             request_timeout: Duration::from_secs(60),
+            payload_request_burst: 64,
+            payload_requests_per_second: 32,
         }
     }
 }
@@ -179,6 +190,11 @@ impl NetworkConfig {
         }
         if self.idle_connection_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(Error::Config("timeouts must be longer than zero"));
+        }
+        if self.payload_request_burst == 0 || self.payload_requests_per_second == 0 {
+            return Err(Error::Config(
+                "payload_request_burst and payload_requests_per_second must be at least 1",
+            ));
         }
         if let Some(address) = self
             .bootstrap
@@ -1035,6 +1051,11 @@ mod tests {
             ..NetworkConfig::default()
         };
         assert!(matches!(too_big.check(), Err(Error::Config(_))));
+        let unlimited = NetworkConfig {
+            payload_requests_per_second: 0,
+            ..NetworkConfig::default()
+        };
+        assert!(matches!(unlimited.check(), Err(Error::Config(_))));
         let quic = NetworkConfig {
             quic: true,
             ..NetworkConfig::default()

@@ -13,10 +13,17 @@
 //! then waits for room, which is the back-pressure a node must feel rather than drop records.
 //! A failed write stops the writer and is reported once; the node stops on it (a peer that
 //! cannot keep its record must not go on signing).
+//!
+//! Retention passes ([`Storage::prune`]) go through the same queue, so a deletion never races a
+//! write: the writer runs one after committing the batch it came with, before it reports that
+//! batch durable. A pass that fails is logged, not fatal (it is one transaction: it deleted
+//! nothing, and a store that cannot be written fails the next commit anyway).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use medmesh_learning::privacy::AccountantState;
+use medmesh_protocol::identity::ContentId;
 use medmesh_protocol::peer::{Checkpoint, Item};
 use medmesh_record::store::{self, Store};
 use tokio::sync::{mpsc, watch};
@@ -29,7 +36,15 @@ const BATCH: usize = 256;
 /// One queued write.
 enum Write {
     Items(Vec<Item>),
-    Checkpoint(Checkpoint, Vec<f32>),
+    /// A checkpoint, its round's parameters, and the privacy ledger if the node has one.
+    Checkpoint(Checkpoint, Vec<f32>, Option<AccountantState>),
+    /// The privacy ledger after a round, alone (see [`Storage::privacy`]).
+    Privacy(AccountantState),
+    /// A retention pass ([`Store::prune_payloads`]).
+    Prune {
+        keep_rounds: u64,
+        pinned: Vec<ContentId>,
+    },
 }
 
 /// How far the writer got.
@@ -55,7 +70,12 @@ impl std::fmt::Debug for Write {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Write::Items(items) => write!(f, "Items({})", items.len()),
-            Write::Checkpoint(c, _) => write!(f, "Checkpoint({})", c.round),
+            Write::Checkpoint(c, _, _) => write!(f, "Checkpoint({})", c.round),
+            Write::Privacy(_) => write!(f, "Privacy"),
+            Write::Prune {
+                keep_rounds,
+                pinned,
+            } => write!(f, "Prune({keep_rounds}, {} pinned)", pinned.len()),
         }
     }
 }
@@ -92,26 +112,67 @@ impl Storage {
         self.send(Write::Items(items)).await
     }
 
-    /// Queues the peer's checkpoint with the parameters its round starts from (one
-    /// transaction, see [`Store::set_checkpoint`]).
+    /// Queues the peer's checkpoint with the parameters its round starts from and, if the node
+    /// has one, the hospital's privacy ledger (one transaction, see [`Store::commit`]).
     pub async fn checkpoint(
         &mut self,
         checkpoint: Checkpoint,
         params: Vec<f32>,
+        privacy: Option<AccountantState>,
     ) -> Result<u64, store::Error> {
-        self.send(Write::Checkpoint(checkpoint, params)).await
+        self.send(Write::Checkpoint(checkpoint, params, privacy))
+            .await
+    }
+
+    /// Queues the privacy ledger after a round. The node queues it as soon as the round is
+    /// trained, before it announces the version: the announcement waits for this write, so a
+    /// node that stops before its next checkpoint still restarts with what the announced round
+    /// spent.
+    pub async fn privacy(&mut self, ledger: AccountantState) -> Result<u64, store::Error> {
+        self.send(Write::Privacy(ledger)).await
+    }
+
+    /// Queues a retention pass: the writer deletes the payloads of versions more than
+    /// `keep_rounds` rounds behind their author's newest, except the `pinned` ones
+    /// ([`Store::prune_payloads`]), in order with every other write. Unlike a record, a pass is
+    /// not worth waiting for: with the queue full it is skipped (`Ok(None)`; the next one
+    /// catches up). Otherwise its sequence number.
+    pub fn prune(
+        &mut self,
+        keep_rounds: u64,
+        pinned: Vec<ContentId>,
+    ) -> Result<Option<u64>, store::Error> {
+        let queue = self.queue.as_ref().ok_or_else(|| self.stopped())?;
+        let seq = self.queued + 1;
+        match queue.try_send((
+            seq,
+            Write::Prune {
+                keep_rounds,
+                pinned,
+            },
+        )) {
+            Ok(()) => {
+                self.queued = seq;
+                Ok(Some(seq))
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.stopped()),
+        }
     }
 
     async fn send(&mut self, write: Write) -> Result<u64, store::Error> {
-        let stopped = || store::Error::Io {
-            path: self.store.path().to_owned(),
-            source: std::io::Error::other("the store's writer stopped"),
-        };
-        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        let queue = self.queue.as_ref().ok_or_else(|| self.stopped())?;
         let seq = self.queued + 1;
-        queue.send((seq, write)).await.map_err(|_| stopped())?;
+        queue.send((seq, write)).await.map_err(|_| self.stopped())?;
         self.queued = seq;
         Ok(seq)
+    }
+
+    fn stopped(&self) -> store::Error {
+        store::Error::Io {
+            path: self.store.path().to_owned(),
+            source: std::io::Error::other("the store's writer stopped"),
+        }
     }
 
     /// The sequence number of the last write queued.
@@ -175,18 +236,33 @@ fn write_loop(
         }
         let mut items = Vec::new();
         let mut checkpoint = None;
+        // The ledger only grows: the latest of the batch is the one to keep.
+        let mut privacy = None;
+        let mut prune = None;
         let mut last = 0;
         for (seq, write) in batch.drain(..) {
             last = seq;
             match write {
                 Write::Items(more) => items.extend(more),
                 // A later checkpoint supersedes an earlier one of the same batch.
-                Write::Checkpoint(c, p) => checkpoint = Some((c, p)),
+                Write::Checkpoint(c, p, ledger) => {
+                    checkpoint = Some((c, p));
+                    privacy = ledger.or(privacy);
+                }
+                Write::Privacy(ledger) => privacy = Some(ledger),
+                // So does a later pass; it runs once the batch is committed.
+                Write::Prune {
+                    keep_rounds,
+                    pinned,
+                } => prune = Some((keep_rounds, pinned)),
             }
         }
         let pair = checkpoint.as_ref().map(|(c, p)| (c, p.as_slice()));
-        match store.commit(&items, pair) {
+        match store.commit(&items, pair, privacy.as_ref()) {
             Ok(()) => {
+                if let Some((keep_rounds, pinned)) = prune {
+                    prune_payloads(store, keep_rounds, &pinned);
+                }
                 progress.send_modify(|p| p.durable = last);
             }
             Err(e) => {
@@ -195,6 +271,20 @@ fn write_loop(
                 return;
             }
         }
+    }
+}
+
+/// One retention pass; see the module documentation for why a failure is not fatal.
+fn prune_payloads(store: &Store, keep_rounds: u64, pinned: &[ContentId]) {
+    match store.prune_payloads(keep_rounds, pinned) {
+        Ok(0) => {}
+        Ok(freed) => tracing::info!(
+            freed_bytes = freed,
+            keep_rounds,
+            pinned = pinned.len(),
+            "pruned old payloads"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot prune old payloads; trying again later"),
     }
 }
 
@@ -214,7 +304,7 @@ mod tests {
                 parents: Vec::new(),
             };
             last = storage
-                .checkpoint(checkpoint, vec![round as f32; 8])
+                .checkpoint(checkpoint, vec![round as f32; 8], None)
                 .await
                 .expect("queued");
         }
@@ -238,5 +328,58 @@ mod tests {
             store.checkpoint().expect("reads").map(|(c, _)| c.round),
             Some(20)
         );
+    }
+
+    #[tokio::test]
+    async fn the_privacy_ledger_goes_with_checkpoints_and_survives_a_restart() {
+        use medmesh_learning::privacy::Steps;
+        let ledger = |steps| AccountantState {
+            history: vec![Steps {
+                noise_multiplier: 1.0,
+                sample_rate: 0.1,
+                steps,
+            }],
+        };
+        let checkpoint = |round| Checkpoint {
+            round,
+            parents: Vec::new(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.redb");
+        let mut storage = Storage::spawn(Store::open(&path).expect("opens")).expect("spawns");
+        async fn wait(storage: &mut Storage, seq: u64) {
+            while storage.progress().durable < seq {
+                assert_eq!(storage.changed().await.failed, None);
+            }
+        }
+        // A round's checkpoint with the ledger so far, the ledger after its training, and the
+        // next checkpoint from a loop that has no newer ledger: the newest stays.
+        storage
+            .checkpoint(checkpoint(1), vec![1.0; 4], Some(ledger(10)))
+            .await
+            .expect("queued");
+        storage.privacy(ledger(20)).await.expect("queued");
+        let seq = storage
+            .checkpoint(checkpoint(2), vec![2.0; 4], None)
+            .await
+            .expect("queued");
+        wait(&mut storage, seq).await;
+        let read = storage
+            .read(|store| (store.checkpoint(), store.privacy()))
+            .await
+            .expect("joins");
+        assert_eq!(read.0.expect("reads").map(|(c, _)| c.round), Some(2));
+        assert_eq!(read.1.expect("reads"), Some(ledger(20)));
+        let seq = storage
+            .checkpoint(checkpoint(3), vec![3.0; 4], Some(ledger(30)))
+            .await
+            .expect("queued");
+        wait(&mut storage, seq).await;
+        storage.close();
+        drop(storage);
+        let store = Store::open(&path).expect("reopens");
+        assert_eq!(store.privacy().expect("reads"), Some(ledger(30)));
+        let (c, params) = store.checkpoint().expect("reads").expect("stored");
+        assert_eq!((c.round, params), (3, vec![3.0; 4]));
     }
 }

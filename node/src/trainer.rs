@@ -10,6 +10,10 @@
 //! failure; the new learner starts with fresh optimizer state, as after a restart of the node.
 //! Dropping the [`Trainer`] closes the job channel and kills the worker, abandoning a round in
 //! flight (a node that stops resumes from its checkpoint), and joins the thread.
+//!
+//! The thread keeps the hospital's privacy ledger (the DP accountant's state): it starts from the
+//! one the node stored, goes with every round to the worker, and comes back updated in each
+//! [`Trained`], for the node to store. A replaced worker continues from it, so ε never drops.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::worker::{Built, Killer, Setup, Worker, lock};
 use medmesh_learning::learner::Error;
+use medmesh_learning::privacy::AccountantState;
 
 /// A request to train one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,13 +38,24 @@ pub struct Job {
     pub steps: usize,
 }
 
+/// A round trained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trained {
+    /// The parameters after training.
+    pub params: Vec<f32>,
+    /// The published training metrics (`loss`, or under DP-SGD only `epsilon`).
+    pub metrics: BTreeMap<String, f64>,
+    /// The privacy ledger after the round, to store; `None` without DP (and no stored ledger).
+    pub privacy: Option<AccountantState>,
+}
+
 /// The answer to a [`Job`].
 #[derive(Debug)]
 pub struct Done {
     /// The round of the job.
     pub round: u64,
-    /// Trained parameters and training metrics, or why training failed.
-    pub result: Result<(Vec<f32>, BTreeMap<String, f64>), Error>,
+    /// The trained round, or why training failed (a spent privacy budget among the reasons).
+    pub result: Result<Trained, Error>,
 }
 
 /// Handle to the training thread.
@@ -66,19 +82,26 @@ impl Trainer {
     /// initial parameters, and then lets it go: a worker runs only from the first job until
     /// the trainer is dropped, so a peer that waits (for members, for a round's versions, after
     /// its last round) does not hold libtorch. A learner rebuilt from the same setup is the same
-    /// learner (seeded initialization and batch order), so this changes no result. Fails if the
-    /// worker cannot be started or refuses the setup.
-    pub fn spawn(name: &str, program: &Path, setup: Setup) -> Result<Self, Error> {
+    /// learner (seeded initialization and batch order), so this changes no result. `privacy` is
+    /// the ledger the node stored: the first round continues from it. Fails if the worker cannot
+    /// be started or refuses the setup.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        setup: Setup,
+        privacy: Option<AccountantState>,
+    ) -> Result<Self, Error> {
         let program = program.to_path_buf();
         let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
         let (done_tx, done_rx) = mpsc::channel::<Done>(1);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<Built, Error>>(1);
         let current = Arc::new(Mutex::new(None));
         let stopping = Arc::new(AtomicBool::new(false));
-        let driver = Driver {
+        let mut driver = Driver {
             program: program.clone(),
             current: Arc::clone(&current),
             stopping: Arc::clone(&stopping),
+            privacy,
         };
         let thread = std::thread::Builder::new()
             .name(format!("train-{name}"))
@@ -185,6 +208,8 @@ struct Driver {
     program: PathBuf,
     current: Arc<Mutex<Option<Killer>>>,
     stopping: Arc<AtomicBool>,
+    /// The privacy ledger after the last round trained (or as stored).
+    privacy: Option<AccountantState>,
 }
 
 impl Driver {
@@ -194,13 +219,13 @@ impl Driver {
 
     /// Trains `job` in the worker in `slot`, starting one if there is none or it has died; if
     /// it dies during the job, starts another and retries once (unless the trainer is being
-    /// dropped, which kills it).
+    /// dropped, which kills it). A new worker continues from the ledger.
     fn train(
-        &self,
+        &mut self,
         slot: &mut Option<Worker>,
         setup: &Setup,
         job: &Job,
-    ) -> Result<(Vec<f32>, BTreeMap<String, f64>), Error> {
+    ) -> Result<Trained, Error> {
         let mut retried = false;
         loop {
             if let Some(worker) = slot
@@ -217,6 +242,7 @@ impl Driver {
                 Some(worker) => worker,
                 None => {
                     let worker = slot.insert(start(&self.program, setup)?.0);
+                    worker.restore_privacy(self.privacy.clone());
                     self.set_current(Some(worker));
                     if self.stopping.load(Ordering::SeqCst) {
                         return Err(Error::Worker("the trainer is stopping".into()));
@@ -233,7 +259,15 @@ impl Driver {
                     self.set_current(None);
                     retried = true;
                 }
-                result => return result,
+                result => {
+                    let (params, metrics) = result?;
+                    self.privacy = worker.privacy().cloned();
+                    return Ok(Trained {
+                        params,
+                        metrics,
+                        privacy: self.privacy.clone(),
+                    });
+                }
             }
         }
     }

@@ -32,6 +32,7 @@ use medmesh_learning::data::Table;
 pub use medmesh_learning::frame::{Built, PROGRAM, PROGRAM_ENV, Setup};
 use medmesh_learning::frame::{PROTOCOL, Request, Response, read_frame_with, write_frame_with};
 use medmesh_learning::learner::{Error, ModelSpec, TrainConfig};
+use medmesh_learning::privacy::AccountantState;
 
 /// Size asked for the worker's pipes.
 #[cfg(target_os = "linux")]
@@ -72,6 +73,9 @@ pub struct Worker {
     output: Option<BufReader<ChildStdout>>,
     /// Frame buffer, reused by every call.
     scratch: Vec<u8>,
+    /// The privacy ledger: sent with every training request, replaced by the one its answer
+    /// returns.
+    privacy: Option<AccountantState>,
 }
 
 /// Kills a worker from another thread (the one driving it may be blocked on its answer).
@@ -144,6 +148,7 @@ impl Worker {
             input: Some(BufWriter::with_capacity(1 << 20, input)),
             output: Some(BufReader::with_capacity(1 << 20, output)),
             scratch: Vec::new(),
+            privacy: None,
         };
         match worker.call(&Request::Hello { protocol: PROTOCOL })? {
             Response::Hello { protocol, .. } if protocol == PROTOCOL => Ok(worker),
@@ -174,27 +179,57 @@ impl Worker {
         self.pid
     }
 
-    /// Builds the learner; what it is.
+    /// Builds the learner; what it is. The new learner starts with an empty privacy ledger
+    /// unless one is restored ([`Worker::restore_privacy`]).
     pub fn build(&mut self, setup: &Setup) -> Result<Built, Error> {
+        self.privacy = None;
         match self.call(&Request::Build(Cow::Borrowed(setup)))? {
             Response::Built(built) => Ok(built),
             other => Err(self.refused(other)),
         }
     }
 
-    /// Trains `steps` steps from `params`; the new parameters and the training metrics.
+    /// Trains `steps` steps from `params`; the new parameters and the training metrics. The
+    /// learner continues from this worker's privacy ledger ([`Worker::restore_privacy`]), if it
+    /// has one, and [`Worker::privacy`] is the ledger after the round.
     pub fn train(
         &mut self,
         params: &[f32],
         steps: usize,
     ) -> Result<(Vec<f32>, BTreeMap<String, f64>), Error> {
-        match self.call(&Request::Train {
+        let privacy = self.privacy.take();
+        let answer = self.call(&Request::Train {
             params: Cow::Borrowed(params),
             steps,
-        })? {
-            Response::Trained { params, metrics } => Ok((params, metrics)),
+            privacy: privacy.as_ref().map(Cow::Borrowed),
+        });
+        // A refused round spent nothing: the ledger stays as it was.
+        self.privacy = privacy;
+        match answer? {
+            Response::Trained {
+                params,
+                metrics,
+                privacy,
+            } => {
+                if privacy.is_some() {
+                    self.privacy = privacy;
+                }
+                Ok((params, metrics))
+            }
             other => Err(self.refused(other)),
         }
+    }
+
+    /// Sets the privacy ledger the next round continues from (what the hospital has spent, as
+    /// stored), instead of the fresh learner's empty one.
+    pub fn restore_privacy(&mut self, ledger: Option<AccountantState>) {
+        self.privacy = ledger;
+    }
+
+    /// The privacy ledger after the last round (or as restored); `None` before any, and for a
+    /// learner without DP.
+    pub fn privacy(&self) -> Option<&AccountantState> {
+        self.privacy.as_ref()
     }
 
     /// Predictions of the model `params` for every row of `table`.

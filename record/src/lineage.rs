@@ -644,6 +644,41 @@ pub fn read(
     Lineage::from_store(&store, root, depth)
 }
 
+/// Every version in the lineages of `roots`, the roots included (stored or not), each once:
+/// what a node's retention pins so that the payloads of its final and certified models' whole
+/// ancestry stay (`medmesh-node`'s `retention`). Version records are never pruned, so the walk
+/// always reaches back to initialization: one verified read per stored version reached, and
+/// lineages that share ancestors (they all do, in a mesh) are walked once.
+pub fn reachable(store: &Store, roots: &[ContentId]) -> Result<Vec<ContentId>, Error> {
+    let mut reached: HashSet<ContentId> = HashSet::new();
+    for root in roots {
+        if !reached.insert(*root) {
+            continue;
+        }
+        let Some(version) = store.version(root)? else {
+            continue;
+        };
+        // A version reached from an earlier root had its ancestors walked then: it is not
+        // asked for again (it comes back as "missing", which stops the walk there).
+        let lineage = Lineage::trace(
+            version,
+            None,
+            None,
+            |id| {
+                if reached.contains(id) {
+                    Ok(None)
+                } else {
+                    store.version(id)
+                }
+            },
+            |_| Ok(Vec::new()),
+        )?;
+        reached.extend(lineage.versions.iter().map(|n| n.version.id()));
+        reached.extend(lineage.missing);
+    }
+    Ok(reached.into_iter().collect())
+}
+
 fn distinct<'a>(parties: impl Iterator<Item = &'a Party>) -> Vec<&'a Party> {
     let mut seen = HashSet::new();
     parties.filter(|p| seen.insert(p.id)).collect()
@@ -711,6 +746,41 @@ mod tests {
     fn open(mesh: &testkit::Mesh, name: &str, depth: Option<usize>) -> Lineage {
         read(&mesh.path, Selection::Id(mesh.get(name).id()), None, depth)
             .expect("reads the lineage")
+    }
+
+    #[test]
+    fn reachable_is_the_union_of_lineages_roots_included() {
+        let mesh = testkit::mesh();
+        let store = Store::open(&mesh.path).expect("opens");
+        let ids = |names: &[&str]| -> HashSet<ContentId> {
+            names.iter().map(|n| mesh.get(n).id()).collect()
+        };
+        let a3: HashSet<ContentId> = reachable(&store, &[mesh.get("a3").id()])
+            .expect("walks")
+            .into_iter()
+            .collect();
+        let mut expected = ids(&["a1", "b1", "c1", "a2", "b2", "c2", "a3"]);
+        expected.insert(mesh.missing);
+        assert_eq!(
+            a3, expected,
+            "every ancestor, and the parent that was never stored"
+        );
+
+        // Shared ancestors once; a root the store does not hold is pinned as itself.
+        let unknown = ContentId([7; 32]);
+        let roots = [
+            mesh.get("c2").id(),
+            mesh.get("a3").id(),
+            mesh.get("e1").id(),
+            unknown,
+        ];
+        let all = reachable(&store, &roots).expect("walks");
+        let set: HashSet<ContentId> = all.iter().copied().collect();
+        assert_eq!(all.len(), set.len(), "each id once");
+        expected.extend(ids(&["e1"]));
+        expected.insert(unknown);
+        assert_eq!(set, expected);
+        assert!(reachable(&store, &[]).expect("walks").is_empty());
     }
 
     #[test]

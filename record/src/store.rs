@@ -27,6 +27,13 @@
 //! | `rosters` | roster version | `wire::encode(SignedRoster)` |
 //! | `state` | key | bytes |
 //!
+//! The `state` keys: `checkpoint` (`wire::encode(Checkpoint)`) and `params` (little-endian
+//! `f32`s), the round the peer resumes and the parameters it starts from, always written
+//! together; and `privacy`, the hospital's DP accountant state (JSON of
+//! `medmesh_learning::privacy::AccountantState`), written with them when the node has one and
+//! alone when a round has just spent privacy. A store without `privacy` (older, or of a node
+//! without DP) reads as no ledger.
+//!
 //! Payloads are cut into chunks of just under 1 MiB because redb keeps each value in one page
 //! of a power-of-two size: a 300 MB payload stored whole would take a 512 MiB page (and one
 //! 512 MiB read to look at it). Chunks keep the space overhead near 2 %, let the store learn a
@@ -45,6 +52,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use bytes::{Bytes, BytesMut};
+use medmesh_learning::privacy::{Accountant, AccountantState};
 use medmesh_protocol::identity::{self, ContentId, MemberId, Signable, Signed, Verified};
 use medmesh_protocol::peer::{Checkpoint, Item};
 use medmesh_protocol::roster::{self, Chain, Outcome, SignedRoster};
@@ -74,6 +82,8 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// State keys of the peer's checkpoint and of the parameters its round starts from.
 const CHECKPOINT_KEY: &str = "checkpoint";
 const PARAMS_KEY: &str = "params";
+/// State key of the hospital's privacy ledger.
+const PRIVACY_KEY: &str = "privacy";
 
 /// What went wrong with the store; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +164,15 @@ pub enum Error {
         id: ContentId,
         /// Its length.
         len: usize,
+    },
+    /// A privacy ledger that does not check: offered for storage, or read back (the file was
+    /// altered, or written by a newer program). Never read as "nothing spent".
+    #[error("store {path}: the privacy ledger {detail}")]
+    Privacy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
     },
     /// A roster that does not extend the stored chain (fork, rollback, gap, missing signatures,
     /// another mesh).
@@ -518,22 +537,36 @@ impl Store {
     /// roster must extend the stored chain by one version, or repeat one ([`Error::Roster`]), so
     /// [`Store::roster_history`] always rebuilds a chain.
     pub fn put_all(&self, items: &[Item]) -> Result<(), Error> {
-        self.commit(items, None)
+        self.commit(items, None, None)
     }
 
     /// Stores `items` (as [`Store::put_all`]) and, if given, the peer's checkpoint with the
-    /// parameters its round starts from (as [`Store::set_checkpoint`]), in one transaction: all
-    /// of it is on disk when this returns, or, on an error, none of it. A writer batches what
-    /// queued up while the disk was busy through this.
+    /// parameters its round starts from (as [`Store::set_checkpoint`]) and the hospital's
+    /// privacy ledger (replacing the stored one, see [`Store::privacy`]), in one transaction:
+    /// all of it is on disk when this returns, or, on an error, none of it. A writer batches
+    /// what queued up while the disk was busy through this.
     pub fn commit(
         &self,
         items: &[Item],
         checkpoint: Option<(&Checkpoint, &[f32])>,
+        privacy: Option<&AccountantState>,
     ) -> Result<(), Error> {
         guarded(&self.path, || {
-            if items.is_empty() && checkpoint.is_none() {
+            if items.is_empty() && checkpoint.is_none() && privacy.is_none() {
                 return Ok(());
             }
+            // A ledger that would not restore is refused before anything is written.
+            let privacy = privacy
+                .map(|state| {
+                    Accountant::restore(state)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| serde_json::to_vec(state).map_err(|e| e.to_string()))
+                        .map_err(|e| Error::Privacy {
+                            path: self.path.clone(),
+                            detail: format!("offered for storage does not check: {e}"),
+                        })
+                })
+                .transpose()?;
             // Signatures are checked before the write lock is taken.
             let mut versions = Vec::new();
             let mut reports = Vec::new();
@@ -593,6 +626,12 @@ impl Store {
                 let mut bytes = Vec::new();
                 update::encode_f32(params, &mut bytes);
                 table.insert(PARAMS_KEY, bytes.as_slice()).at(&self.path)?;
+            }
+            if let Some(privacy) = privacy {
+                txn.open_table(STATE)
+                    .at(&self.path)?
+                    .insert(PRIVACY_KEY, privacy.as_slice())
+                    .at(&self.path)?;
             }
             txn.commit().at(&self.path)
         })
@@ -925,7 +964,24 @@ impl Store {
     /// transaction: a crash leaves the old pair or the new one, never a checkpoint with another
     /// round's parameters.
     pub fn set_checkpoint(&self, checkpoint: &Checkpoint, params: &[f32]) -> Result<(), Error> {
-        self.commit(&[], Some((checkpoint, params)))
+        self.commit(&[], Some((checkpoint, params)), None)
+    }
+
+    /// The hospital's privacy ledger as [`Store::commit`] wrote it last, or `None` if none was
+    /// ever written. One that does not decode or check is an [`Error::Privacy`]: a damaged
+    /// ledger must stop the node, not restart its ε from zero.
+    pub fn privacy(&self) -> Result<Option<AccountantState>, Error> {
+        let Some(bytes) = self.state(PRIVACY_KEY)? else {
+            return Ok(None);
+        };
+        let damaged = |detail: String| Error::Privacy {
+            path: self.path.clone(),
+            detail: format!("stored does not check: {detail}"),
+        };
+        let state: AccountantState =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        Accountant::restore(&state).map_err(|e| damaged(e.to_string()))?;
+        Ok(Some(state))
     }
 
     /// The pair [`Store::set_checkpoint`] wrote last, or `None` if there is none (or it does not
@@ -1975,5 +2031,71 @@ mod tests {
                 vec![ContentId([checkpoint.round as u8; 32])]
             );
         }
+    }
+
+    #[test]
+    fn the_privacy_ledger_is_written_with_the_checkpoint_in_one_transaction() {
+        use medmesh_learning::privacy::Steps;
+        let (_dir, path) = temp();
+        let ledger = |steps| AccountantState {
+            history: vec![Steps {
+                noise_multiplier: 1.1,
+                sample_rate: 0.01,
+                steps,
+            }],
+        };
+        let checkpoint = |round| Checkpoint {
+            round,
+            parents: Vec::new(),
+        };
+        {
+            let store = Store::open(&path).expect("opens");
+            // A store that never had a ledger (older, or without DP) reads as none.
+            assert_eq!(store.privacy().expect("reads"), None);
+            store
+                .commit(&[], Some((&checkpoint(3), &[3.0; 4])), Some(&ledger(300)))
+                .expect("commits");
+            // A roster that does not extend the (empty) chain fails inside the transaction:
+            // neither the new checkpoint nor the new ledger is written.
+            let (_, next) = rosters();
+            let err = store
+                .commit(
+                    &[Item::Roster(next)],
+                    Some((&checkpoint(4), &[4.0; 4])),
+                    Some(&ledger(400)),
+                )
+                .expect_err("a roster out of order");
+            assert!(matches!(err, Error::Roster { .. }), "{err}");
+            // A ledger that would not restore is refused, with its checkpoint.
+            let mut bad = ledger(500);
+            bad.history[0].sample_rate = -1.0;
+            let err = store
+                .commit(&[], Some((&checkpoint(5), &[5.0; 4])), Some(&bad))
+                .expect_err("a bad ledger");
+            assert!(matches!(err, Error::Privacy { .. }), "{err}");
+            // A checkpoint alone keeps the ledger; a ledger alone keeps the checkpoint.
+            store
+                .set_checkpoint(&checkpoint(6), &[6.0; 4])
+                .expect("checkpoint");
+            assert_eq!(store.privacy().expect("reads"), Some(ledger(300)));
+            store
+                .commit(&[], None, Some(&ledger(700)))
+                .expect("ledger alone");
+        }
+        let store = Store::open(&path).expect("reopens");
+        assert_eq!(store.privacy().expect("reads"), Some(ledger(700)));
+        let (stored, params) = store.checkpoint().expect("reads").expect("stored");
+        assert_eq!((stored.round, params), (6, vec![6.0; 4]));
+
+        // A damaged ledger is an error, never "nothing spent".
+        store
+            .set_state(PRIVACY_KEY, b"{\"history\":[{\"noise_multiplier\":-3")
+            .expect("state");
+        let err = store.privacy().expect_err("damaged");
+        assert!(
+            err.to_string()
+                .contains("privacy ledger stored does not check"),
+            "{err}"
+        );
     }
 }

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use medmesh_learning::data::{Dataset, Table};
 use medmesh_learning::learner::ModelSpec;
+use medmesh_learning::privacy::DpConfig;
 use medmesh_protocol::aggregate::Rule;
 use medmesh_protocol::peer::{Config, Outliers};
 use rand::seq::SliceRandom;
@@ -200,6 +201,10 @@ pub struct TrainingSpec {
     /// (`{ kind = "torch_script", path = "model.pt", task = "binary" }`, relative to the working
     /// directory). Without it: the native logistic regression, fast enough for 10,000 peers.
     pub model: Option<ModelSpec>,
+    /// DP-SGD (with `model` only), e.g. `dp = { noise_multiplier = 1.1, max_grad_norm = 1.0,
+    /// delta = 1e-5 }`; its noise is always seeded from the scenario's seed here
+    /// (`seeded_noise`), so runs repeat.
+    pub dp: Option<DpConfig>,
 }
 
 impl Default for TrainingSpec {
@@ -209,6 +214,7 @@ impl Default for TrainingSpec {
             batch_size: 4,
             local_steps: 100,
             model: None,
+            dp: None,
         }
     }
 }
@@ -482,6 +488,12 @@ pub fn run(
         let training = &scenario.training;
         let learner = match &training.model {
             None => {
+                anyhow::ensure!(
+                    training.dp.is_none(),
+                    "{}: `[training] dp` needs `[training] model` (DP-SGD runs in the libtorch \
+                     trainer, not the native logistic regression)",
+                    scenario.name
+                );
                 let locals: Vec<Local> = data
                     .into_iter()
                     .enumerate()
@@ -502,6 +514,7 @@ pub fn run(
                 training.batch_size,
                 training.local_steps,
                 seed,
+                training.dp,
             )?),
             #[cfg(not(feature = "torch"))]
             Some(_) => anyhow::bail!(

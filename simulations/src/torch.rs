@@ -2,6 +2,9 @@
 //! trains (logistic, MLP, a TorchScript module for a binary task), so a scenario can study the
 //! very model a mesh will train. Each peer costs a libtorch model and optimizer (tens of peers;
 //! the native learner is the one for thousands).
+//!
+//! With DP-SGD the simulator always sets [`DpConfig::seeded_noise`]: a simulation has no patients
+//! to protect, and its runs must repeat from their seed. (A node refuses that setting.)
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -9,6 +12,7 @@ use std::sync::Arc;
 
 use medmesh_learning::data::{Table, Task};
 use medmesh_learning::learner::{Learner as _, ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::privacy::DpConfig;
 use medmesh_trainer::learner::TchLearner;
 
 use crate::{Evaluate, Learner};
@@ -33,8 +37,9 @@ impl std::fmt::Debug for Torch {
 
 impl Torch {
     /// A learner of `spec` per peer on its `(train, test)` rows: plain SGD with `lr`,
-    /// `batch_size` and `local_steps` per round, batch order seeded by `seed` and the peer's
-    /// index. Every peer starts from the parameters libtorch initializes for `seed`.
+    /// `batch_size` and `local_steps` per round (DP-SGD with `dp`), batch order (and DP noise)
+    /// seeded by `seed` and the peer's index. Every peer starts from the parameters libtorch
+    /// initializes for `seed`.
     pub fn new(
         spec: &ModelSpec,
         data: Vec<(Table, Arc<Table>)>,
@@ -42,6 +47,7 @@ impl Torch {
         batch_size: usize,
         local_steps: usize,
         seed: u64,
+        dp: Option<DpConfig>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             spec.task() == Task::Binary,
@@ -56,7 +62,10 @@ impl Torch {
                 local_steps,
                 seed: seed.wrapping_add(i as u64),
                 threads: 1,
-                dp: None,
+                dp: dp.map(|dp| DpConfig {
+                    seeded_noise: true,
+                    ..dp
+                }),
             };
             let learner = TchLearner::new(spec.clone(), config, seed, &train)
                 .map_err(|e| anyhow::anyhow!("peer {i}: {e}"))?;
@@ -123,5 +132,64 @@ impl Evaluate for Torch {
             .load(params)
             .and_then(|()| learner.evaluate(test))
             .map_or(0.0, |m| m.accuracy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two peers of 60 rows, two noisy classes on three features.
+    fn data() -> Vec<(Table, Arc<Table>)> {
+        let table = |offset: usize| {
+            let rows = 60;
+            let mut x = Vec::with_capacity(rows * 3);
+            let mut y = Vec::with_capacity(rows);
+            for i in 0..rows {
+                let label = ((i + offset) % 2) as f32;
+                let sign = 2.0 * label - 1.0;
+                let wobble = ((i * 7919 + offset) % 17) as f32 / 17.0 - 0.5;
+                x.extend([sign + wobble, 0.5 * sign - wobble, wobble]);
+                y.push(label);
+            }
+            Table {
+                x,
+                rows,
+                cols: 3,
+                y,
+                time: vec![],
+                event: vec![],
+            }
+        };
+        (0..2)
+            .map(|peer| (table(peer), Arc::new(table(peer + 7))))
+            .collect()
+    }
+
+    /// Two rounds of every peer; the parameters and metrics of each.
+    fn run(seed: u64) -> Vec<(Vec<f32>, BTreeMap<String, f64>)> {
+        let spec = ModelSpec::Logistic { inputs: 3 };
+        let mut torch =
+            Torch::new(&spec, data(), 0.1, 6, 5, seed, Some(DpConfig::default())).expect("builds");
+        let mut out = Vec::new();
+        for peer in 0..2 {
+            let mut params = torch.init().to_vec();
+            for round in 1..=2 {
+                let metrics = torch.train(peer, round, &mut params);
+                out.push((params.clone(), metrics));
+            }
+        }
+        assert_eq!(torch.failure(), None);
+        out
+    }
+
+    #[test]
+    fn dp_in_the_simulator_repeats_from_the_seed() {
+        let first = run(42);
+        assert_eq!(first, run(42), "same seed, same noise");
+        assert_ne!(first, run(43), "another seed, other noise");
+        let (_, metrics) = &first[1];
+        assert_eq!(metrics.keys().collect::<Vec<_>>(), ["epsilon"]);
+        assert!(metrics["epsilon"] > first[0].1["epsilon"], "ε grows");
     }
 }

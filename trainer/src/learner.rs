@@ -4,9 +4,25 @@
 //! regression, MLP, linear Cox) and for any TorchScript module a researcher exports from PyTorch,
 //! with the parameter order documented in [`medmesh_learning::learner`].
 //!
-//! **Determinism.** Initialization uses the spec's seed; batches, Poisson sampling and DP noise
-//! come from a ChaCha generator seeded from the training config, and libtorch runs on the number
-//! of threads the config says (1 by default), so a run is repeatable on one machine.
+//! **Determinism.** Initialization uses the spec's seed; batch order comes from a ChaCha
+//! generator seeded from the training config, and libtorch runs on the number of threads the
+//! config says (1 by default), so a run without DP is repeatable on one machine.
+//!
+//! **DP-SGD** (with `TrainConfig::dp`): each step samples every row independently (Poisson, rate
+//! batch/rows), clips each per-sample gradient and adds Gaussian noise. The sampling and the noise
+//! are what protect the patients, so they come from a ChaCha20 generator seeded by the operating
+//! system, fresh for every learner: nobody can regenerate them from the config, and a restarted
+//! learner does not repeat them. Only [`DpConfig::seeded_noise`] (simulator and tests; a node
+//! refuses it) draws them from the config's seed instead. The learner's
+//! [`medmesh_learning::privacy::Accountant`] counts every step; it continues from a stored
+//! ledger ([`TchLearner::restore_privacy`], [`TchLearner::privacy_state`]) and refuses a round
+//! that would take ε past `DpConfig::max_epsilon` before training any of it
+//! ([`Error::Privacy`] with [`medmesh_learning::privacy::Error::Budget`]).
+//!
+//! **Published metrics.** [`Learner::train`]'s metrics are what the node signs into its versions
+//! and shows on `/status`. Without DP: `loss`, the mean training loss of the round's batches.
+//! Under DP-SGD: only `epsilon`, the ε spent so far at the config's δ over the hospital's whole
+//! ledger; the loss of private batches is computed without noise, so it is not published.
 //!
 //! Training is CPU-bound and blocking: drivers call it from a dedicated thread or process (the
 //! `medmesh-train` worker), never from an async runtime. Nothing here reads the network, and
@@ -19,10 +35,10 @@ use std::sync::Mutex;
 use medmesh_learning::data::{Table, Task};
 use medmesh_learning::learner::{Error, Learner, ModelSpec, Optimizer, TrainConfig};
 use medmesh_learning::metrics;
-use medmesh_learning::privacy::{Accountant, DpConfig};
+use medmesh_learning::privacy::{self, Accountant, AccountantState, DpConfig};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use rand_distr::{Distribution, StandardNormal};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -73,7 +89,11 @@ pub struct TchLearner {
     train: Train,
     order: Vec<usize>,
     cursor: usize,
+    /// Batch order (and DP-SGD's sampling and noise with `seeded_noise`), from the config's seed.
     rng: ChaCha8Rng,
+    /// DP-SGD's sampling and noise, seeded by the operating system: `Some` under DP unless the
+    /// config asks for seeded noise.
+    private: Option<ChaCha20Rng>,
     accountant: Accountant,
 }
 
@@ -170,6 +190,13 @@ impl TchLearner {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut order: Vec<usize> = (0..rows).collect();
         order.shuffle(&mut rng);
+        // Noise anyone could regenerate from the config could be subtracted again.
+        let private = match config.dp {
+            Some(dp) if !dp.seeded_noise => {
+                Some(ChaCha20Rng::try_from_os_rng().map_err(|e| Error::Entropy(e.to_string()))?)
+            }
+            _ => None,
+        };
         let learner = Self {
             spec,
             config,
@@ -182,6 +209,7 @@ impl TchLearner {
             order,
             cursor: 0,
             rng,
+            private,
             accountant: Accountant::new(),
         };
         // A forward pass now turns a TorchScript module that does not fit the data into an
@@ -246,7 +274,8 @@ impl TchLearner {
     }
 
     /// Trains whole epochs over the training rows (reshuffled each epoch, last batch partial),
-    /// as PyTorch's `DataLoader(shuffle=True)` does. Returns the mean loss of the last epoch.
+    /// as PyTorch's `DataLoader(shuffle=True)` does. Returns the mean loss of the last epoch
+    /// (for local use, e.g. the baselines: it is computed on the training rows, DP or not).
     pub fn train_epochs(&mut self, epochs: usize) -> Result<f64, Error> {
         let per_epoch = self.train.rows.div_ceil(self.config.batch_size);
         // Start at an epoch boundary.
@@ -255,16 +284,28 @@ impl TchLearner {
         }
         let mut last = 0.0;
         for _ in 0..epochs {
-            let metrics = self.train(per_epoch)?;
-            last = metrics.get("loss").copied().unwrap_or(f64::NAN);
+            last = self.run(per_epoch)?;
         }
         Ok(last)
     }
 
     /// Privacy spent so far under DP-SGD, if enabled.
-    pub fn privacy_spent(&self) -> Option<medmesh_learning::privacy::Spent> {
+    pub fn privacy_spent(&self) -> Option<privacy::Spent> {
         let dp = self.config.dp?;
         self.accountant.spent(dp.delta).ok()
+    }
+
+    /// Continues from a stored privacy ledger (what the hospital spent before this learner),
+    /// replacing this learner's own. A state that does not check is an error and changes
+    /// nothing.
+    pub fn restore_privacy(&mut self, state: &AccountantState) -> Result<(), Error> {
+        self.accountant = Accountant::restore(state)?;
+        Ok(())
+    }
+
+    /// The privacy ledger, to store; `None` for a learner without DP that was given none.
+    pub fn privacy_state(&self) -> Option<AccountantState> {
+        (self.config.dp.is_some() || !self.accountant.is_empty()).then(|| self.accountant.state())
     }
 
     /// Writes the parameters as a safetensors file (names as in [`TchLearner::layout`]),
@@ -287,6 +328,38 @@ impl TchLearner {
                 module.set_eval();
             }
         }
+    }
+
+    /// The generator of DP-SGD's sampling and noise.
+    fn private_rng(&mut self) -> &mut dyn RngCore {
+        match &mut self.private {
+            Some(rng) => rng,
+            None => &mut self.rng,
+        }
+    }
+
+    /// DP-SGD's sampling rate: the batch size over the rows.
+    fn sample_rate(&self) -> f64 {
+        (self.config.batch_size as f64 / self.train.rows as f64).min(1.0)
+    }
+
+    /// Trains `steps` steps; the mean loss of their batches. Under DP-SGD a round the budget
+    /// does not cover is refused before its first step.
+    fn run(&mut self, steps: usize) -> Result<f64, Error> {
+        if let Some(dp) = self.config.dp {
+            let count = u64::try_from(steps).map_err(|_| privacy::Error::StepsOverflow)?;
+            self.accountant
+                .check_budget(&dp, self.sample_rate(), count)?;
+        }
+        self.set_train(true);
+        let mut total = 0.0;
+        for _ in 0..steps {
+            total += match self.config.dp {
+                Some(dp) => self.dp_step(dp)?,
+                None => self.step()?,
+            };
+        }
+        Ok(total / steps.max(1) as f64)
     }
 
     /// Next batch of row indices (shuffled epochs, partial last batch).
@@ -335,9 +408,10 @@ impl TchLearner {
     /// sum, divided by the expected batch size (as Opacus does).
     fn dp_step(&mut self, dp: DpConfig) -> Result<f64, Error> {
         let rows = self.train.rows;
-        let rate = (self.config.batch_size as f64 / rows as f64).min(1.0);
+        let rate = self.sample_rate();
+        let rng = self.private_rng();
         let chosen: Vec<i64> = (0..rows)
-            .filter(|_| self.rng.random_bool(rate))
+            .filter(|_| rng.random_bool(rate))
             .map(|i| i as i64)
             .collect();
         let params: Vec<Tensor> = self
@@ -376,11 +450,12 @@ impl TchLearner {
         let std = dp.noise_multiplier * dp.max_grad_norm;
         let expected = rate * rows as f64;
         let mut noisy = Vec::with_capacity(sums.len());
+        let rng = self.private_rng();
         for sum in &sums {
             let n = sum.numel();
             let noise: Vec<f32> = (0..n)
                 .map(|_| {
-                    let z: f64 = StandardNormal.sample(&mut self.rng);
+                    let z: f64 = StandardNormal.sample(&mut *rng);
                     (z * std) as f32
                 })
                 .collect();
@@ -398,9 +473,7 @@ impl TchLearner {
             .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, b| a + b);
         surrogate.backward();
         self.optimizer.step();
-        self.accountant
-            .step(dp.noise_multiplier, rate, 1)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        self.accountant.step(dp.noise_multiplier, rate, 1)?;
         Ok(if chosen.is_empty() {
             0.0
         } else {
@@ -509,18 +582,13 @@ impl Learner for TchLearner {
         })
     }
 
+    /// The published metrics: `loss` without DP, only `epsilon` under DP-SGD (see the module
+    /// documentation).
     fn train(&mut self, steps: usize) -> Result<BTreeMap<String, f64>, Error> {
-        self.set_train(true);
-        let mut total = 0.0;
-        for _ in 0..steps {
-            total += match self.config.dp {
-                Some(dp) => self.dp_step(dp)?,
-                None => self.step()?,
-            };
-        }
+        let loss = self.run(steps)?;
         let mut metrics = BTreeMap::new();
-        let loss = total / steps.max(1) as f64;
-        if loss.is_finite() {
+        // The loss of private batches carries no noise: it would leak what DP-SGD protects.
+        if self.config.dp.is_none() && loss.is_finite() {
             metrics.insert("loss".to_owned(), loss);
         }
         if let Some(spent) = self.privacy_spent()
@@ -732,6 +800,9 @@ mod tests {
                 noise_multiplier: 1.0,
                 max_grad_norm: 1.0,
                 delta: 1e-5,
+                // A fixed accuracy bound needs repeatable noise.
+                seeded_noise: true,
+                ..DpConfig::default()
             }),
             ..TrainConfig::default()
         };
@@ -750,6 +821,147 @@ mod tests {
         );
         let spent = l.privacy_spent().expect("dp on");
         assert!((spent.epsilon - m2["epsilon"]).abs() < 1e-12);
+    }
+
+    /// DP-SGD on the blobs, with the config seed 42 for every learner.
+    fn dp_config(dp: DpConfig) -> TrainConfig {
+        TrainConfig {
+            lr: 0.1,
+            batch_size: 40,
+            optimizer: Optimizer::Sgd { momentum: 0.0 },
+            seed: 42,
+            dp: Some(dp),
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn dp_noise_comes_from_the_os_not_from_the_config() {
+        let train = blobs(400, 4, 12);
+        let run = || {
+            let mut l = TchLearner::new(logistic(4), dp_config(DpConfig::default()), 2, &train)
+                .expect("builds");
+            let init = l.params();
+            let metrics = l.train(10).expect("trains");
+            (init, l.params(), metrics)
+        };
+        let (init_a, a, metrics_a) = run();
+        let (init_b, b, metrics_b) = run();
+        assert_eq!(init_a, init_b, "the same config and seeds");
+        assert_ne!(a, b, "but other noise and another sample: {a:?}");
+        // The privacy spent does not depend on the draw.
+        assert_eq!(metrics_a, metrics_b);
+    }
+
+    #[test]
+    fn seeded_noise_repeats_exactly_for_the_simulator() {
+        let train = blobs(400, 4, 12);
+        let seeded = DpConfig {
+            seeded_noise: true,
+            ..DpConfig::default()
+        };
+        let run = |seed: u64| {
+            let config = TrainConfig {
+                seed,
+                ..dp_config(seeded)
+            };
+            let mut l = TchLearner::new(logistic(4), config, 2, &train).expect("builds");
+            let metrics = l.train(10).expect("trains");
+            (l.params(), metrics)
+        };
+        let first = run(42);
+        assert_eq!(first, run(42));
+        assert_ne!(first.0, run(43).0, "the seed decides the noise");
+    }
+
+    #[test]
+    fn under_dp_only_epsilon_is_published() {
+        let train = blobs(200, 4, 13);
+        let mut l = TchLearner::new(logistic(4), dp_config(DpConfig::default()), 2, &train)
+            .expect("builds");
+        let metrics = l.train(5).expect("trains");
+        assert_eq!(
+            metrics.keys().collect::<Vec<_>>(),
+            ["epsilon"],
+            "no loss of private batches: {metrics:?}"
+        );
+        assert!(metrics["epsilon"] > 0.0);
+        // Without DP the loss is published and there is no ledger.
+        let mut plain =
+            TchLearner::new(logistic(4), TrainConfig::default(), 2, &train).expect("builds");
+        let metrics = plain.train(5).expect("trains");
+        assert_eq!(metrics.keys().collect::<Vec<_>>(), ["loss"]);
+        assert_eq!(plain.privacy_state(), None);
+    }
+
+    #[test]
+    fn a_rebuilt_learner_continues_the_privacy_ledger() {
+        let train = blobs(400, 4, 14);
+        let build = || {
+            TchLearner::new(logistic(4), dp_config(DpConfig::default()), 2, &train).expect("builds")
+        };
+        let mut first = build();
+        first.train(30).expect("trains");
+        let saved = first.privacy_state().expect("a ledger under DP");
+        let before = first.privacy_spent().expect("dp on").epsilon;
+
+        let mut rebuilt = build();
+        rebuilt.restore_privacy(&saved).expect("restores");
+        assert_eq!(rebuilt.privacy_spent().expect("dp on").epsilon, before);
+        let after = rebuilt.train(1).expect("trains")["epsilon"];
+        assert!(
+            after > before,
+            "ε after the restart {after} < before {before}"
+        );
+        // A learner that forgot the ledger would report far less.
+        let mut fresh = build();
+        assert!(fresh.train(1).expect("trains")["epsilon"] < before);
+        // A damaged ledger is refused and the learner keeps its own.
+        let mut damaged = saved.clone();
+        damaged.history[0].sample_rate = 7.0;
+        let err = rebuilt.restore_privacy(&damaged).expect_err("damaged");
+        assert!(err.to_string().contains("sample rate 7"), "{err}");
+        assert_eq!(rebuilt.privacy_spent().expect("dp on").epsilon, after);
+    }
+
+    #[test]
+    fn training_past_max_epsilon_is_refused_with_the_budget_and_the_spend() {
+        let train = blobs(400, 4, 15);
+        // q = 40/400 at σ = 1: the budget is what 30 steps spend; 20 fit, 40 do not.
+        let mut reference = Accountant::new();
+        reference.step(1.0, 0.1, 30).expect("steps");
+        let budget = reference.spent(1e-5).expect("spent").epsilon;
+        let dp = DpConfig {
+            max_epsilon: Some(budget),
+            ..DpConfig::default()
+        };
+        let mut l = TchLearner::new(logistic(4), dp_config(dp), 2, &train).expect("builds");
+        let spent = l.train(20).expect("within the budget")["epsilon"];
+        let params = l.params();
+        let err = l.train(20).expect_err("past the budget");
+        assert!(
+            matches!(
+                err,
+                Error::Privacy(privacy::Error::Budget { max_epsilon, .. }) if max_epsilon == budget
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("privacy budget exhausted")
+                && text.contains(&format!("max_epsilon is {budget}"))
+                && text.contains(&format!("epsilon {spent:.4} is spent")),
+            "{text}"
+        );
+        // Refused before the first step: nothing trained, nothing spent.
+        assert_eq!(l.params(), params);
+        assert_eq!(l.privacy_spent().expect("dp on").epsilon, spent);
+        // A restart does not reset the budget: a learner given the ledger refuses too.
+        let saved = l.privacy_state().expect("a ledger");
+        let mut rebuilt = TchLearner::new(logistic(4), dp_config(dp), 2, &train).expect("builds");
+        rebuilt.train(20).expect("a fresh ledger would allow it");
+        rebuilt.restore_privacy(&saved).expect("restores");
+        assert!(rebuilt.train(20).is_err());
     }
 
     #[test]

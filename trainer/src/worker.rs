@@ -1,6 +1,8 @@
 //! The worker side of the training protocol (`medmesh_learning::frame`): reads requests from one
 //! stream and answers each on the other, with one [`TchLearner`] built by
-//! [`Request::Build`].
+//! [`Request::Build`]. A training request continues from the privacy ledger the peer sends, and
+//! its answer returns the ledger after the round (the peer keeps it; this process forgets it
+//! when it ends).
 
 use std::io::{self, Read, Write};
 
@@ -33,12 +35,20 @@ fn answer(learner: &mut Option<TchLearner>, request: Request<'static>) -> Respon
             };
         }
         Request::Build(setup) => build(learner, setup.into_owned()).map(Response::Built),
-        Request::Train { params, steps } => built(learner).and_then(|l| {
+        Request::Train {
+            params,
+            steps,
+            privacy,
+        } => built(learner).and_then(|l| {
             l.load(&params)?;
+            if let Some(ledger) = privacy {
+                l.restore_privacy(&ledger)?;
+            }
             let metrics = l.train(steps)?;
             Ok(Response::Trained {
                 params: l.params(),
                 metrics,
+                privacy: l.privacy_state(),
             })
         }),
         Request::Predict { params, table } => built(learner).and_then(|l| {

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use medmesh_learning::data::Table;
 use medmesh_learning::frame::Setup;
 use medmesh_learning::learner::{Learner, ModelSpec, Optimizer, TrainConfig};
-use medmesh_node::trainer::{Job, Trainer};
+use medmesh_learning::privacy::{Accountant, AccountantState, DpConfig};
+use medmesh_node::trainer::{Job, Trained, Trainer};
 use medmesh_node::worker::{Evaluator, Worker};
 use medmesh_trainer::learner::TchLearner;
 
@@ -68,7 +69,7 @@ fn bits(values: &[f32]) -> Vec<u32> {
 
 #[test]
 fn the_trainer_thread_trains_in_the_worker_and_answers_in_order() {
-    let mut trainer = Trainer::spawn("test", program(), setup(20)).expect("starts");
+    let mut trainer = Trainer::spawn("test", program(), setup(20), None).expect("starts");
     assert_eq!(
         (trainer.dim, trainer.samples, trainer.init.len()),
         (3, 20, 3)
@@ -84,11 +85,12 @@ fn the_trainer_thread_trains_in_the_worker_and_answers_in_order() {
             .expect("queued");
         let done = trainer.next_blocking().expect("answer");
         assert_eq!(done.round, round);
-        let (trained, metrics) = done.result.expect("trained");
-        assert_eq!(trained.len(), 3);
-        assert_ne!(trained, params, "training moved the model");
-        assert!(metrics["loss"].is_finite());
-        params = trained;
+        let trained = done.result.expect("trained");
+        assert_eq!(trained.params.len(), 3);
+        assert_ne!(trained.params, params, "training moved the model");
+        assert!(trained.metrics["loss"].is_finite());
+        assert_eq!(trained.privacy, None, "no DP, no ledger");
+        params = trained.params;
     }
     // A bad job is an error result, not a dead worker.
     trainer
@@ -188,7 +190,7 @@ fn a_killed_worker_is_reported_and_the_trainer_replaces_it() {
     assert!(!worker.is_alive());
 
     // The trainer holds no worker until its first job, and replaces one killed between jobs.
-    let mut trainer = Trainer::spawn("killed", program(), setup(10)).expect("starts");
+    let mut trainer = Trainer::spawn("killed", program(), setup(10), None).expect("starts");
     assert_eq!(trainer.worker_pid(), None, "no worker before the first job");
     let round = |trainer: &mut Trainer, round: u64| {
         trainer
@@ -198,12 +200,12 @@ fn a_killed_worker_is_reported_and_the_trainer_replaces_it() {
                 steps: 3,
             })
             .expect("queued");
-        let (params, _) = trainer
+        trainer
             .next_blocking()
             .expect("answer")
             .result
-            .expect("trained");
-        params
+            .expect("trained")
+            .params
     };
     let first = round(&mut trainer, 1);
     let pid = trainer.worker_pid().expect("a worker runs");
@@ -228,7 +230,7 @@ fn a_killed_worker_is_reported_and_the_trainer_replaces_it() {
 fn a_trainer_that_cannot_build_is_an_error() {
     let mut bad = setup(10);
     bad.spec = ModelSpec::Logistic { inputs: 5 };
-    let err = Trainer::spawn("bad", program(), bad).expect_err("does not fit");
+    let err = Trainer::spawn("bad", program(), bad, None).expect_err("does not fit");
     assert!(err.to_string().contains("5 inputs"), "{err}");
 }
 
@@ -342,7 +344,7 @@ fn garbage_on_the_workers_input_is_an_error_exit_not_a_panic() {
 
 #[test]
 fn dropping_the_trainer_kills_a_worker_in_the_middle_of_a_round() {
-    let trainer = Trainer::spawn("stopping", program(), setup(10)).expect("starts");
+    let trainer = Trainer::spawn("stopping", program(), setup(10), None).expect("starts");
     // A round that would take tens of minutes.
     trainer
         .submit_blocking(Job {
@@ -370,4 +372,109 @@ fn dropping_the_trainer_kills_a_worker_in_the_middle_of_a_round() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the worker was killed and reaped"
     );
+}
+
+/// [`setup`] under DP-SGD: 40 rows at the default batch of 4, a sampling rate of 0.1.
+fn dp_setup(dp: DpConfig) -> Setup {
+    let mut setup = setup(40);
+    setup.training.dp = Some(dp);
+    setup
+}
+
+/// ε after `steps` DP-SGD steps at σ = 1, q = 0.1, δ = 10⁻⁵ (the setting of [`dp_setup`]).
+fn epsilon_after(steps: u64) -> f64 {
+    let mut accountant = Accountant::new();
+    accountant.step(1.0, 0.1, steps).expect("steps");
+    accountant.spent(1e-5).expect("spent").epsilon
+}
+
+/// One round of `steps` steps from the initial parameters.
+fn train_round(trainer: &mut Trainer, round: u64, steps: usize) -> Result<Trained, String> {
+    trainer
+        .submit_blocking(Job {
+            round,
+            params: trainer.init.clone(),
+            steps,
+        })
+        .expect("queued");
+    let done = trainer.next_blocking().expect("answer");
+    assert_eq!(done.round, round);
+    done.result.map_err(|e| e.to_string())
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+#[test]
+fn the_privacy_ledger_survives_a_replaced_worker_and_a_restart() {
+    let setup = dp_setup(DpConfig::default());
+    let mut trainer = Trainer::spawn("dp", program(), setup.clone(), None).expect("starts");
+    let first = train_round(&mut trainer, 1, 5).expect("trains");
+    assert_eq!(
+        first.metrics.keys().collect::<Vec<_>>(),
+        ["epsilon"],
+        "under DP only epsilon is published"
+    );
+    assert!(close(first.metrics["epsilon"], epsilon_after(5)));
+    let second = train_round(&mut trainer, 2, 5).expect("trains");
+    assert!(close(second.metrics["epsilon"], epsilon_after(10)));
+
+    // A worker killed between rounds is replaced, and its successor continues the ledger.
+    let pid = trainer.worker_pid().expect("a worker runs");
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let third = train_round(&mut trainer, 3, 5).expect("trains");
+    assert_ne!(trainer.worker_pid(), Some(pid), "replaced");
+    assert!(
+        close(third.metrics["epsilon"], epsilon_after(15)),
+        "{third:?}"
+    );
+    let saved: AccountantState = third.privacy.expect("a ledger under DP");
+    drop(trainer);
+
+    // The node restarts with the ledger it stored: ε goes on from where it was.
+    let mut restarted =
+        Trainer::spawn("dp-again", program(), setup.clone(), Some(saved)).expect("starts");
+    let fourth = train_round(&mut restarted, 4, 5).expect("trains");
+    assert!(fourth.metrics["epsilon"] >= third.metrics["epsilon"]);
+    assert!(
+        close(fourth.metrics["epsilon"], epsilon_after(20)),
+        "{fourth:?}"
+    );
+    // Without it, ε would have started again from zero.
+    let mut forgetful = Trainer::spawn("dp-fresh", program(), setup, None).expect("starts");
+    let reset = train_round(&mut forgetful, 4, 5).expect("trains");
+    assert!(close(reset.metrics["epsilon"], epsilon_after(5)));
+}
+
+#[test]
+fn a_spent_budget_stops_training_through_the_worker_with_its_figures() {
+    // Room for one round of 5 steps, not for two.
+    let budget = 0.5 * (epsilon_after(5) + epsilon_after(10));
+    let setup = dp_setup(DpConfig {
+        max_epsilon: Some(budget),
+        ..DpConfig::default()
+    });
+    let mut trainer = Trainer::spawn("budget", program(), setup.clone(), None).expect("starts");
+    let first = train_round(&mut trainer, 1, 5).expect("within the budget");
+    let err = train_round(&mut trainer, 2, 5).expect_err("past the budget");
+    assert!(
+        err.contains("privacy budget exhausted")
+            && err.contains(&format!("max_epsilon is {budget}"))
+            && err.contains(&format!("epsilon {:.4} is spent", first.metrics["epsilon"])),
+        "{err}"
+    );
+    assert!(
+        trainer.worker_pid().is_some(),
+        "a refusal, not a dead worker"
+    );
+    // Nor does a restart from the stored ledger make room.
+    let mut restarted =
+        Trainer::spawn("budget-again", program(), setup, first.privacy).expect("starts");
+    let err = train_round(&mut restarted, 2, 5).expect_err("still past the budget");
+    assert!(err.contains("privacy budget exhausted"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! The admin endpoint's client, for `medmesh status`, `medmesh roster publish`, `medmesh block`,
+//! The admin endpoint's client (it sends the node's token with every request), for `medmesh status`, `medmesh roster publish`, `medmesh block`,
 //! `medmesh validate` and the lab's tests: one HTTP/1 exchange per call, on a fresh connection.
 //!
 //! It must never wait without bound or read an unbounded answer: every call has a deadline and
@@ -6,6 +6,7 @@
 //! so a busy node's 503 arrives before the client gives up.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
@@ -16,28 +17,51 @@ use tokio::net::TcpStream;
 
 use super::status::Status;
 use super::{CLIENT_TIMEOUT, COMMAND_TIMEOUT, Error, Members, VALIDATE_TIMEOUT, ValidateRequest};
+use crate::keys::AdminToken;
 
 /// Largest response body the client reads.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
-/// `GET path` from the admin endpoint at `addr`: the body of a 2xx answer.
-pub async fn get(addr: SocketAddr, path: &str) -> Result<Bytes, Error> {
-    tokio::time::timeout(CLIENT_TIMEOUT, exchange(addr, path, None))
+/// A node's admin endpoint: where it listens and the token it asks for.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its credential.
+    pub token: AdminToken,
+}
+
+impl Endpoint {
+    /// The endpoint at `addr` whose token is in the file `token`.
+    pub fn new(addr: SocketAddr, token: &Path) -> Result<Self, crate::keys::Error> {
+        Ok(Self {
+            addr,
+            token: AdminToken::load(token)?,
+        })
+    }
+}
+
+/// `GET path` from the admin endpoint: the body of a 200 answer.
+pub async fn get(endpoint: &Endpoint, path: &str) -> Result<Bytes, Error> {
+    let addr = endpoint.addr;
+    tokio::time::timeout(CLIENT_TIMEOUT, exchange(endpoint, path, None))
         .await
         .map_err(|_| Error::Timeout { addr })?
 }
 
-/// `POST path` with a JSON `body` to the admin endpoint at `addr`: the body of a 2xx answer.
-pub async fn post(addr: SocketAddr, path: &str, body: Bytes) -> Result<Bytes, Error> {
+/// `POST path` with a JSON `body` to the admin endpoint: the body of a 200 answer.
+pub async fn post(endpoint: &Endpoint, path: &str, body: Bytes) -> Result<Bytes, Error> {
+    let addr = endpoint.addr;
     tokio::time::timeout(
         CLIENT_TIMEOUT + COMMAND_TIMEOUT,
-        exchange(addr, path, Some(body)),
+        exchange(endpoint, path, Some(body)),
     )
     .await
     .map_err(|_| Error::Timeout { addr })?
 }
 
-async fn exchange(addr: SocketAddr, path: &str, body: Option<Bytes>) -> Result<Bytes, Error> {
+async fn exchange(endpoint: &Endpoint, path: &str, body: Option<Bytes>) -> Result<Bytes, Error> {
+    let addr = endpoint.addr;
     let http = |source: Box<dyn std::error::Error + Send + Sync>| Error::Http { addr, source };
     let stream = TcpStream::connect(addr)
         .await
@@ -53,6 +77,7 @@ async fn exchange(addr: SocketAddr, path: &str, body: Option<Bytes>) -> Result<B
         };
         let request = builder
             .header(header::HOST, addr.to_string())
+            .header(header::AUTHORIZATION, endpoint.token.bearer())
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| http(e.into()))?;
         let response = sender
@@ -80,17 +105,19 @@ async fn exchange(addr: SocketAddr, path: &str, body: Option<Bytes>) -> Result<B
     result
 }
 
-/// The [`Status`] of the node whose admin endpoint is at `addr`, and the raw JSON it sent.
-pub async fn fetch_status(addr: SocketAddr) -> Result<(Status, Bytes), Error> {
-    let body = get(addr, "/status").await?;
+/// The [`Status`] of the node behind `endpoint`, and the raw JSON it sent.
+pub async fn fetch_status(endpoint: &Endpoint) -> Result<(Status, Bytes), Error> {
+    let addr = endpoint.addr;
+    let body = get(endpoint, "/status").await?;
     let status = serde_json::from_slice(&body).map_err(|source| Error::Decode { addr, source })?;
     Ok((status, body))
 }
 
-/// Hands a signed roster update to the node at `addr`; the roster version it follows afterwards.
-pub async fn publish_roster(addr: SocketAddr, update: &SignedRoster) -> Result<u64, Error> {
+/// Hands a signed roster update to the node; the roster version it follows afterwards.
+pub async fn publish_roster(endpoint: &Endpoint, update: &SignedRoster) -> Result<u64, Error> {
+    let addr = endpoint.addr;
     let body = serde_json::to_vec(update).map_err(|source| Error::Decode { addr, source })?;
-    let answer = post(addr, "/roster", Bytes::from(body)).await?;
+    let answer = post(endpoint, "/roster", Bytes::from(body)).await?;
     let value: serde_json::Value =
         serde_json::from_slice(&answer).map_err(|source| Error::Decode { addr, source })?;
     value["roster_version"]
@@ -103,30 +130,32 @@ pub async fn publish_roster(addr: SocketAddr, update: &SignedRoster) -> Result<u
         })
 }
 
-/// Asks the node at `addr` to block `members` (or lift their block, with `block` false); the
-/// members it blocks afterwards.
+/// Asks the node to block `members` (or lift their block, with `block` false); the members it
+/// blocks afterwards.
 pub async fn block(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     members: &[String],
     block: bool,
 ) -> Result<Vec<String>, Error> {
+    let addr = endpoint.addr;
     let request = Members {
         members: members.to_vec(),
     };
     let body = serde_json::to_vec(&request).map_err(|source| Error::Decode { addr, source })?;
     let path = if block { "/block" } else { "/unblock" };
-    let answer = post(addr, path, Bytes::from(body)).await?;
+    let answer = post(endpoint, path, Bytes::from(body)).await?;
     let answer: Members =
         serde_json::from_slice(&answer).map_err(|source| Error::Decode { addr, source })?;
     Ok(answer.members)
 }
 
-/// Asks the node at `addr` to validate a model and publish the report; its description.
-pub async fn validate(addr: SocketAddr, request: &ValidateRequest) -> Result<String, Error> {
+/// Asks the node to validate a model and publish the report; its description.
+pub async fn validate(endpoint: &Endpoint, request: &ValidateRequest) -> Result<String, Error> {
+    let addr = endpoint.addr;
     let body = serde_json::to_vec(request).map_err(|source| Error::Decode { addr, source })?;
     let body = tokio::time::timeout(
         CLIENT_TIMEOUT + VALIDATE_TIMEOUT,
-        exchange(addr, "/validate", Some(Bytes::from(body))),
+        exchange(endpoint, "/validate", Some(Bytes::from(body))),
     )
     .await
     .map_err(|_| Error::Timeout { addr })??;

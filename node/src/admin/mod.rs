@@ -8,9 +8,14 @@
 //! [`Reporter`] and counts into [`Metrics`]; the server only reads those, and turns an operator's
 //! request into a [`Command`] that the loop carries out between events.
 //!
-//! The endpoint has no authentication: bind it to loopback or a management network only (the
-//! `admin` setting of the config; off by default). It must never expose keys, patient data or
-//! parameters — only counters, ids and aggregate training metrics.
+//! Every request needs the node's admin token (`Authorization: Bearer …`, see
+//! [`crate::keys::AdminToken`]); a request without it is answered 401 and does nothing. A POST
+//! must be `Content-Type: application/json` (415 otherwise), which a web page cannot send to
+//! another origin without asking first, and the `Host` header must name the bound address (403
+//! otherwise), against DNS rebinding. The endpoint binds loopback unless the config opts in
+//! (`admin_remote`), and no request names a file: `/validate` takes the name of a dataset the
+//! config declares. It must never expose keys, patient data or parameters — only counters, ids
+//! and aggregate training metrics — and no answer quotes a file's content.
 //!
 //! # Inside
 //!
@@ -28,12 +33,11 @@ mod server;
 mod status;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::client::{block, fetch_status, get, post, publish_roster, validate};
+pub use self::client::{Endpoint, block, fetch_status, get, post, publish_roster, validate};
 pub use self::metrics::Metrics;
 pub use self::server::{Command, Reporter, Server};
 pub use self::status::{Peers, Phase, RoundSummary, Status, Test, Training};
@@ -114,17 +118,14 @@ pub struct Members {
     pub members: Vec<String>,
 }
 
-/// What `POST /validate` takes (JSON): the version, and optionally other local data to
-/// validate on (a schema file the node can read and a site in it).
+/// What `POST /validate` takes (JSON): the version, and optionally which of the node's declared
+/// validation datasets to validate on (its `[[validation]]` entries, by name; never a path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateRequest {
     /// `latest` or a content id.
     pub model: String,
-    /// A dataset schema file (default: the node's `[data]`).
+    /// The name of a `[[validation]]` dataset of the node's config (default: its `[data]`).
     #[serde(default)]
-    pub schema: Option<PathBuf>,
-    /// The site of that schema whose test split to use.
-    #[serde(default)]
-    pub site: Option<String>,
+    pub dataset: Option<String>,
 }

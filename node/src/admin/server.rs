@@ -11,9 +11,11 @@
 //! oneshot channel. Connections are bounded in number, header size and lifetime; the server
 //! stops when its [`Server`] handle is stopped or dropped.
 //!
-//! The endpoint has no authentication: bind it to loopback or a management network only (the
-//! `admin` setting of the config; off by default). A posted roster gains nobody anything: the
-//! node applies it only if a threshold of the current members signed it.
+//! Every request passes [`guard`] first: the `Host` header must name the bound address (403),
+//! the node's admin token must come as `Authorization: Bearer …` (401), and a POST must be
+//! `Content-Type: application/json` (415). Only then does a handler run. A posted roster gains
+//! nobody anything beyond that: the node applies it only if a threshold of the current members
+//! signed it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::metrics::{Metrics, gauge};
 use super::status::Status;
 use super::{COMMAND_TIMEOUT, Error, Members, VALIDATE_TIMEOUT, ValidateRequest};
+use crate::keys::AdminToken;
 
 /// Most admin connections served at once; further clients wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 16;
@@ -70,8 +73,8 @@ pub enum Command {
     Validate {
         /// Which version.
         model: medmesh_record::store::Selection,
-        /// Validate on this dataset's site's test split instead of the node's own `[data]`.
-        data: Option<crate::config::DataConfig>,
+        /// Validate on this `[[validation]]` dataset of the config instead of `[data]`.
+        dataset: Option<String>,
         /// Where the loop answers (once the model was pulled and evaluated).
         reply: oneshot::Sender<Result<String, String>>,
     },
@@ -140,9 +143,10 @@ impl Reporter {
     }
 
     /// Starts the admin endpoint on `addr` (port 0 picks a free one).
-    pub async fn serve(&self, addr: SocketAddr) -> Result<Server, Error> {
+    pub async fn serve(&self, addr: SocketAddr, token: AdminToken) -> Result<Server, Error> {
         serve(
             addr,
+            token,
             Shared {
                 status: self.status.subscribe(),
                 metrics: self.metrics.clone(),
@@ -186,7 +190,7 @@ impl Server {
 }
 
 /// Starts the admin endpoint on `addr`.
-async fn serve(addr: SocketAddr, shared: Shared) -> Result<Server, Error> {
+async fn serve(addr: SocketAddr, token: AdminToken, shared: Shared) -> Result<Server, Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
@@ -201,6 +205,10 @@ async fn serve(addr: SocketAddr, shared: Shared) -> Result<Server, Error> {
         .route("/block", routing::post(block_handler))
         .route("/unblock", routing::post(unblock_handler))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Guard { token, addr: local }),
+            guard,
+        ))
         .with_state(shared);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(accept(listener, router, stopped));
@@ -210,6 +218,79 @@ async fn serve(addr: SocketAddr, shared: Shared) -> Result<Server, Error> {
         stop,
         task,
     })
+}
+
+/// What every request is checked against before a handler runs.
+struct Guard {
+    token: AdminToken,
+    /// The address the endpoint is bound to.
+    addr: SocketAddr,
+}
+
+impl Guard {
+    /// Whether `host` (a `Host` header) names this endpoint: its address, or `localhost` with its
+    /// port when it is bound to loopback; when bound to every interface, any IP address with its
+    /// port. A name that is not ours is how DNS rebinding reaches a local server.
+    fn host_matches(&self, host: &str) -> bool {
+        let Some((name, port)) = host.rsplit_once(':') else {
+            return false;
+        };
+        if port.parse::<u16>().ok() != Some(self.addr.port()) {
+            return false;
+        }
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip == self.addr.ip() || self.addr.ip().is_unspecified(),
+            Err(_) => name.eq_ignore_ascii_case("localhost") && self.addr.ip().is_loopback(),
+        }
+    }
+}
+
+/// The checks every request passes first, in this order: `Host` names the bound address (403),
+/// the admin token (401), and JSON for a POST (415).
+async fn guard(
+    State(guard): State<Arc<Guard>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !guard.host_matches(host) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the Host header does not name this endpoint",
+        )
+            .into_response();
+    }
+    let admitted = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|a| guard.token.admits(a.as_bytes()));
+    if !admitted {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "this endpoint needs the node's admin token (its admin.token file)",
+        )
+            .into_response();
+    }
+    if request.method() == axum::http::Method::POST {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send Content-Type: application/json",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn status_handler(State(shared): State<Shared>) -> axum::Json<Status> {
@@ -324,19 +405,18 @@ async fn validate_handler(State(shared): State<Shared>, body: Bytes) -> Response
         Ok(model) => model,
         Err(e) => return bad(format!("not `latest` or a content id: {e}")),
     };
-    let data = match (request.schema, request.site) {
-        (Some(schema), Some(site)) => Some(crate::config::DataConfig {
-            schema,
-            site,
-            shard: None,
-        }),
-        (None, None) => None,
-        _ => return bad("give both a schema and a site, or neither".into()),
-    };
+    let dataset = request.dataset;
     let (reply, answer) = oneshot::channel();
     let queued = shared
         .commands
-        .send_timeout(Command::Validate { model, data, reply }, COMMAND_TIMEOUT)
+        .send_timeout(
+            Command::Validate {
+                model,
+                dataset,
+                reply,
+            },
+            COMMAND_TIMEOUT,
+        )
         .await;
     if queued.is_err() {
         return (
@@ -406,8 +486,135 @@ mod tests {
 
     use super::*;
     // The client is the test's harness: the server is exercised as `medmesh` uses it.
-    use crate::admin::client::{block, fetch_status, get, post, publish_roster};
+    use crate::admin::client::{Endpoint, block, fetch_status, get, post, publish_roster};
     use crate::admin::status::{Peers, Phase, RoundSummary, Test, Training};
+
+    /// Serves `reporter` on a loopback port with a fresh token; the server and its endpoint.
+    async fn serving(reporter: &Reporter) -> (Server, Endpoint) {
+        let token = AdminToken::generate().expect("random");
+        let server = reporter
+            .serve("127.0.0.1:0".parse().expect("addr"), token.clone())
+            .await
+            .expect("serves");
+        let endpoint = Endpoint {
+            addr: server.local_addr(),
+            token,
+        };
+        (server, endpoint)
+    }
+
+    /// Sends `request` (raw HTTP/1.1, closing) to `addr`; the status code and the body.
+    async fn raw(addr: SocketAddr, request: String) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        stream.write_all(request.as_bytes()).await.expect("sends");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("reads");
+        let code = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (code, body)
+    }
+
+    #[tokio::test]
+    async fn every_request_needs_the_token_json_and_our_host_and_names_no_file() {
+        let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
+        let (server, endpoint) = serving(&reporter).await;
+        let addr = endpoint.addr;
+        let bearer = endpoint.token.bearer();
+        // A stand-in for the event loop: records every command that reaches it.
+        let loop_task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(command) = commands.recv().await {
+                if let Command::Validate { dataset, reply, .. } = command {
+                    seen.push(dataset.clone());
+                    let _ = reply.send(Err(format!("no validation dataset {dataset:?}")));
+                } else if let Command::Block { reply, .. } = command {
+                    seen.push(Some("block".into()));
+                    let _ = reply.send(Ok(Vec::new()));
+                }
+            }
+            seen
+        });
+        let request = |method: &str, path: &str, headers: &str, body: &str| {
+            format!(
+                "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+                body.len()
+            )
+        };
+        let block = r#"{"members":["a"]}"#;
+        // What a web page in a browser on this machine can send: no token, text/plain.
+        let host = format!("Host: {addr}\r\n");
+        let (code, _) = raw(
+            addr,
+            request(
+                "POST",
+                "/block",
+                &format!("{host}Content-Type: text/plain\r\n"),
+                block,
+            ),
+        )
+        .await;
+        assert_eq!(code, 401);
+        let (code, _) = raw(addr, request("GET", "/status", &host, "")).await;
+        assert_eq!(code, 401);
+        let wrong = format!("{host}Authorization: Bearer {}\r\n", "0".repeat(64));
+        let (code, _) = raw(addr, request("GET", "/metrics", &wrong, "")).await;
+        assert_eq!(code, 401);
+        // With the token, but not JSON.
+        let auth = format!("{host}Authorization: {bearer}\r\n");
+        let (code, _) = raw(
+            addr,
+            request(
+                "POST",
+                "/block",
+                &format!("{auth}Content-Type: text/plain\r\n"),
+                block,
+            ),
+        )
+        .await;
+        assert_eq!(code, 415);
+        // With the token, from a page whose name resolves here (DNS rebinding).
+        let rebound = format!(
+            "Host: evil.example:{}\r\nAuthorization: {bearer}\r\n",
+            addr.port()
+        );
+        let (code, _) = raw(addr, request("GET", "/status", &rebound, "")).await;
+        assert_eq!(code, 403);
+        let localhost = format!(
+            "Host: localhost:{}\r\nAuthorization: {bearer}\r\n",
+            addr.port()
+        );
+        let (code, _) = raw(addr, request("GET", "/status", &localhost, "")).await;
+        assert_eq!(code, 200);
+        // A request that names a file is refused before anything reads it.
+        let json = format!("{auth}Content-Type: application/json\r\n");
+        let named = r#"{"model":"latest","schema":"/etc/passwd","site":"x"}"#;
+        let (code, body) = raw(addr, request("POST", "/validate", &json, named)).await;
+        assert_eq!(code, 400);
+        assert!(!body.contains("root:"), "{body}");
+        // A dataset is a name the loop looks up in the config, never a path it opens.
+        let by_name = r#"{"model":"latest","dataset":"/etc/passwd"}"#;
+        let (code, body) = raw(addr, request("POST", "/validate", &json, by_name)).await;
+        assert_eq!(code, 422, "{body}");
+        assert!(!body.contains("root:"), "{body}");
+        let (code, _) = raw(addr, request("POST", "/block", &json, block)).await;
+        assert_eq!(code, 200);
+        server.stop().await;
+        drop(reporter);
+        assert_eq!(
+            loop_task.await.expect("loop"),
+            vec![Some("/etc/passwd".to_owned()), Some("block".to_owned())],
+            "only the authorized JSON requests reached the loop"
+        );
+    }
 
     fn fake_status() -> Status {
         Status {
@@ -466,14 +673,11 @@ mod tests {
         m.reject("duplicate");
         m.reject("bad_signature");
 
-        let server = reporter
-            .serve("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("serves");
-        let addr = server.local_addr();
+        let (server, endpoint) = serving(&reporter).await;
+        let addr = endpoint.addr;
         assert_ne!(addr.port(), 0);
 
-        let (got, raw) = fetch_status(addr).await.expect("status");
+        let (got, raw) = fetch_status(&endpoint).await.expect("status");
         assert!(got.uptime_seconds >= 5.0, "{}", got.uptime_seconds);
         status.uptime_seconds = got.uptime_seconds;
         assert_eq!(got, status);
@@ -517,7 +721,7 @@ mod tests {
         });
         reporter.publish(&status);
         m.local_test_accuracy.set(0.75);
-        let (got, _) = fetch_status(addr).await.expect("status");
+        let (got, _) = fetch_status(&endpoint).await.expect("status");
         assert_eq!(got.phase, Phase::Finished);
         let text = got.to_text();
         assert!(text.contains("finished after round 6"), "{text}");
@@ -527,8 +731,9 @@ mod tests {
         );
         assert_eq!(got.test.map(|t| t.accuracy), Some(0.75));
 
-        let metrics = String::from_utf8(get(addr, "/metrics").await.expect("metrics").to_vec())
-            .expect("utf-8");
+        let metrics =
+            String::from_utf8(get(&endpoint, "/metrics").await.expect("metrics").to_vec())
+                .expect("utf-8");
         for line in [
             "medmesh_rounds_completed_total 6",
             "medmesh_rounds_timed_out_total 1",
@@ -559,13 +764,13 @@ mod tests {
         assert!(metrics.trim_end().ends_with("# EOF"));
 
         assert!(matches!(
-            get(addr, "/nope").await,
+            get(&endpoint, "/nope").await,
             Err(Error::Status { status: 404, .. })
         ));
 
         // Stopped: nothing listens any more, and the client says so.
         server.stop().await;
-        let err = fetch_status(addr).await.expect_err("stopped");
+        let err = fetch_status(&endpoint).await.expect_err("stopped");
         assert!(matches!(err, Error::Connect { .. }), "{err:?}");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
     }
@@ -576,11 +781,7 @@ mod tests {
         use medmesh_testkit::member;
 
         let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
-        let server = reporter
-            .serve("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("serves");
-        let addr = server.local_addr();
+        let (server, endpoint) = serving(&reporter).await;
         // A stand-in for the event loop: accepts version 0 (and then follows 1), refuses the rest.
         let loop_task = tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -598,11 +799,14 @@ mod tests {
         });
         let roster = Roster::genesis("m", 1, vec![member(3, Role::Hospital)]).expect("roster");
         let genesis = SignedRoster::new(roster);
-        assert_eq!(publish_roster(addr, &genesis).await.expect("applied"), 1);
+        assert_eq!(
+            publish_roster(&endpoint, &genesis).await.expect("applied"),
+            1
+        );
 
         let mut next = genesis.roster().clone();
         next.version = 7;
-        let err = publish_roster(addr, &SignedRoster::new(next))
+        let err = publish_roster(&endpoint, &SignedRoster::new(next))
             .await
             .expect_err("refused");
         assert!(
@@ -610,9 +814,13 @@ mod tests {
             "{err}"
         );
         // Not a roster at all: refused by the endpoint, never queued.
-        let err = post(addr, "/roster", Bytes::from_static(b"{\"members\": 3}"))
-            .await
-            .expect_err("bad body");
+        let err = post(
+            &endpoint,
+            "/roster",
+            Bytes::from_static(b"{\"members\": 3}"),
+        )
+        .await
+        .expect_err("bad body");
         assert!(
             matches!(&err, Error::Status { status: 400, message, .. } if message.contains("not a signed roster")),
             "{err}"
@@ -620,7 +828,7 @@ mod tests {
         // Too big: refused before it is parsed.
         let big = Bytes::from(vec![b' '; MAX_REQUEST_BODY + 1]);
         assert!(matches!(
-            post(addr, "/roster", big).await,
+            post(&endpoint, "/roster", big).await,
             Err(Error::Status { status: 413, .. })
         ));
         server.stop().await;
@@ -631,11 +839,8 @@ mod tests {
     #[tokio::test]
     async fn block_requests_reach_the_loop_and_bad_ones_do_not() {
         let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
-        let server = reporter
-            .serve("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("serves");
-        let addr = server.local_addr();
+        let (server, endpoint) = serving(&reporter).await;
+
         // A stand-in for the event loop: knows members "a" and "b".
         let loop_task = tokio::spawn(async move {
             let mut blocked: Vec<String> = Vec::new();
@@ -664,16 +869,18 @@ mod tests {
         });
         let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert_eq!(
-            block(addr, &names(&["b", "a"]), true)
+            block(&endpoint, &names(&["b", "a"]), true)
                 .await
                 .expect("blocked"),
             names(&["a", "b"])
         );
         assert_eq!(
-            block(addr, &names(&["a"]), false).await.expect("unblocked"),
+            block(&endpoint, &names(&["a"]), false)
+                .await
+                .expect("unblocked"),
             names(&["b"])
         );
-        let err = block(addr, &names(&["zz"]), true)
+        let err = block(&endpoint, &names(&["zz"]), true)
             .await
             .expect_err("unknown");
         assert!(
@@ -686,7 +893,7 @@ mod tests {
             b"[\"a\"]",
             b"{\"member\": [\"a\"]}",
         ] {
-            let err = post(addr, "/block", Bytes::copy_from_slice(body))
+            let err = post(&endpoint, "/block", Bytes::copy_from_slice(body))
                 .await
                 .expect_err("bad body");
             assert!(matches!(&err, Error::Status { status: 400, .. }), "{err}");
@@ -706,12 +913,12 @@ mod tests {
     #[tokio::test]
     async fn admin_bind_errors_name_the_address() {
         let (reporter, _commands) = Reporter::new(fake_status(), Instant::now());
-        let server = reporter
-            .serve("127.0.0.1:0".parse().expect("addr"))
+        let (server, endpoint) = serving(&reporter).await;
+        let addr = endpoint.addr;
+        let err = reporter
+            .serve(addr, AdminToken::generate().expect("random"))
             .await
-            .expect("serves");
-        let addr = server.local_addr();
-        let err = reporter.serve(addr).await.expect_err("in use");
+            .expect_err("in use");
         assert!(
             matches!(err, Error::Bind { .. }) && err.to_string().contains(&addr.to_string()),
             "{err}"

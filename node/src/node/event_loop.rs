@@ -11,7 +11,9 @@
 //! writes queued before it are durable (a version is in the store before anyone can fetch it
 //! or this node can forget it announced that round); the checkpoint and the parameters a
 //! round starts from are queued as one write; payload requests are answered from the peer's
-//! memory, or from the store on the blocking pool. The loop never blocks on the disk and
+//! memory, or from the store on the blocking pool, each member within its allowance
+//! (`limiter`); old payloads are pruned by the writer on the `retention` schedule, the
+//! lineages they pin walked on the blocking pool. The loop never blocks on the disk and
 //! never trusts a byte from the network before the peer has judged it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,17 +28,21 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm};
 use medmesh_learning::data::Table;
 use medmesh_learning::metrics;
+use medmesh_learning::privacy::AccountantState;
 use medmesh_protocol::identity::{ContentId, MemberId, Verified};
-use medmesh_protocol::peer::{Action, Command, Event, Item, Peer};
+use medmesh_protocol::peer::{Action, Command, Event, Item, Peer, Reason};
 use medmesh_protocol::update::Version;
 use medmesh_protocol::validation::Policy;
 use medmesh_protocol::wire;
+use medmesh_record::lineage;
 use medmesh_record::store::Selection;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
+use super::limiter::Limiter;
 use super::outcome::{Outcome, params_digest, write_outcome};
+use super::retention::Retention;
 use super::validation::{self, Certifier, Prepared, Validation};
 use super::{admission, members};
 use crate::config::NodeConfig;
@@ -76,6 +82,8 @@ pub(super) enum Read {
     },
     /// What a validation needs.
     Validation(Box<Prepared>),
+    /// The versions a retention pass pins (the lineages of the final and certified versions).
+    Pinned(Result<Vec<ContentId>, String>),
 }
 
 /// The data this node trains and tests on.
@@ -145,12 +153,18 @@ pub(super) struct EventLoop {
     certifier: Certifier,
     /// Round of every version known, by id (for `latest` and the validator's final check).
     rounds: HashMap<ContentId, u64>,
+    /// Payload requests each member may still make.
+    limiter: Limiter<PeerId>,
+    /// When old payloads are pruned.
+    retention: Retention,
 
     started: Instant,
     ready: bool,
     min_peers: usize,
     start_deadline: Instant,
     training_since: Option<Instant>,
+    /// The privacy ledger after the last round trained, stored with each checkpoint.
+    privacy: Option<AccountantState>,
     finished_at: Option<Instant>,
     last_round: u64,
     final_version: Option<ContentId>,
@@ -197,6 +211,14 @@ impl EventLoop {
             start_deadline: started + Duration::from_millis(config.start_timeout_ms),
             ready: min_peers == 0,
             evaluator: Evaluator::default(),
+            limiter: Limiter::new(
+                config.network.payload_request_burst,
+                config.network.payload_requests_per_second,
+            ),
+            retention: Retention::new(
+                config.retention_rounds,
+                rounds.values().copied().max().unwrap_or(0),
+            ),
             me,
             trains,
             others,
@@ -225,6 +247,7 @@ impl EventLoop {
             rounds,
             started,
             training_since: None,
+            privacy: None,
             finished_at: None,
             last_round: 0,
             final_version: None,
@@ -255,7 +278,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 done = next_trained(&mut self.trainer) => {
                     let done = done.context("the training thread stopped")?;
-                    self.handle_trained(done)?;
+                    self.handle_trained(done).await?;
                 }
                 Some(command) = self.commands.recv() => self.handle_command(command),
                 Some(read) = self.reads.join_next() => {
@@ -298,6 +321,7 @@ impl EventLoop {
             self.training_since = Some(Instant::now());
         }
         self.publish_pending();
+        self.prune_if_due();
         self.finish_validations();
         self.finish_if_done()?;
         self.publish_status();
@@ -328,7 +352,7 @@ impl EventLoop {
         match action {
             Action::Train { round, params } => {
                 self.storage
-                    .checkpoint(self.peer.checkpoint(), params.clone())
+                    .checkpoint(self.peer.checkpoint(), params.clone(), self.privacy.clone())
                     .await
                     .context("cannot queue the checkpoint; stopping")?;
                 self.jobs.push_back(Job {
@@ -368,6 +392,7 @@ impl EventLoop {
                 // The peer verified it already; this decodes it for the index.
                 if let Ok(version) = signed.clone().verify() {
                     self.rounds.insert(version.id(), version.round);
+                    self.retention.handle_version(version.round);
                 }
             }
             Item::Report(signed) => {
@@ -403,12 +428,7 @@ impl EventLoop {
     fn handle_peer_event(&mut self, event: Event) {
         match &event {
             Event::Rejected { from, reason } => {
-                *self
-                    .status
-                    .rejections
-                    .entry(reason.label().to_owned())
-                    .or_default() += 1;
-                self.telemetry.reject(reason.label());
+                self.count_rejection(reason.label());
                 tracing::warn!(from = %from.short(), reason = %reason, "rejected");
             }
             Event::Flagged { author, reason } => {
@@ -474,6 +494,51 @@ impl EventLoop {
         }
     }
 
+    /// Counts a refusal under its reason's label, on `/status` and `/metrics`.
+    fn count_rejection(&mut self, label: &'static str) {
+        *self.status.rejections.entry(label.to_owned()).or_default() += 1;
+        self.telemetry.reject(label);
+    }
+
+    /// Starts a retention pass when one is due and the writes before it are durable: the
+    /// lineages of the final and certified versions are walked off the loop, then the pass is
+    /// queued to the writer ([`EventLoop::handle_pinned`]).
+    fn prune_if_due(&mut self) {
+        let (queued, durable) = (self.storage.queued(), self.storage.progress().durable);
+        if !self.retention.poll_walk(queued, durable) {
+            return;
+        }
+        let mut roots = self.certifier.certified();
+        roots.extend(self.final_version);
+        if roots.is_empty() {
+            self.handle_pinned(Ok(Vec::new()));
+            return;
+        }
+        let store = self.storage.store().clone();
+        self.reads.spawn_blocking(move || {
+            Read::Pinned(lineage::reachable(&store, &roots).map_err(|e| e.to_string()))
+        });
+    }
+
+    /// The lineages a retention pass pins were walked: the pass goes to the writer.
+    fn handle_pinned(&mut self, pinned: Result<Vec<ContentId>, String>) {
+        self.retention.handle_walked();
+        let pinned = match pinned {
+            Ok(pinned) => pinned,
+            Err(error) => {
+                tracing::warn!(%error, "cannot walk the lineages retention pins; not pruning now");
+                return;
+            }
+        };
+        let keep_rounds = self.retention.keep_rounds();
+        match self.storage.prune(keep_rounds, pinned) {
+            Ok(Some(_)) => tracing::debug!(keep_rounds, "retention pass queued"),
+            Ok(None) => tracing::debug!("store queue full; retention pass skipped"),
+            // The writer stopped; `handle_durable` stops the node on its error.
+            Err(e) => tracing::debug!(error = %e, "retention pass not queued"),
+        }
+    }
+
     /// Publishes the gossip whose records are durable; a mesh with nobody subscribed yet is
     /// retried.
     fn publish_pending(&mut self) {
@@ -521,11 +586,27 @@ impl EventLoop {
         Ok(())
     }
 
-    /// One result of the trainer.
-    fn handle_trained(&mut self, done: Done) -> anyhow::Result<()> {
-        let (params, metrics) = done
-            .result
-            .with_context(|| format!("training round {} failed", done.round))?;
+    /// One result of the trainer. A failed round stops the node (a spent privacy budget among
+    /// the reasons). The privacy ledger the round returns is queued before the peer sees the
+    /// round, so the announcement of its version waits until what it spent is durable.
+    async fn handle_trained(&mut self, done: Done) -> anyhow::Result<()> {
+        let trained = match done.result {
+            Ok(trained) => trained,
+            Err(e) => {
+                tracing::error!(round = done.round, error = %e, "training failed; stopping");
+                return Err(e).with_context(|| format!("training round {} failed", done.round));
+            }
+        };
+        if let Some(ledger) = &trained.privacy
+            && self.privacy.as_ref() != Some(ledger)
+        {
+            self.storage
+                .privacy(ledger.clone())
+                .await
+                .context("cannot queue the privacy ledger; stopping")?;
+            self.privacy = Some(ledger.clone());
+        }
+        let (params, metrics) = (trained.params, trained.metrics);
         let seconds = self
             .training_since
             .take()
@@ -547,12 +628,37 @@ impl EventLoop {
     /// One operator command from the admin endpoint.
     fn handle_command(&mut self, command: admin::Command) {
         match command {
-            admin::Command::Validate { model, data, reply } => match self.resolve(model) {
-                Some(id) => self.start_validation(id, data, Some(reply)),
-                None => {
-                    let _ = reply.send(Err("this node holds no model version yet".into()));
+            admin::Command::Validate {
+                model,
+                dataset,
+                reply,
+            } => {
+                let data = match dataset {
+                    None => None,
+                    Some(name) => match self.config.validation_data(&name) {
+                        Some(data) => Some(data.clone()),
+                        None => {
+                            let known: Vec<&str> = self
+                                .config
+                                .validation
+                                .iter()
+                                .map(|v| v.name.as_str())
+                                .collect();
+                            let _ = reply.send(Err(format!(
+                                "this node declares no validation dataset {name:?} (its \
+                                 [[validation]] names: {known:?})"
+                            )));
+                            return;
+                        }
+                    },
+                };
+                match self.resolve(model) {
+                    Some(id) => self.start_validation(id, data, Some(reply)),
+                    None => {
+                        let _ = reply.send(Err("this node holds no model version yet".into()));
+                    }
                 }
-            },
+            }
             admin::Command::Roster { update, reply } => {
                 let answer = self
                     .peer
@@ -619,7 +725,7 @@ impl EventLoop {
     fn start_validation(
         &mut self,
         model: ContentId,
-        data: Option<crate::config::DataConfig>,
+        data: Option<crate::config::ValidationData>,
         reply: Option<validation::Reply>,
     ) {
         let validation = Validation { model, data, reply };
@@ -664,6 +770,7 @@ impl EventLoop {
                 from,
                 data,
             } => self.respond_payload(channel, from, data),
+            Read::Pinned(pinned) => self.handle_pinned(pinned),
             Read::Validation(prepared) => {
                 let Prepared {
                     validation,
@@ -959,9 +1066,15 @@ impl EventLoop {
         }
     }
 
-    /// Answers a payload request from the peer's memory, else from the store off the loop.
+    /// Answers a payload request from the peer's memory, else from the store off the loop; a
+    /// member past its allowance gets "not found" without either.
     fn serve_payload(&mut self, from: PeerId, id: ContentId, channel: ResponseChannel<Response>) {
-        if let Some(data) = self.peer.payload(&id) {
+        if !self.limiter.admit(from, Instant::now()) {
+            let member = network::member_id(&from).unwrap_or_default();
+            self.count_rejection(Reason::RateLimited(member).label());
+            tracing::debug!(peer = %from, %id, "payload request over the member's allowance; answered not found");
+            self.respond_payload(channel, from, None);
+        } else if let Some(data) = self.peer.payload(&id) {
             self.respond_payload(channel, from, Some(data));
         } else if self.reads.len() >= MAX_READS {
             tracing::debug!(peer = %from, "store reads busy; payload request answered not found");

@@ -1,5 +1,5 @@
 //! The running peer: [`run`] opens the node's key, store and swarm, waits for admission if
-//! its key is not on the roster yet (`admission`), resumes its checkpoint, and hands
+//! its key is not on the roster yet (`admission`), resumes its checkpoint and privacy ledger, and hands
 //! everything to the event loop (`event_loop`), which translates between the libp2p swarm, the sans-IO
 //! [`Peer`], the trainer (a thread driving the `medmesh-train` worker process) and the store's
 //! writer ([`crate::storage`]) — and decides nothing itself.
@@ -10,8 +10,10 @@
 
 mod admission;
 mod event_loop;
+mod limiter;
 mod members;
 mod outcome;
+mod retention;
 mod validation;
 
 use std::collections::{HashMap, HashSet};
@@ -21,6 +23,7 @@ use std::time::Instant;
 use anyhow::Context;
 use libp2p::PeerId;
 use medmesh_learning::data::{Dataset, Site};
+use medmesh_learning::privacy::{Accountant, AccountantState};
 use medmesh_protocol::identity::{ContentId, MemberId, Verified};
 use medmesh_protocol::peer::{Checkpoint, Item, Peer};
 use medmesh_protocol::roster::{Chain, SignedRoster};
@@ -81,6 +84,7 @@ pub async fn run_with_store(
     let key = keys::load(&config.key)?;
     let mut chain = open_chain(&config, &store)?;
     let (certifier, rounds, resume) = read_record(&config, &store, &chain, key.id())?;
+    let privacy = read_privacy(&config, &store)?;
     let mut storage = Storage::spawn(store)?;
     if resume.is_none() {
         // A fresh store: its genesis roster goes in first.
@@ -103,7 +107,10 @@ pub async fn run_with_store(
     };
     let (reporter, mut commands) = admin::Reporter::new(status.clone(), started);
     let admin_server = match config.admin {
-        Some(addr) => Some(reporter.serve(addr).await?),
+        Some(addr) => {
+            let token = keys::AdminToken::load_or_create(&config.admin_token_path())?;
+            Some(reporter.serve(addr, token).await?)
+        }
         None => None,
     };
     tokio::pin!(shutdown);
@@ -137,7 +144,7 @@ pub async fn run_with_store(
     status.blocked = members::names_of(chain.current(), &blocked);
 
     let (dataset, site) = load_site(&config)?;
-    let trainer = start_trainer(&config, &chain, me, &site)?;
+    let trainer = start_trainer(&config, &chain, me, &site, privacy)?;
     let peer = resume_peer(&config, key, chain, trainer.as_ref(), resume)?;
     status.roster_version = peer.chain().current().version;
     status.round = peer.round();
@@ -239,12 +246,35 @@ fn load_site(config: &NodeConfig) -> anyhow::Result<(Dataset, Site)> {
     Ok((dataset, site))
 }
 
-/// The trainer of a member whose role trains, on its site's training rows (or its shard).
+/// The hospital's privacy ledger as the store holds it (`None` if it never trained under DP):
+/// training continues from it, so ε after a restart is never below ε before it. A damaged ledger
+/// stops the node.
+fn read_privacy(config: &NodeConfig, store: &Store) -> anyhow::Result<Option<AccountantState>> {
+    let ledger = store
+        .privacy()
+        .context("cannot read the privacy ledger; refusing to start with epsilon reset to 0")?;
+    if let Some(ledger) = &ledger
+        && let Some(dp) = &config.training.dp
+    {
+        let spent = Accountant::restore(ledger)?.spent(dp.delta)?;
+        tracing::info!(
+            epsilon = spent.epsilon,
+            delta = dp.delta,
+            max_epsilon = ?dp.max_epsilon,
+            "continuing the stored privacy ledger"
+        );
+    }
+    Ok(ledger)
+}
+
+/// The trainer of a member whose role trains, on its site's training rows (or its shard),
+/// continuing the privacy ledger `privacy`.
 fn start_trainer(
     config: &NodeConfig,
     chain: &Chain,
     me: MemberId,
     site: &Site,
+    privacy: Option<AccountantState>,
 ) -> anyhow::Result<Option<Trainer>> {
     let trains = chain
         .current()
@@ -277,6 +307,7 @@ fn start_trainer(
             init_seed: config.init_seed,
             data: train_rows,
         },
+        privacy,
     )?))
 }
 

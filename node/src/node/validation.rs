@@ -18,7 +18,7 @@ use medmesh_protocol::update::{self, Version};
 use medmesh_protocol::validation::{Certification, Policy, Report};
 use tokio::sync::oneshot;
 
-use crate::config::{DataConfig, NodeConfig};
+use crate::config::{NodeConfig, ValidationData};
 use crate::validate;
 use crate::worker::Evaluator;
 
@@ -30,8 +30,8 @@ pub(super) type Reply = oneshot::Sender<Result<String, String>>;
 pub(super) struct Validation {
     /// The version to validate.
     pub(super) model: ContentId,
-    /// Other local data to validate on (default: the node's own test split).
-    pub(super) data: Option<DataConfig>,
+    /// A declared validation dataset to validate on (default: the node's own test split).
+    pub(super) data: Option<ValidationData>,
     /// The operator waiting, if one asked.
     pub(super) reply: Option<Reply>,
 }
@@ -58,21 +58,33 @@ pub(super) struct Prepared {
     pub(super) payload: Option<Bytes>,
 }
 
-/// The test rows a validation runs on: other local data if it names some, else `own`.
+/// The test rows a validation runs on: a declared validation dataset if it names one, else
+/// `own`. A dataset that does not load is logged with its reason; the answer only names it, so
+/// nothing of the file's content reaches the admin endpoint's caller.
 pub(super) fn test_rows(
-    data: Option<&DataConfig>,
+    data: Option<&ValidationData>,
     own: (&str, &Table),
 ) -> anyhow::Result<(String, Table)> {
     let Some(d) = data else {
         return Ok((own.0.to_owned(), own.1.clone()));
     };
-    let set = Dataset::load(&d.schema)?;
-    let test = set
-        .site(&d.site)
-        .with_context(|| format!("site {:?} is not in {}", d.site, d.schema.display()))?
-        .test
-        .clone();
-    Ok((set.name.clone(), test))
+    let loaded = Dataset::load(&d.schema)
+        .map_err(anyhow::Error::from)
+        .and_then(|set| {
+            let test = set
+                .site(&d.site)
+                .with_context(|| format!("site {:?} is not in {}", d.site, d.schema.display()))?
+                .test
+                .clone();
+            Ok((set.name.clone(), test))
+        });
+    loaded.map_err(|e| {
+        tracing::warn!(dataset = %d.name, error = %format!("{e:#}"), "validation dataset does not load");
+        anyhow::anyhow!(
+            "validation dataset {:?} does not load (the node's log says why)",
+            d.name
+        )
+    })
 }
 
 /// Decodes the pulled parameters of `version` and evaluates them on `test`.
