@@ -52,7 +52,8 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
     let all: Vec<&LocalNode> = nodes.iter().collect();
     let genesis = common::genesis(dir, &all);
     let spec = common::spec(&options, &genesis);
-    let mut children = common::start(&nodes, &spec, 3, |_, _| {});
+    // Retention off: what is checked is that nothing stored before the kill is lost.
+    let mut children = common::start(&nodes, &spec, 3, |_, config| config.retention_rounds = 0);
 
     // Kill Hungary's process with SIGKILL while it trains, a few rounds in.
     let victim = 1;
@@ -154,7 +155,11 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
         inputs: 13,
         hidden: vec![2048, 1024],
     };
-    let mut children = common::start(&nodes, &spec, 2, |_, config| config.model = model.clone());
+    // Retention off, as above.
+    let mut children = common::start(&nodes, &spec, 2, |_, config| {
+        config.model = model.clone();
+        config.retention_rounds = 0;
+    });
 
     // Kill Cleveland's process the moment its status shows a payload pull in flight. Two pulls
     // of tens of milliseconds each per round: polled every 10 ms, one is caught within a round

@@ -93,16 +93,7 @@ impl Admission<'_> {
             })) => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => {
-                    let chain = &self.chain;
-                    let answer =
-                        RosterResponse::answer(&chain.current().mesh, chain.history(), &request);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .roster
-                        .send_response(channel, answer);
-                }
+                } => answer_roster(self.swarm, self.chain, &request, channel),
                 request_response::Message::Response { response, .. } => {
                     let mut advanced = false;
                     for update in response.updates {
@@ -207,6 +198,17 @@ async fn adopt(
         Ok(roster::Outcome::Duplicate) => Ok(Ok(false)),
         Err(e) => Ok(Err(e)),
     }
+}
+
+/// Answers a member's roster sync request from `chain`: the versions after the one it has.
+pub(super) fn answer_roster(
+    swarm: &mut Swarm<network::Behaviour>,
+    chain: &Chain,
+    request: &RosterRequest,
+    channel: request_response::ResponseChannel<RosterResponse>,
+) {
+    let answer = RosterResponse::answer(&chain.current().mesh, chain.history(), request);
+    let _ = swarm.behaviour_mut().roster.send_response(channel, answer);
 }
 
 /// Asks `peer` for the roster versions after `roster`'s.

@@ -1127,14 +1127,7 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let chain = self.peer.chain();
-                    let answer =
-                        RosterResponse::answer(&chain.current().mesh, chain.history(), &request);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .roster
-                        .send_response(channel, answer);
+                    admission::answer_roster(&mut self.swarm, self.peer.chain(), &request, channel)
                 }
                 request_response::Message::Response { response, .. } => {
                     let member = network::member_id(&from).unwrap_or_default();
