@@ -374,7 +374,8 @@ pub enum Event {
     RoundCompleted {
         /// The round that closed.
         round: u64,
-        /// Authors merged, this peer first.
+        /// Authors merged, this peer first (a peer that adopts the finals of a mesh that ended
+        /// while it was behind lists only their authors).
         contributors: Vec<MemberId>,
         /// What the rule did.
         summary: aggregate::Summary,
@@ -796,6 +797,17 @@ impl Peer {
         Verdict::Reject(reason)
     }
 
+    /// Refuses a message for what its author did (flagged, over its rate). Sent by the author
+    /// itself it is a rejection; relayed by another member, who forwarded it before it could
+    /// know, it is ignored: not forwarded, and the relayer is not penalized for the author.
+    fn refuse_author(&mut self, from: MemberId, author: MemberId, reason: Reason) -> Verdict {
+        if from == author {
+            self.reject(from, reason)
+        } else {
+            Verdict::Ignore(reason)
+        }
+    }
+
     /// Gossip bytes from `from` (the peer that delivered them, not necessarily the signer).
     pub fn handle_message(&mut self, now: Duration, from: MemberId, bytes: &[u8]) -> Verdict {
         self.handle_inbound(now, from, Inbound::inspect(bytes))
@@ -848,10 +860,10 @@ impl Peer {
         let (round, id) = (version.round, version.id());
         let state = self.authors.entry(author).or_default();
         if state.flagged {
-            return self.reject(from, Reason::Flagged);
+            return self.refuse_author(from, author, Reason::Flagged);
         }
         if state.seen(round) != Some(&id) && !state.take_token(now) {
-            return self.reject(from, Reason::RateLimited(author));
+            return self.refuse_author(from, author, Reason::RateLimited(author));
         }
         match state.seen(round) {
             Some(seen) if *seen == id && round >= state.latest => {
@@ -1180,6 +1192,12 @@ impl Peer {
     fn close_round(&mut self, _now: Duration, timed_out: bool) {
         self.screen_outliers();
         let Some(own) = self.own.take() else { return };
+        if let Some(m) = self.config.max_rounds
+            && self.merged_round() > m
+            && self.fetched.iter().any(|(v, _)| v.round == m + 1)
+        {
+            return self.adopt_finals(m, timed_out);
+        }
         let mut out = self.spare.pop().unwrap_or_default();
         out.clear();
         out.resize(self.dim, 0.0);
@@ -1225,12 +1243,7 @@ impl Peer {
             rounds.push(v.round);
             self.spare.push(params);
         }
-        // The round the merged members are at: the lower median of their rounds, so that one
-        // member claiming a far-off round cannot drag everyone there (and past max_rounds).
-        rounds.sort_unstable();
-        let newest = rounds
-            .get(rounds.len().saturating_sub(1) / 2)
-            .map_or(self.round, |r| (*r).max(self.round));
+        let newest = lower_median(&mut rounds).map_or(self.round, |r| r.max(self.round));
         let merged_from = std::mem::replace(&mut self.params, out);
         self.spare.push(merged_from);
         // Enough for the next round's pulls and its merge; the rest is freed.
@@ -1268,6 +1281,59 @@ impl Peer {
                 params: std::mem::take(&mut self.params),
             });
         }
+    }
+
+    /// The round the members pulled this round are at: the lower median of their rounds, so
+    /// that one member claiming a far-off round cannot drag everyone there (and past
+    /// `max_rounds`, or into adopting its "final").
+    fn merged_round(&self) -> u64 {
+        let mut rounds: Vec<u64> = self.fetched.iter().map(|(v, _)| v.round).collect();
+        lower_median(&mut rounds).unwrap_or(self.round)
+    }
+
+    /// The mesh ended while this peer was behind (restarted, cut off, or slower): most of what
+    /// it pulled are final versions (round `m + 1`). Its own model of an earlier round would only pull
+    /// the finished consensus away, and every round it could still merge into is over, so it
+    /// adopts the coordinate-wise median of the finals it pulled (equal to each of them when the
+    /// mesh agrees; a minority of deviant finals cannot move it) as its own final version, their
+    /// ids its parents.
+    fn adopt_finals(&mut self, m: u64, timed_out: bool) {
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        out.resize(self.dim, 0.0);
+        let (finals, stale): (Vec<_>, Vec<_>) =
+            self.fetched.drain(..).partition(|(v, _)| v.round == m + 1);
+        self.spare.extend(stale.into_iter().map(|(_, p)| p));
+        let inputs: Vec<&[f32]> = finals.iter().map(|(_, p)| p.as_slice()).collect();
+        if aggregate::coordinate_median(&mut out, &inputs, &mut self.scratch).is_err() {
+            // Unreachable (at least one final, each of the model's length): keep the own model.
+            out.copy_from_slice(&self.params);
+        }
+        drop(inputs);
+        let contributors = finals.iter().map(|(v, _)| v.signer()).collect();
+        self.parents = finals.iter().map(|(v, _)| v.id()).collect();
+        let summary = aggregate::Summary {
+            inputs: finals.len(),
+            clipped: 0,
+            tau: None,
+        };
+        self.spare.extend(finals.into_iter().map(|(_, p)| p));
+        let stale_model = std::mem::replace(&mut self.params, out);
+        self.spare.push(stale_model);
+        self.spare.truncate(self.target() + 1);
+        self.event(Event::RoundCompleted {
+            round: self.round,
+            contributors,
+            summary,
+            timed_out,
+        });
+        self.round = m + 1;
+        self.fetching.clear();
+        self.tried.clear();
+        self.candidates.clear();
+        self.phase = Phase::Done;
+        self.announce_final(m + 1);
+        self.event(Event::Finished { round: m });
     }
 
     /// Signs and announces the merged model of the last round as this peer's final version:
@@ -1375,4 +1441,10 @@ impl Peer {
             }
         }
     }
+}
+
+/// The lower median of `rounds` (sorted in place), `None` if empty.
+fn lower_median(rounds: &mut [u64]) -> Option<u64> {
+    rounds.sort_unstable();
+    rounds.get(rounds.len().saturating_sub(1) / 2).copied()
 }

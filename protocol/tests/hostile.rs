@@ -155,6 +155,51 @@ fn equivocation_rejects_and_flags_the_author() {
 }
 
 #[test]
+fn relayed_copies_of_a_flagged_or_flooding_author_are_ignored_not_held_against_the_relayer() {
+    let (k, mut peer) = setup();
+    // k[2] equivocates and is flagged; k[3] is an honest member relaying what it heard.
+    let (a, _) = version(&k[2], 3, 1.0);
+    let (b, _) = version(&k[2], 3, -1.0);
+    assert_eq!(
+        peer.handle_message(T, k[2].id(), &announce(&a)),
+        Verdict::Accept
+    );
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[2].id(), &announce(&b))),
+        "equivocation"
+    );
+    while peer.poll_action().is_some() {}
+    let (later, _) = version(&k[2], 4, 0.5);
+    assert_eq!(
+        peer.handle_message(T, k[3].id(), &announce(&later)),
+        Verdict::Ignore(Reason::Flagged)
+    );
+    assert_eq!(
+        rejected_reason(&mut peer),
+        None,
+        "no rejection charged to the relayer"
+    );
+    // Sent by the flagged author itself, it is still a rejection.
+    assert_eq!(
+        reject_label(&peer.handle_message(T, k[2].id(), &announce(&later))),
+        "flagged"
+    );
+    while peer.poll_action().is_some() {}
+    // A flood by k[1], relayed by k[3]: over the author's rate the relayed copies are ignored.
+    let mut ignored = 0;
+    for round in 1..=100u64 {
+        let (v, _) = version(&k[1], round, 0.5);
+        match peer.handle_message(T, k[3].id(), &announce(&v)) {
+            Verdict::Accept => {}
+            Verdict::Ignore(Reason::RateLimited(author)) if author == k[1].id() => ignored += 1,
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    assert!(ignored > 50, "ignored {ignored}");
+    assert_eq!(rejected_reason(&mut peer), None);
+}
+
+#[test]
 fn payload_that_does_not_match_its_announcement_is_refused() {
     let (k, mut peer) = setup();
     let (v, bytes) = version(&k[1], 1, 1.0);
@@ -410,6 +455,13 @@ fn a_flood_of_announcements_is_rate_limited_without_hurting_others() {
 
 #[test]
 fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
+    // Round 1,000, or round 11: a "final" version while the others are at round 2.
+    for claimed in [1000, 11] {
+        far_round_claim(claimed);
+    }
+}
+
+fn far_round_claim(claimed: u64) {
     let k = keys(4);
     let c = chain(&[Role::Hospital; 4]);
     let config = Config {
@@ -424,9 +476,9 @@ fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
     ));
     peer.handle_trained(T, vec![0.0; DIM], BTreeMap::new())
         .expect("trained");
-    // Two honest members are at round 2; the third claims round 1,000.
+    // Two honest members are at round 2; the third claims a far round.
     let mut payloads = BTreeMap::new();
-    for (key, round) in [(&k[1], 2), (&k[2], 2), (&k[3], 1000)] {
+    for (key, round) in [(&k[1], 2), (&k[2], 2), (&k[3], claimed)] {
         let (v, bytes) = version(key, round, 1.0);
         payloads.insert(v.id(), bytes);
         assert_eq!(

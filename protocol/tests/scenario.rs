@@ -302,3 +302,84 @@ fn a_peer_behind_joins_the_round_of_those_ahead_and_ends_with_them() {
     .expect("decodes");
     assert_eq!(params, [0.625; 4]);
 }
+
+#[test]
+fn a_peer_that_arrives_after_the_end_adopts_the_final_consensus() {
+    use medmesh_protocol::peer::Action;
+    use medmesh_protocol::roster::Role;
+    use medmesh_protocol::wire::Message;
+
+    // Four members; three train all 4 rounds without the fourth (their rounds close on the
+    // timeout) and agree on one final model.
+    let k = keys(4);
+    let chain = common::chain(&[Role::Hospital; 4]);
+    let configs = (0..3).map(|i| config(Rule::Mean, 3, 4, i)).collect();
+    let mut net = Net::with_chain(
+        chain.clone(),
+        &k[..3],
+        configs,
+        inits(3, 8, 7),
+        &[10, 20, 30],
+    );
+    net.run(Duration::from_secs(600));
+    assert!(net.peers.iter().all(Peer::is_finished));
+    let consensus = net.peers[0].params().to_vec();
+    assert!(net.spread() < 1e-6, "the three agree: {}", net.spread());
+
+    // The fourth starts (or restarts) only now, trains round 1 on a model far from theirs, and
+    // hears their final versions.
+    let mut late = Peer::new(
+        config(Rule::Mean, 3, 4, 9),
+        k[3].clone(),
+        chain,
+        vec![9.0; 8],
+        40,
+    )
+    .expect("peer");
+    assert!(matches!(
+        late.poll_action(),
+        Some(Action::Train { round: 1, .. })
+    ));
+    late.handle_trained(Duration::ZERO, vec![9.0; 8], Default::default())
+        .expect("trained");
+    while late.poll_action().is_some() {}
+    let mut finals = Vec::new();
+    for i in 0..3 {
+        let (_, bytes) = net.sent.iter().rev().find(|(s, _)| *s == i).expect("sent");
+        let Ok(Message::Announce(v)) =
+            Message::from_bytes(bytes, medmesh_protocol::wire::MAX_GOSSIP)
+        else {
+            panic!("the last message of a peer is its final announcement");
+        };
+        let v = v.verify().expect("signed");
+        assert_eq!(v.round, 5);
+        finals.push(v.id());
+        late.handle_message(Duration::ZERO, k[i].id(), bytes);
+    }
+    let pulls: Vec<_> = std::iter::from_fn(|| late.poll_action())
+        .filter_map(|a| match a {
+            Action::Fetch { from, id } => Some((from, id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pulls.len(), 3, "pulls each final");
+    for (from, id) in pulls {
+        let server = &net.peers[net.index[&from]];
+        late.handle_payload(Duration::ZERO, from, id, server.payload(&id));
+    }
+    // It ends with them: its final version is their consensus, not a mix with its stale model,
+    // and its lineage names the finals it adopted.
+    assert!(late.is_finished());
+    assert_eq!(late.params(), consensus.as_slice());
+    let last = std::iter::from_fn(|| late.poll_action())
+        .find_map(|a| match a {
+            Action::Broadcast(Message::Announce(v)) => Some(v.verify().expect("signed")),
+            _ => None,
+        })
+        .expect("announces its final version");
+    assert_eq!(last.round, 5);
+    let mut parents = last.parents.clone();
+    parents.sort();
+    finals.sort();
+    assert_eq!(parents, finals);
+}

@@ -49,6 +49,8 @@ pub struct Net {
     pub events: Vec<(usize, Event)>,
     /// Peers whose "training" sends the sign-flipped, amplified model (`50 − 10·x`) instead.
     pub attackers: Vec<usize>,
+    /// Every gossip message sent, by sender index, in order.
+    pub sent: Vec<(usize, Vec<u8>)>,
 }
 
 /// The keys of members 1..=`n`: `keys(n)[i]` is the key of member `i + 1` of [`chain`].
@@ -104,6 +106,7 @@ impl Net {
             rng: ChaCha8Rng::seed_from_u64(99),
             events: Vec::new(),
             attackers: Vec::new(),
+            sent: Vec::new(),
         };
         for i in 0..net.peers.len() {
             net.drain(i);
@@ -138,6 +141,7 @@ impl Net {
                 Action::Broadcast(message) => {
                     let bytes = message.to_bytes();
                     let from = self.peers[i].id();
+                    self.sent.push((i, bytes.clone()));
                     for to in 0..self.peers.len() {
                         if to != i {
                             self.gossip(to, from, bytes.clone());
