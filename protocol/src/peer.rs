@@ -103,7 +103,8 @@ pub struct Config {
 /// round (a coordinate-wise trim keeps the honest values on the far side of the attacker; a
 /// clipped neighbour still moves the model by its share of the radius), and in a small mesh those
 /// biases add up. Each round that merges at least three other versions, a version whose L2
-/// distance to this peer's own model exceeds `factor` times the lower median of those distances
+/// distance to the coordinate-wise median of the round's inputs (this peer's own model and the
+/// versions pulled) exceeds `factor` times the lower median of those distances
 /// (or of a millionth of the model's norm, if larger) is an outlier; an author whose versions are outliers in `rounds` merged rounds in a row is flagged
 /// like an equivocator: its version is left out of that round's merge and everything it sends
 /// afterwards is refused. Each peer judges alone, from what it merges. Flags, like those for
@@ -1145,11 +1146,26 @@ impl Peer {
         if self.fetched.len() < 3 {
             return;
         }
+        // Distances to the coordinate-wise median of the round's inputs (own model included),
+        // not to the own model: a member whose own data pulls its model away from the others
+        // (non-IID) would otherwise see every version as far and a poisoned one as no farther.
+        let mut center = self.spare.pop().unwrap_or_default();
+        center.clear();
+        center.resize(self.dim, 0.0);
+        let inputs: Vec<&[f32]> = std::iter::once(self.params.as_slice())
+            .chain(self.fetched.iter().map(|(_, p)| p.as_slice()))
+            .collect();
+        if aggregate::coordinate_median(&mut center, &inputs, &mut self.scratch).is_err() {
+            // Unreachable (inputs of the model's length): judge against the own model.
+            center.copy_from_slice(&self.params);
+        }
+        drop(inputs);
         let distances: Vec<f64> = self
             .fetched
             .iter()
-            .map(|(_, p)| aggregate::distance(p, &self.params))
+            .map(|(_, p)| aggregate::distance(p, &center))
             .collect();
+        self.spare.push(center);
         let mut sorted = distances.clone();
         sorted.sort_by(f64::total_cmp);
         // Distances far below the model's own size are rounding, not disagreement: a mesh

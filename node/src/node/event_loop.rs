@@ -892,6 +892,7 @@ impl EventLoop {
             params: self.peer.params().to_vec(),
             params_digest: params_digest(self.peer.params()),
             rejections: self.status.rejections.clone(),
+            flagged: self.peer.flagged().collect(),
             timeouts: self.status.rounds_timed_out,
             seconds: self.started.elapsed().as_secs_f64(),
             final_version: self.final_version,

@@ -30,6 +30,9 @@ pub struct Outcome {
     pub params_digest: Digest,
     /// Rejected messages by reason.
     pub rejections: BTreeMap<String, u64>,
+    /// Members this node excluded (equivocation, persistent outliers), in id order.
+    #[serde(default)]
+    pub flagged: Vec<MemberId>,
     /// Rounds that closed on their timeout.
     pub timeouts: u64,
     /// Wall time from start to the last round, seconds.
