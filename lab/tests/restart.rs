@@ -161,32 +161,52 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
         config.retention_rounds = 0;
     });
 
-    // Kill Cleveland's process the moment its status shows a payload pull in flight. Two pulls
-    // of tens of milliseconds each per round: polled every 10 ms, one is caught within a round
-    // or two.
+    // Kill Cleveland's process the moment its /metrics show a payload arriving and less than
+    // half of it there (a finished transfer no longer counts): the rest, over 4 MB, takes
+    // milliseconds more to cross, while the kill follows the read within a fraction of one. Two
+    // pulls of tens of milliseconds each per round: polled every few milliseconds, one is caught
+    // within a round or two.
+    let payload_bytes: usize = 4 * model
+        .layout()
+        .expect("layout")
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<i64>() as usize)
+        .sum::<usize>();
     let victim = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
-    let killed_at = loop {
-        if let Some(s) = nodes[victim].status()
-            && s.round >= 2
-            && s.peers.pulls > 0
-        {
-            break s.round;
+    let (killed_at, arriving) = loop {
+        let round = nodes[victim].status().map_or(0, |s| s.round);
+        let arriving = if round >= 2 {
+            nodes[victim]
+                .metrics()
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("medmesh_payload_bytes_receiving "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if arriving > 0 && arriving < payload_bytes / 2 {
+            children.kill(victim);
+            break (round, arriving);
         }
         assert!(
             Instant::now() < deadline && nodes[victim].outcome().is_none(),
-            "cleveland was never caught pulling a payload"
+            "cleveland was never caught receiving a payload"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     };
-    children.kill(victim);
     let (versions, payloads, _) = audit(&nodes[victim]);
     assert!(!versions.is_empty(), "nothing stored by round {killed_at}");
     // The pull that was cut off left nothing behind: every stored payload is whole (the audit
     // checked each against its signed digest); a version whose pull never finished is stored
     // without one.
     eprintln!(
-        "killed in round {killed_at}: {} versions stored, {} without their payload",
+        "killed in round {killed_at} with {arriving} of a {payload_bytes}-byte payload \
+         arrived: {} versions stored, {} without their payload",
         versions.len(),
         versions.len() - payloads.len()
     );

@@ -36,6 +36,7 @@ use medmesh_protocol::identity::{ContentId, Digest, Keypair, MemberId};
 use medmesh_protocol::peer::Verdict;
 use medmesh_protocol::roster::{Roster, SignedRoster};
 use medmesh_protocol::wire::{self, Message};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 /// Protocol of payload pulls (request-response).
@@ -399,15 +400,47 @@ impl From<CodecError> for io::Error {
 /// A read checks the prefix against its cap before reserving anything, reserves at most
 /// 16 MiB up front, grows the one buffer only as bytes arrive, and hands it out as [`Bytes`]
 /// without a copy.
+///
+/// While a payload arrives, its bytes read so far are added to the codec's `receiving` gauge,
+/// and taken off again when the frame is complete, refused or dropped: what is in flight now.
 #[derive(Debug, Clone)]
 pub struct PayloadCodec {
     max_payload_bytes: usize,
+    receiving: Gauge,
 }
 
 impl PayloadCodec {
     /// A codec that refuses responses larger than `max_payload_bytes`.
     pub fn new(max_payload_bytes: usize) -> Self {
-        Self { max_payload_bytes }
+        Self::counting(max_payload_bytes, Gauge::default())
+    }
+
+    /// The same, counting the bytes of payloads still arriving into `receiving`.
+    pub fn counting(max_payload_bytes: usize, receiving: Gauge) -> Self {
+        Self {
+            max_payload_bytes,
+            receiving,
+        }
+    }
+}
+
+/// Takes what it added to a gauge off again when dropped.
+struct Arriving<'a> {
+    gauge: &'a Gauge,
+    added: i64,
+}
+
+impl Arriving<'_> {
+    fn add(&mut self, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.gauge.inc_by(n);
+        self.added = self.added.saturating_add(n);
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.added);
     }
 }
 
@@ -426,7 +459,7 @@ impl request_response::Codec for PayloadCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = read_frame(io, MAX_REQUEST_BYTES).await?;
+        let frame = read_frame(io, MAX_REQUEST_BYTES, None).await?;
         match Message::from_bytes(&frame, MAX_REQUEST_BYTES) {
             Ok(Message::Request(id)) => Ok(id),
             Ok(other) => Err(CodecError::Request(format!("a {} message", other.kind())).into()),
@@ -443,7 +476,7 @@ impl request_response::Codec for PayloadCodec {
         match tag[0] {
             NOT_FOUND => Ok(Response::NotFound),
             FOUND => Ok(Response::Payload(Bytes::from(
-                read_frame(io, self.max_payload_bytes).await?,
+                read_frame(io, self.max_payload_bytes, Some(&self.receiving)).await?,
             ))),
             other => Err(CodecError::Tag(other).into()),
         }
@@ -495,8 +528,13 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> 
     io.write_all(bytes).await
 }
 
-/// Reads one length-prefixed frame of at most `limit` bytes into a single buffer.
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+/// Reads one length-prefixed frame of at most `limit` bytes into a single buffer, counting the
+/// bytes read into `arriving` until the frame is complete.
+async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+    arriving: Option<&Gauge>,
+) -> io::Result<Vec<u8>> {
     let mut prefix = [0u8; 8];
     io.read_exact(&mut prefix).await?;
     let claimed = u64::from_le_bytes(prefix);
@@ -505,6 +543,7 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io
         .filter(|&len| len <= limit)
         .ok_or(CodecError::TooLarge { claimed, limit })?;
     let mut buf = Vec::with_capacity(len.min(PREALLOCATE));
+    let mut progress = arriving.map(|gauge| Arriving { gauge, added: 0 });
     let mut filled = 0;
     while filled < len {
         if filled == buf.len() {
@@ -517,6 +556,9 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         filled += n;
+        if let Some(p) = &mut progress {
+            p.add(n);
+        }
     }
     Ok(buf)
 }
@@ -567,9 +609,20 @@ pub fn build_swarm(
     config: &NetworkConfig,
     roster: &Roster,
 ) -> Result<Swarm<Behaviour>, Error> {
+    build_swarm_counting(key, config, roster, Gauge::default())
+}
+
+/// [`build_swarm`], counting the bytes of payloads still arriving into `receiving` (the node's
+/// `medmesh_payload_bytes_receiving`).
+pub fn build_swarm_counting(
+    key: &Keypair,
+    config: &NetworkConfig,
+    roster: &Roster,
+    receiving: Gauge,
+) -> Result<Swarm<Behaviour>, Error> {
     config.check()?;
     let identity = libp2p::identity::Keypair::ed25519_from_bytes(key.secret_bytes())?;
-    let parts = Parts::new(&identity, config, &roster.mesh)?;
+    let parts = Parts::new(&identity, config, &roster.mesh, receiving)?;
     let idle = config.idle_connection_timeout;
     let builder = SwarmBuilder::with_existing_identity(identity).with_tokio();
     let mut swarm = if config.quic {
@@ -646,6 +699,7 @@ impl Parts {
         identity: &libp2p::identity::Keypair,
         config: &NetworkConfig,
         mesh: &str,
+        receiving: Gauge,
     ) -> Result<Self, Error> {
         let local = identity.public().to_peer_id();
         let limits = connection_limits::ConnectionLimits::default()
@@ -679,7 +733,7 @@ impl Parts {
             limits: connection_limits::Behaviour::new(limits),
             gossipsub: gossip(config, mesh)?,
             payload: request_response::Behaviour::with_codec(
-                PayloadCodec::new(config.max_payload_bytes),
+                PayloadCodec::counting(config.max_payload_bytes, receiving),
                 [(PAYLOAD_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(config.request_timeout),
             ),
@@ -1117,6 +1171,51 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn bytes_of_a_payload_count_as_arriving_until_it_is_complete_or_cut_off() {
+        use futures::TryStreamExt;
+
+        let gauge = Gauge::default();
+        let mut codec = PayloadCodec::counting(1 << 20, gauge.clone());
+        let mut wire = Vec::new();
+        let payload = Response::Payload(Bytes::from(vec![5u8; 100_000]));
+        codec
+            .write_response(&PAYLOAD_PROTOCOL, &mut wire, payload.clone())
+            .await
+            .expect("writes");
+        for complete in [true, false] {
+            let (tx, rx) = futures::channel::mpsc::unbounded::<io::Result<Vec<u8>>>();
+            let mut reader = rx.into_async_read();
+            let mut codec = codec.clone();
+            let read =
+                tokio::spawn(
+                    async move { codec.read_response(&PAYLOAD_PROTOCOL, &mut reader).await },
+                );
+            // The tag, the length prefix and 40,000 bytes of the payload.
+            tx.unbounded_send(Ok(wire[..40_009].to_vec()))
+                .expect("send");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while gauge.get() != 40_000 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gauge {}",
+                    gauge.get()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if complete {
+                tx.unbounded_send(Ok(wire[40_009..].to_vec()))
+                    .expect("send");
+                assert_eq!(read.await.expect("task").expect("reads"), payload);
+            } else {
+                drop(tx);
+                let error = read.await.expect("task").expect_err("cut off");
+                assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+            }
+            assert_eq!(gauge.get(), 0, "complete: {complete}");
+        }
     }
 
     fn codec_error(error: &io::Error) -> Option<&CodecError> {

@@ -344,7 +344,7 @@ fn a_peer_that_arrives_after_the_end_adopts_the_final_consensus() {
         .expect("trained");
     while late.poll_action().is_some() {}
     let mut finals = Vec::new();
-    for i in 0..3 {
+    for (i, key) in k.iter().enumerate().take(3) {
         let (_, bytes) = net.sent.iter().rev().find(|(s, _)| *s == i).expect("sent");
         let Ok(Message::Announce(v)) =
             Message::from_bytes(bytes, medmesh_protocol::wire::MAX_GOSSIP)
@@ -354,7 +354,7 @@ fn a_peer_that_arrives_after_the_end_adopts_the_final_consensus() {
         let v = v.verify().expect("signed");
         assert_eq!(v.round, 5);
         finals.push(v.id());
-        late.handle_message(Duration::ZERO, k[i].id(), bytes);
+        late.handle_message(Duration::ZERO, key.id(), bytes);
     }
     let pulls: Vec<_> = std::iter::from_fn(|| late.poll_action())
         .filter_map(|a| match a {

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub peers_subscribed: Gauge,
     /// Payload pulls in flight (`medmesh_payload_pulls_in_flight`).
     pub payload_pulls_in_flight: Gauge,
+    /// Bytes of payloads arriving whose transfer is not complete (`medmesh_payload_bytes_receiving`).
+    pub payload_bytes_receiving: Gauge,
     /// Gossip messages received, after gossipsub's deduplication (`medmesh_gossip_messages_in_total`).
     pub gossip_messages_in: Counter,
     /// Gossip messages published (`medmesh_gossip_messages_out_total`).
@@ -96,6 +98,11 @@ impl Metrics {
                 r,
                 "payload_pulls_in_flight",
                 "Payload pulls requested and not yet answered",
+            ),
+            payload_bytes_receiving: add(
+                r,
+                "payload_bytes_receiving",
+                "Bytes of payloads arriving whose transfer is not complete",
             ),
             gossip_messages_in: add(r, "gossip_messages_in", "Gossip messages received"),
             gossip_messages_out: add(r, "gossip_messages_out", "Gossip messages published"),

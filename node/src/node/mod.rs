@@ -93,12 +93,12 @@ pub async fn run_with_store(
             .await?;
     }
     let me = key.id();
-    let mut swarm = network::build_swarm(&key, &config.network, chain.current())?;
-    tracing::info!(member = %me.short(), peer_id = %swarm.local_peer_id(), site = %config.data.site, "node started");
+    let peer_id = network::peer_id(&me)?;
+    tracing::info!(member = %me.short(), peer_id = %peer_id, site = %config.data.site, "node started");
 
     let mut status = admin::Status {
         member: me,
-        peer_id: swarm.local_peer_id().to_string(),
+        peer_id: peer_id.to_string(),
         site: config.data.site.clone(),
         mesh: chain.current().mesh.clone(),
         roster_version: chain.current().version,
@@ -106,6 +106,12 @@ pub async fn run_with_store(
         ..admin::Status::default()
     };
     let (reporter, mut commands) = admin::Reporter::new(status.clone(), started);
+    let mut swarm = network::build_swarm_counting(
+        &key,
+        &config.network,
+        chain.current(),
+        reporter.metrics().payload_bytes_receiving.clone(),
+    )?;
     let admin_server = match config.admin {
         Some(addr) => {
             let token = keys::AdminToken::load_or_create(&config.admin_token_path())?;
