@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod keys;
+pub mod nat;
 pub mod network;
 pub mod node;
 pub mod storage;

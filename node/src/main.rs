@@ -62,6 +62,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a running node's Prometheus metrics (`GET /metrics` of its admin endpoint), for a
+    /// look without a Prometheus server.
+    Metrics {
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`); its token is
+        /// the config's `admin_token`, or the file `MEDMESH_ADMIN_TOKEN` names.
+        #[arg(long, env = "MEDMESH_ADMIN")]
+        admin: Option<SocketAddr>,
+        /// Take the admin address from this node config.
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Block members on a running node: their connections are closed and refused until
     /// `medmesh unblock`, whatever the roster says (quarantine a member while the vote to remove
     /// it gathers signatures, or cut links in a drill). Prints every member blocked afterwards.
@@ -240,8 +251,11 @@ fn parse_member(text: &str) -> anyhow::Result<Member> {
         "hospital" => Role::Hospital,
         "validator" => Role::Validator,
         "observer" => Role::Observer,
+        "relay" => Role::Relay,
         other => {
-            anyhow::bail!("member {text:?}: unknown role {other:?} (hospital, validator, observer)")
+            anyhow::bail!(
+                "member {text:?}: unknown role {other:?} (hospital, validator, observer, relay)"
+            )
         }
     };
     Ok(Member {
@@ -572,6 +586,14 @@ fn main() -> anyhow::Result<()> {
             config,
             json,
         } => status_command(admin, config, json)?,
+        Command::Metrics { admin, config } => {
+            let endpoint = admin_endpoint(admin, config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let page = runtime.block_on(admin::get(&endpoint, "/metrics"))?;
+            print!("{}", String::from_utf8_lossy(&page));
+        }
         Command::Block(args) => block_command(args, true)?,
         Command::Unblock(args) => block_command(args, false)?,
         Command::Export {

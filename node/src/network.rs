@@ -19,14 +19,15 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::core::transport::TransportError;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat,
     connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, relay, request_response, tcp,
@@ -34,7 +35,7 @@ use libp2p::{
 };
 use medmesh_protocol::identity::{ContentId, Digest, Keypair, MemberId};
 use medmesh_protocol::peer::Verdict;
-use medmesh_protocol::roster::{Roster, SignedRoster};
+use medmesh_protocol::roster::{Role, Roster, SignedRoster};
 use medmesh_protocol::wire::{self, Message};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
@@ -119,8 +120,16 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Find members on the local network with mDNS (a hospital LAN, a laptop demo).
     pub mdns: bool,
-    /// Offer relay to members behind NAT (needs a publicly reachable address).
+    /// Offer relay to members behind NAT (needs a publicly reachable address). A member whose
+    /// roster role is `relay` always does.
     pub relay_server: bool,
+    /// As a relay: bytes one relayed connection may carry before the relay resets it; 0 for no
+    /// limit (the default: relays serve members only, and a limit would cut payloads off
+    /// mid-transfer when two members cannot connect directly).
+    pub relay_max_circuit_bytes: u64,
+    /// As a relay: seconds one relayed connection may last before the relay resets it (the
+    /// members then reconnect); at least 1.
+    pub relay_max_circuit_seconds: u64,
     /// Enable the QUIC transport (the binary needs the `quic` cargo feature).
     pub quic: bool,
     /// A connection no protocol uses is closed after this long (milliseconds in TOML).
@@ -159,6 +168,8 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             mdns: true,
             relay_server: false,
+            relay_max_circuit_bytes: 0,
+            relay_max_circuit_seconds: 24 * 3600,
             quic: false,
             idle_connection_timeout: Duration::from_secs(60),
             max_connections_per_peer: 4,
@@ -188,6 +199,11 @@ impl NetworkConfig {
         }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return Err(Error::Config("connection limits must be at least 1"));
+        }
+        if !(1..=u64::from(u32::MAX)).contains(&self.relay_max_circuit_seconds) {
+            return Err(Error::Config(
+                "relay_max_circuit_seconds must be between 1 and 4294967295",
+            ));
         }
         if self.idle_connection_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(Error::Config("timeouts must be longer than zero"));
@@ -609,11 +625,16 @@ pub fn build_swarm(
     config: &NetworkConfig,
     roster: &Roster,
 ) -> Result<Swarm<Behaviour>, Error> {
-    build_swarm_counting(key, config, roster, Gauge::default())
+    let mut swarm = build_swarm_counting(key, config, roster, Gauge::default())?;
+    dial_bootstrap(&mut swarm, config);
+    Ok(swarm)
 }
 
-/// [`build_swarm`], counting the bytes of payloads still arriving into `receiving` (the node's
-/// `medmesh_payload_bytes_receiving`).
+/// [`build_swarm`] without dialing the bootstrap members yet, counting the bytes of payloads
+/// still arriving into `receiving` (the node's `medmesh_payload_bytes_receiving`). Dial with
+/// [`dial_bootstrap`] once [`listening`] returns: a connection dialed before the listeners are
+/// up leaves from a random port instead of the listening one, and the address peers then see
+/// for this node is one that hole punching cannot use.
 pub fn build_swarm_counting(
     key: &Keypair,
     config: &NetworkConfig,
@@ -622,7 +643,15 @@ pub fn build_swarm_counting(
 ) -> Result<Swarm<Behaviour>, Error> {
     config.check()?;
     let identity = libp2p::identity::Keypair::ed25519_from_bytes(key.secret_bytes())?;
-    let parts = Parts::new(&identity, config, &roster.mesh, receiving)?;
+    let own = roster.member(&key.id());
+    let is_relay = own.is_some_and(|m| m.role == Role::Relay);
+    let parts = Parts::new(
+        &identity,
+        config,
+        &roster.mesh,
+        receiving,
+        config.relay_server || is_relay,
+    )?;
     let idle = config.idle_connection_timeout;
     let builder = SwarmBuilder::with_existing_identity(identity).with_tokio();
     let mut swarm = if config.quic {
@@ -650,6 +679,18 @@ pub fn build_swarm_counting(
     };
 
     allow_members(&mut swarm, roster, &HashSet::new());
+    // A relay offers its reservations at the public addresses the roster lists for it (libp2p's
+    // relay serves only once it has a confirmed external address).
+    if is_relay {
+        for text in own.map(|m| m.addresses.as_slice()).unwrap_or_default() {
+            if let Ok(mut address) = text.parse::<Multiaddr>() {
+                if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
+                    address.pop();
+                }
+                swarm.add_external_address(address);
+            }
+        }
+    }
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -664,15 +705,42 @@ pub fn build_swarm_counting(
         let Some(Protocol::P2p(peer)) = dialable.pop() else {
             continue; // refused by `check`
         };
-        if peer == local {
-            continue; // one bootstrap list shared by all members names this one too
+        if peer != local {
+            swarm.behaviour_mut().kademlia.add_address(&peer, dialable);
         }
-        swarm.behaviour_mut().kademlia.add_address(&peer, dialable);
-        // Best effort: a non-member is refused by the allow list, an unreachable member shows
-        // up as a connection error, and Kademlia dials it again later.
-        let _ = swarm.dial(address.clone());
     }
     Ok(swarm)
+}
+
+/// Dials the bootstrap members of `config` (other than this node). Best effort: a non-member is
+/// refused by the allow list, an unreachable member shows up as a connection error, and the
+/// node's redial loop tries again later.
+pub fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, config: &NetworkConfig) {
+    let local = *swarm.local_peer_id();
+    for address in &config.bootstrap {
+        if matches!(address.iter().last(), Some(Protocol::P2p(peer)) if peer != local) {
+            let _ = swarm.dial(address.clone());
+        }
+    }
+}
+
+/// Drives the swarm until every listener of `config` reported an address, or `limit` passed
+/// (events in between are dropped: nothing else is connected yet).
+pub async fn listening(swarm: &mut Swarm<Behaviour>, config: &NetworkConfig, limit: Duration) {
+    let mut reported = HashSet::new();
+    let _ = tokio::time::timeout(limit, async {
+        while reported.len() < config.listen.len() {
+            if let SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } = swarm.select_next_some().await
+            {
+                tracing::info!(%address, "listening");
+                reported.insert(listener_id);
+            }
+        }
+    })
+    .await;
 }
 
 fn tcp_config() -> tcp::Config {
@@ -700,6 +768,7 @@ impl Parts {
         config: &NetworkConfig,
         mesh: &str,
         receiving: Gauge,
+        serve_relay: bool,
     ) -> Result<Self, Error> {
         let local = identity.public().to_peer_id();
         let limits = connection_limits::ConnectionLimits::default()
@@ -725,9 +794,36 @@ impl Parts {
         } else {
             None
         };
-        let relay_server = config
-            .relay_server
-            .then(|| relay::Behaviour::new(local, relay::Config::default()));
+        let relay_server = serve_relay.then(|| {
+            relay::Behaviour::new(
+                local,
+                relay::Config {
+                    max_circuit_bytes: config.relay_max_circuit_bytes,
+                    max_circuit_duration: Duration::from_secs(config.relay_max_circuit_seconds),
+                    // Members only (the allow list): room for a national mesh and a few
+                    // circuits per member pair. Rate limits per peer only: the hospitals of a
+                    // centre share one public address, and libp2p's default per-address limit
+                    // (60 circuits a minute) refused a 16-hospital mesh forming.
+                    max_reservations: 1024,
+                    max_circuits: 1024,
+                    max_circuits_per_peer: 64,
+                    reservation_rate_limiters: Vec::new(),
+                    circuit_src_rate_limiters: Vec::new(),
+                    ..relay::Config::default()
+                }
+                .reservation_rate_per_peer(RELAY_RESERVATIONS_PER_PEER, Duration::from_secs(10))
+                .circuit_src_per_peer(RELAY_CIRCUITS_PER_PEER, Duration::from_secs(1)),
+            )
+        });
+        // The relays are the AutoNAT servers (seeded by the node from the roster): a member
+        // behind NAT never learns anything from its LAN neighbours. Explicit servers may sit
+        // at private addresses (a test network, a VPN).
+        let autonat_config = autonat::Config {
+            use_connected: false,
+            only_global_ips: false,
+            boot_delay: Duration::from_secs(5),
+            ..autonat::Config::default()
+        };
 
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
@@ -746,13 +842,16 @@ impl Parts {
             ),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), identity.public())
-                    .with_agent_version(format!("medmesh/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("medmesh/{}", env!("CARGO_PKG_VERSION")))
+                    // A new relay reservation (circuit address) reaches connected members now,
+                    // not at the next periodic identify.
+                    .with_push_listen_addr_updates(true),
             ),
             kademlia,
             mdns: Toggle::from(mdns),
             relay_server: Toggle::from(relay_server),
             dcutr: dcutr::Behaviour::new(local),
-            autonat: autonat::Behaviour::new(local, autonat::Config::default()),
+            autonat: autonat::Behaviour::new(local, autonat_config),
         })
     }
 
@@ -898,8 +997,15 @@ pub fn block(swarm: &mut Swarm<Behaviour>, roster: &Roster, peer: PeerId, block:
     }
 }
 
+/// As a relay: reservations one member may make in a burst (one more every 10 s).
+const RELAY_RESERVATIONS_PER_PEER: NonZeroU32 = NonZeroU32::new(30).unwrap();
+/// As a relay: circuits one member may open in a burst (one more every second).
+const RELAY_CIRCUITS_PER_PEER: NonZeroU32 = NonZeroU32::new(256).unwrap();
+
 /// First wait before dialing a member again after a failed dial or a lost connection.
 pub const REDIAL_FIRST: Duration = Duration::from_secs(1);
+/// Tries [`REDIAL_FIRST`] apart before the wait starts doubling.
+pub const REDIAL_QUICK: u32 = 5;
 /// Longest wait between dials of a member that stays unreachable.
 pub const REDIAL_MAX: Duration = Duration::from_secs(30);
 
@@ -907,7 +1013,9 @@ pub const REDIAL_MAX: Duration = Duration::from_secs(30);
 pub const REDIAL_STABLE: Duration = Duration::from_secs(10);
 
 /// When to dial each unreachable member again: at once the first time it is found
-/// disconnected, then after [`REDIAL_FIRST`], doubling up to [`REDIAL_MAX`]; a connection that
+/// disconnected, then every [`REDIAL_FIRST`] for [`REDIAL_QUICK`] tries (a member behind NAT
+/// is reachable only once it holds a relay reservation, a second or two after it starts), then
+/// doubling up to [`REDIAL_MAX`]; a connection that
 /// lasted [`REDIAL_STABLE`] resets its wait. Gossipsub and request-response only reach connected
 /// peers, so without this a member whose link dropped (a restart, a partition that heals) would
 /// stay cut off until it dialed back itself. Short-lived connections do not reset the wait: a
@@ -915,7 +1023,7 @@ pub const REDIAL_STABLE: Duration = Duration::from_secs(10);
 /// not be dialed again every tick.
 #[derive(Debug, Default)]
 pub struct Redial {
-    next: std::collections::HashMap<PeerId, (std::time::Instant, Duration)>,
+    next: std::collections::HashMap<PeerId, (std::time::Instant, Duration, u32)>,
     up_since: std::collections::HashMap<PeerId, std::time::Instant>,
 }
 
@@ -924,11 +1032,15 @@ impl Redial {
     pub fn due(&mut self, peer: PeerId, now: std::time::Instant) -> bool {
         match self.next.get_mut(&peer) {
             None => {
-                self.next.insert(peer, (now + REDIAL_FIRST, REDIAL_FIRST));
+                self.next
+                    .insert(peer, (now + REDIAL_FIRST, REDIAL_FIRST, 1));
                 true
             }
-            Some((at, wait)) if now >= *at => {
-                *wait = (*wait * 2).min(REDIAL_MAX);
+            Some((at, wait, tries)) if now >= *at => {
+                *tries += 1;
+                if *tries > REDIAL_QUICK {
+                    *wait = (*wait * 2).min(REDIAL_MAX);
+                }
                 *at = now + *wait;
                 true
             }
@@ -958,8 +1070,14 @@ impl Redial {
     }
 }
 
-/// Dials every member of `roster` that is not connected, not blocked and due by `redial`
-/// (addresses from Kademlia, seeded with the roster's). Returns how many dials started.
+/// Most dials [`redial_members`] starts at once. A relay client runs at most 10 circuit requests
+/// over one relay connection and drops the rest: a member behind NAT that dialed all its peers
+/// through the relay at once lost some of those dials, and backed off from them.
+pub const REDIAL_BATCH: usize = 6;
+
+/// Dials the members of `roster` that are not connected, not blocked and due by `redial`
+/// (addresses from Kademlia, seeded with the roster's), at most [`REDIAL_BATCH`] per call (the
+/// others on the next). Returns how many dials started.
 pub fn redial_members(
     swarm: &mut Swarm<Behaviour>,
     roster: &Roster,
@@ -977,12 +1095,19 @@ pub fn redial_members(
         if peer == local || blocked.contains(&peer) || swarm.is_connected(&peer) {
             continue;
         }
+        if started >= REDIAL_BATCH {
+            break;
+        }
         if redial.due(peer, now) {
             let opts = DialOpts::peer_id(peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
-            if swarm.dial(opts).is_ok() {
-                started += 1;
+            match swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(%peer, "dialing a disconnected member");
+                    started += 1;
+                }
+                Err(error) => tracing::debug!(%peer, %error, "cannot dial a disconnected member"),
             }
         }
     }

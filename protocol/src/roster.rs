@@ -113,6 +113,11 @@ pub enum Role {
     Validator,
     /// Follows the mesh (models, reports) without training or validating.
     Observer,
+    /// Relays connections for members behind NAT: a node at a public address (its roster
+    /// addresses) that others reserve a slot on and reach each other through until they connect
+    /// directly. It neither trains nor validates. (Added last: rosters signed before it decode
+    /// as they did.)
+    Relay,
 }
 
 impl Role {
@@ -623,6 +628,7 @@ mod tests {
         assert!(Role::Hospital.may_train() && Role::Hospital.may_validate());
         assert!(!Role::Validator.may_train() && Role::Validator.may_validate());
         assert!(!Role::Observer.may_train() && !Role::Observer.may_validate());
+        assert!(!Role::Relay.may_train() && !Role::Relay.may_validate());
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn member(n: u8, role: Role) -> Member {
         Role::Hospital => "Hospital",
         Role::Validator => "Validator",
         Role::Observer => "Observer",
+        Role::Relay => "Relay",
     };
     Member {
         id: key(n).id(),

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub payload_pulls_in_flight: Gauge,
     /// Bytes of payloads arriving whose transfer is not complete (`medmesh_payload_bytes_receiving`).
     pub payload_bytes_receiving: Gauge,
+    /// Open direct connections (`medmesh_connections_direct`).
+    pub connections_direct: Gauge,
+    /// Open connections through a relay (`medmesh_connections_relayed`).
+    pub connections_relayed: Gauge,
+    /// Relays holding a reservation for this node (`medmesh_relay_reservations`).
+    pub relay_reservations: Gauge,
+    /// Hole punches tried (`medmesh_hole_punch_attempts`, a gauge mirroring the node's count).
+    pub hole_punch_attempts: Gauge,
+    /// Hole punches that gave a direct connection (`medmesh_hole_punch_successes`).
+    pub hole_punch_successes: Gauge,
     /// Gossip messages received, after gossipsub's deduplication (`medmesh_gossip_messages_in_total`).
     pub gossip_messages_in: Counter,
     /// Gossip messages published (`medmesh_gossip_messages_out_total`).
@@ -104,6 +114,19 @@ impl Metrics {
                 "payload_bytes_receiving",
                 "Bytes of payloads arriving whose transfer is not complete",
             ),
+            connections_direct: add(r, "connections_direct", "Open direct connections"),
+            connections_relayed: add(r, "connections_relayed", "Open connections through a relay"),
+            relay_reservations: add(
+                r,
+                "relay_reservations",
+                "Relays holding a reservation for this node",
+            ),
+            hole_punch_attempts: add(r, "hole_punch_attempts", "Hole punches tried"),
+            hole_punch_successes: add(
+                r,
+                "hole_punch_successes",
+                "Hole punches that gave a direct connection",
+            ),
             gossip_messages_in: add(r, "gossip_messages_in", "Gossip messages received"),
             gossip_messages_out: add(r, "gossip_messages_out", "Gossip messages published"),
             gossip_bytes_in: add(r, "gossip_bytes_in", "Bytes of gossip messages received"),
@@ -154,6 +177,6 @@ fn add<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &
 
 /// A count as a gauge's value. Gauges are `i64`; a count past that saturates rather than showing
 /// a negative or wrapped value.
-pub(super) fn gauge(value: impl TryInto<i64>) -> i64 {
+pub fn gauge(value: impl TryInto<i64>) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::client::{Endpoint, block, fetch_status, get, post, publish_roster, validate};
-pub use self::metrics::Metrics;
+pub use self::metrics::{Metrics, gauge};
 pub use self::server::{Command, Reporter, Server};
 pub use self::status::{Peers, Phase, RoundSummary, Status, Test, Training};
 

@@ -631,6 +631,14 @@ mod tests {
                 subscribed: 2,
                 pulls: 1,
             },
+            reachability: crate::nat::Reachability {
+                direct: 2,
+                relayed: 1,
+                reservations: vec!["12D3KooWrelay".into()],
+                nat: "private".into(),
+                hole_punch_attempts: 3,
+                hole_punch_successes: 2,
+            },
             last_round: Some(RoundSummary {
                 round: 6,
                 contributors: vec![key(1).id(), key(2).id()],

@@ -93,6 +93,9 @@ pub struct Status {
     pub finished: bool,
     /// Connected peers.
     pub peers: Peers,
+    /// Direct and relayed connections, relay reservations, NAT status, hole punches.
+    #[serde(default)]
+    pub reachability: crate::nat::Reachability,
     /// The last round that closed, if any since the node started.
     pub last_round: Option<RoundSummary>,
     /// Content id of this node's newest announced version, if any since the node started.
@@ -143,6 +146,17 @@ impl Status {
             out,
             "peers: {} connected, {} subscribed; {} payload pull(s) in flight",
             self.peers.connected, self.peers.subscribed, self.peers.pulls
+        );
+        let r = &self.reachability;
+        let _ = writeln!(
+            out,
+            "network: {} direct, {} relayed; NAT {}; {} relay reservation(s); hole punches {}/{} succeeded",
+            r.direct,
+            r.relayed,
+            r.nat,
+            r.reservations.len(),
+            r.hole_punch_successes,
+            r.hole_punch_attempts
         );
         if !self.blocked.is_empty() {
             let _ = writeln!(out, "blocked by the operator: {}", self.blocked.join(", "));

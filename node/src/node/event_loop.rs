@@ -25,7 +25,7 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, PublishError};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, Swarm};
+use libp2p::{PeerId, Swarm, autonat, identify, relay};
 use medmesh_learning::data::Table;
 use medmesh_learning::metrics;
 use medmesh_learning::privacy::AccountantState;
@@ -46,6 +46,7 @@ use super::retention::Retention;
 use super::validation::{self, Certifier, Prepared, Validation};
 use super::{admission, members};
 use crate::config::NodeConfig;
+use crate::nat::Nat;
 use crate::network::{self, Response, RosterResponse};
 use crate::storage::{Progress, Storage};
 use crate::trainer::{Done, Job, Trainer};
@@ -150,6 +151,8 @@ pub(super) struct EventLoop {
     subscribed: HashSet<PeerId>,
     blocked: HashSet<PeerId>,
     redial: network::Redial,
+    /// Relays, reservations, direct and relayed connections.
+    nat: Nat,
     certifier: Certifier,
     /// Round of every version known, by id (for `latest` and the validator's final check).
     rounds: HashMap<ContentId, u64>,
@@ -203,7 +206,11 @@ impl EventLoop {
             .count();
         let min_peers = config.min_peers.unwrap_or(others);
         let telemetry = reporter.shared_metrics();
+        let mut swarm = swarm;
+        let nat = Nat::new(*swarm.local_peer_id(), roster);
+        nat.seed(&mut swarm, roster);
         EventLoop {
+            nat,
             validator: !trains && config.validate_final,
             final_round: config.experiment.max_rounds.map(|m| m + 1),
             policy: config.experiment.certification.clone(),
@@ -305,7 +312,8 @@ impl EventLoop {
             self.handle_action(action).await?;
         }
         if !self.ready
-            && (self.subscribed.len() >= self.min_peers || Instant::now() >= self.start_deadline)
+            && (self.trainers_subscribed() >= self.min_peers
+                || Instant::now() >= self.start_deadline)
         {
             self.ready = true;
             tracing::info!(
@@ -326,6 +334,17 @@ impl EventLoop {
         self.finish_if_done()?;
         self.publish_status();
         Ok(())
+    }
+
+    /// Subscribed peers that train (a relay, observer or validator does not count towards
+    /// `min_peers`).
+    fn trainers_subscribed(&self) -> usize {
+        let roster = self.peer.chain().current();
+        self.subscribed
+            .iter()
+            .filter_map(network::member_id)
+            .filter(|id| roster.member(id).is_some_and(|m| m.role.may_train()))
+            .count()
     }
 
     /// When the loop must wake up if nothing else happens.
@@ -461,6 +480,8 @@ impl EventLoop {
                 tracing::info!(version, "roster changed");
                 let roster = self.peer.chain().current();
                 network::allow_members(&mut self.swarm, roster, &self.blocked);
+                self.nat.update_roster(roster);
+                self.nat.seed(&mut self.swarm, roster);
                 self.status.blocked = members::names_of(roster, &self.blocked);
             }
             Event::Finished { round } => {
@@ -707,6 +728,10 @@ impl EventLoop {
 
     fn handle_reconnect(&mut self) {
         self.evaluator.release_idle(EVALUATOR_IDLE);
+        self.nat.tick(&mut self.swarm);
+        if !self.nat.settled() {
+            return;
+        }
         network::redial_members(
             &mut self.swarm,
             self.peer.chain().current(),
@@ -936,6 +961,18 @@ impl EventLoop {
             subscribed: self.subscribed.len(),
             pulls: self.fetches.len() + self.validations.len(),
         };
+        let reachability = self.nat.reachability();
+        let t = &self.telemetry;
+        t.connections_direct.set(admin::gauge(reachability.direct));
+        t.connections_relayed
+            .set(admin::gauge(reachability.relayed));
+        t.relay_reservations
+            .set(admin::gauge(reachability.reservations.len()));
+        t.hole_punch_attempts
+            .set(admin::gauge(reachability.hole_punch_attempts));
+        t.hole_punch_successes
+            .set(admin::gauge(reachability.hole_punch_successes));
+        status.reachability = reachability;
         self.reporter.publish(status);
     }
 
@@ -948,12 +985,43 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                tracing::debug!(?addresses, ?reason, "listener closed");
+                self.nat.listener_closed(listener_id);
+            }
+            SwarmEvent::Behaviour(network::Event::Identify(event)) => {
+                if let identify::Event::Received { peer_id, info, .. } = *event {
+                    self.nat.identified(&mut self.swarm, peer_id, &info);
+                }
+            }
+            SwarmEvent::Behaviour(network::Event::RelayClient(event)) => {
+                tracing::debug!(?event, "relay client");
+                if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
+                    self.nat.reserved(relay_peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(network::Event::RelayServer(event)) => {
+                tracing::debug!(?event, "relay server");
+            }
+            SwarmEvent::Behaviour(network::Event::Dcutr(event)) => self.nat.hole_punched(&event),
+            SwarmEvent::Behaviour(network::Event::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => self.nat.nat_status(new),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                connection_id,
+                endpoint,
                 ..
             } => {
-                tracing::debug!(%peer_id, "connected");
+                tracing::debug!(%peer_id, relayed = endpoint.is_relayed(), "connected");
+                self.nat
+                    .connection_established(peer_id, connection_id, &endpoint);
                 self.redial.connected(peer_id, Instant::now());
                 // A member that was offline while a roster update spread learns it here.
                 if num_established.get() == 1 {
@@ -968,12 +1036,18 @@ impl EventLoop {
                 peer_id,
                 cause,
                 num_established,
+                connection_id,
                 ..
             } => {
                 tracing::debug!(%peer_id, ?cause, "disconnected");
+                self.nat
+                    .connection_closed(peer_id, connection_id, num_established);
                 if num_established == 0 {
                     self.redial.disconnected(peer_id, Instant::now());
                 }
+            }
+            SwarmEvent::OutgoingConnectionError { error, peer_id, .. } => {
+                tracing::debug!(?peer_id, %error, "dial failed");
             }
             SwarmEvent::IncomingConnectionError { error, peer_id, .. } => {
                 self.telemetry.connections_refused.inc();

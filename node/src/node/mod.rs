@@ -18,7 +18,7 @@ mod validation;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libp2p::PeerId;
@@ -112,6 +112,8 @@ pub async fn run_with_store(
         chain.current(),
         reporter.metrics().payload_bytes_receiving.clone(),
     )?;
+    network::listening(&mut swarm, &config.network, Duration::from_secs(5)).await;
+    network::dial_bootstrap(&mut swarm, &config.network);
     let admin_server = match config.admin {
         Some(addr) => {
             let token = keys::AdminToken::load_or_create(&config.admin_token_path())?;
