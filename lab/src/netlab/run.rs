@@ -1,0 +1,866 @@
+//! `medmesh-lab netlab`: the national pilot on one machine, over a real network.
+//!
+//! Sixteen hospitals in four medical centres (the heart-disease centres; each centre's training
+//! rows split among its four hospitals, every hospital testing on its centre's test split), each
+//! centre behind its own masquerading NAT router; a partner university abroad (validator) behind
+//! its own NAT on a 20 Mbit/s uplink; one relay on the public segment. Every node's config names
+//! only the relay's address. The hospitals reserve slots on the relay, find each other through it,
+//! connect directly on their LAN and hole-punch direct connections across the NATs; they train
+//! 15 rounds, the partner validates every final version and every node certifies them.
+//!
+//! Faults: a branch hospital's LAN link is cut for at least three rounds and restored (it must
+//! catch up and end with the others), then the relay is killed (hospitals that hold direct
+//! connections must finish). A stranger (a key not on the roster) tries to reach a hospital
+//! through the relay and must be refused and counted on the relay's `/metrics`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use medmesh_learning::data::Dataset;
+use medmesh_learning::learner::{ModelSpec, Optimizer, TrainConfig};
+use medmesh_node::admin;
+use medmesh_node::config::{DataConfig, NodeConfig, Shard};
+use medmesh_node::network::{self, NetworkConfig};
+use medmesh_node::node::{Outcome, write_roster};
+use medmesh_protocol::aggregate::Rule;
+use medmesh_protocol::peer;
+use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
+use serde::Serialize;
+
+use super::topology::{Host, Spec, Topology};
+use crate::mesh::{self, Children, LocalNode};
+
+/// The port the relay, the partner and each centre's first hospital listen on; the n-th
+/// hospital of a centre listens on `P2P_PORT + n - 1`. Hospitals behind one NAT need ports of
+/// their own: masquerading keeps a source port only while no other host of the LAN holds it, and
+/// hole punching needs the port a peer sees to be the port the hospital listens on.
+const P2P_PORT: u16 = 4001;
+/// The admin port, on each namespace's own loopback.
+const ADMIN_PORT: u16 = 9100;
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Cut one branch hospital's LAN link for at least three rounds, then restore it.
+    LinkCut,
+    /// Kill the relay mid-run (round 5 or later, after the link cut).
+    RelayKilled,
+}
+
+impl FaultKind {
+    /// Its name in reports (as in the JSON).
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultKind::LinkCut => "link_cut",
+            FaultKind::RelayKilled => "relay_killed",
+        }
+    }
+}
+
+/// `medmesh-lab netlab` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// The dataset's schema: its sites are the medical centres.
+    #[arg(long, default_value = "data/heart-disease/schema.toml")]
+    pub data: PathBuf,
+    /// Working folder for keys, stores, configs and logs (emptied first).
+    #[arg(long, default_value = "target/netlab")]
+    pub dir: PathBuf,
+    /// Rounds of training.
+    #[arg(long, default_value_t = 15)]
+    pub rounds: u64,
+    /// Hospitals per centre (the centre and its branches).
+    #[arg(long, default_value_t = 4)]
+    pub hospitals_per_centre: usize,
+    /// Faults to inject (comma-separated); none with `--faults ''`.
+    #[arg(long, value_delimiter = ',', default_value = "link-cut,relay-killed")]
+    pub faults: Vec<FaultKind>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One peer's line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    /// Its name (`cleveland-1` … `va-4`, `partner`, `relay`).
+    pub name: String,
+    /// Its medical centre (the dataset site), if a hospital.
+    pub centre: Option<String>,
+    /// Its roster role.
+    pub role: Role,
+    /// Whether it finished (wrote its outcome).
+    pub finished: bool,
+    /// Its final model's accuracy on its centre's test split (a hospital).
+    pub accuracy: Option<f64>,
+    /// Final versions it validated (the partner).
+    pub validated: usize,
+}
+
+/// Connections at the end, summed over the nodes still running.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Connections {
+    /// Direct connections.
+    pub direct: usize,
+    /// Connections through the relay.
+    pub relayed: usize,
+}
+
+/// Hole punching, summed over the nodes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HolePunch {
+    /// DCUtR upgrades tried.
+    pub attempts: u64,
+    /// Upgrades that gave a direct connection.
+    pub successes: u64,
+}
+
+/// One injected fault and whether the mesh came through it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    /// Which fault.
+    pub kind: FaultKind,
+    /// Whether its check held.
+    pub passed: bool,
+    /// What happened.
+    pub detail: String,
+}
+
+/// One acceptance check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What is checked.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The measured value.
+    pub detail: String,
+}
+
+/// The run's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every peer.
+    pub peers: Vec<PeerReport>,
+    /// Mean accuracy of the hospitals that finished.
+    pub mean_accuracy: f64,
+    /// Largest relative L2 distance between two hospitals' final models.
+    pub max_relative_distance: f64,
+    /// Connections at the end.
+    pub connections: Connections,
+    /// Hole punching.
+    pub hole_punch: HolePunch,
+    /// Bytes through each NAT router's WAN side and through the relay.
+    pub wan_bytes: BTreeMap<String, u64>,
+    /// The injected faults.
+    pub faults: Vec<FaultReport>,
+    /// Every check, faults included.
+    pub checks: Vec<Check>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+impl Report {
+    /// Whether every check held.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The result table as text.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<14} {:<12} {:<10} {:>9} {:>9}\n",
+            "peer", "centre", "role", "finished", "accuracy"
+        ));
+        for p in &self.peers {
+            out.push_str(&format!(
+                "{:<14} {:<12} {:<10} {:>9} {:>9}\n",
+                p.name,
+                p.centre.as_deref().unwrap_or("-"),
+                format!("{:?}", p.role).to_lowercase(),
+                if p.finished { "yes" } else { "NO" },
+                p.accuracy.map_or("-".into(), |a| format!("{a:.3}")),
+            ));
+        }
+        out.push_str(&format!(
+            "mean hospital accuracy {:.3}; final models within {:.1e} (relative L2)\n",
+            self.mean_accuracy, self.max_relative_distance
+        ));
+        out.push_str(&format!(
+            "connections at the end: {} direct, {} relayed; hole punches: {} of {} succeeded\n",
+            self.connections.direct,
+            self.connections.relayed,
+            self.hole_punch.successes,
+            self.hole_punch.attempts
+        ));
+        let wan: Vec<String> = self
+            .wan_bytes
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1} MB", *v as f64 / 1e6))
+            .collect();
+        out.push_str(&format!("WAN bytes: {}\n", wan.join(", ")));
+        for c in &self.checks {
+            out.push_str(&format!(
+                "[{}] {}: {}\n",
+                if c.passed { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
+        }
+        out.push_str(&format!("{:.0} s\n", self.seconds));
+        out
+    }
+}
+
+/// A node of the network lab: its folder and key, where it runs, its role.
+struct NetNode {
+    local: LocalNode,
+    host: Host,
+    role: Role,
+    centre: Option<String>,
+    port: u16,
+}
+
+impl NetNode {
+    fn peer_id(&self) -> anyhow::Result<libp2p::PeerId> {
+        Ok(network::peer_id(&self.local.key.id())?)
+    }
+
+    /// Its libp2p address on its own host.
+    fn address(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "/ip4/{}/tcp/{}/p2p/{}",
+            self.host.ip,
+            self.port,
+            self.peer_id()?
+        ))
+    }
+
+    fn member(&self, country: &str) -> anyhow::Result<Member> {
+        Ok(Member {
+            id: self.local.key.id(),
+            name: self.local.name.clone(),
+            site: self
+                .centre
+                .clone()
+                .unwrap_or_else(|| self.local.name.clone()),
+            country: country.into(),
+            role: self.role,
+            // Only the relay is reachable from outside: only it lists an address.
+            addresses: if self.role == Role::Relay {
+                vec![self.address()?]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+}
+
+/// Runs `medmesh status --json` (or `metrics`) of a node inside its namespace.
+fn node_cli(topology: &Topology, node: &NetNode, exe: &Path, what: &str) -> Option<String> {
+    let mut command = topology.command(&node.host, exe);
+    command
+        .arg(what)
+        .arg("--config")
+        .arg(node.local.config_path());
+    if what == "status" {
+        command.arg("--json");
+    }
+    let output = command.stderr(Stdio::null()).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn status(topology: &Topology, node: &NetNode, exe: &Path) -> Option<admin::Status> {
+    serde_json::from_str(&node_cli(topology, node, exe, "status")?).ok()
+}
+
+/// A counter or gauge of a node's `/metrics`.
+fn metric(topology: &Topology, node: &NetNode, exe: &Path, name: &str) -> Option<f64> {
+    node_cli(topology, node, exe, "metrics")?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Starts `medmesh run` for `node` inside its namespace, logging to its log file.
+fn spawn(topology: &Topology, node: &NetNode, exe: &Path) -> anyhow::Result<Child> {
+    let _ = std::fs::remove_file(node.local.result());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.local.log())?;
+    topology
+        .command(&node.host, exe)
+        .arg("run")
+        .arg("--config")
+        .arg(node.local.config_path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {} in {}", exe.display(), node.host.netns))
+}
+
+/// Waits for `what`, polling `check` every 300 ms, or fails at the deadline.
+fn wait<T>(
+    what: &str,
+    deadline: Instant,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Runs the lab: the mesh with the link cut, then (in a run of its own, so that a pair of peers
+/// still relayed when the relay dies cannot hold up the first run's checks) the mesh with the
+/// relay killed. `progress` gets status lines.
+pub fn run(
+    options: &Options,
+    exe: &Path,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let main_faults: Vec<FaultKind> = options
+        .faults
+        .iter()
+        .copied()
+        .filter(|f| *f == FaultKind::LinkCut)
+        .collect();
+    progress("run 1: the pilot, with a branch's link cut");
+    let mut report = run_once(options, exe, &main_faults, &mut progress)?;
+    if options.faults.contains(&FaultKind::RelayKilled) {
+        progress("run 2: the pilot, with the relay killed");
+        let second = run_once(options, exe, &[FaultKind::RelayKilled], &mut progress)?;
+        report.faults.extend(second.faults);
+        report.checks.extend(second.checks);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One run: sets up the network and the nodes, runs the mesh with the `medmesh` program at
+/// `exe`, injects `faults` and reports. With the relay killed only that fault is checked (the
+/// peers connected directly to everyone when it died must finish); otherwise every check.
+fn run_once(
+    options: &Options,
+    exe: &Path,
+    faults_to_inject: &[FaultKind],
+    progress: &mut impl FnMut(&str),
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(options.timeout);
+    Topology::check_capabilities()?;
+    let dataset = Dataset::load(&options.data)?;
+    let schema = std::fs::canonicalize(&options.data)?;
+    if options.dir.exists() {
+        std::fs::remove_dir_all(&options.dir)
+            .with_context(|| format!("cannot empty {}", options.dir.display()))?;
+    }
+    std::fs::create_dir_all(&options.dir)?;
+    let dir = std::fs::canonicalize(&options.dir)?;
+    let centres: Vec<String> = dataset.sites.iter().map(|s| s.name.clone()).collect();
+    let spec = Spec {
+        centres: centres.len(),
+        hosts_per_centre: options.hospitals_per_centre,
+        ..Spec::default()
+    };
+    progress(&format!(
+        "building the network: {} centres x {} hospitals behind NAT, a partner behind NAT at {} Mbit/s, a relay",
+        spec.centres, spec.hosts_per_centre, spec.partner_mbit
+    ));
+    let mut topology = Topology::build(&spec)?;
+
+    // The nodes. Data: each centre's training rows split among its hospitals.
+    let data = |site: &str, shard: Option<Shard>| DataConfig {
+        schema: schema.clone(),
+        site: site.to_owned(),
+        shard,
+    };
+    let relay = NetNode {
+        local: LocalNode::new(&dir, "relay", data(&centres[0], None))?,
+        host: topology.relay().clone(),
+        role: Role::Relay,
+        centre: None,
+        port: P2P_PORT,
+    };
+    let mut hospitals = Vec::new();
+    for (c, centre) in centres.iter().enumerate() {
+        for h in 1..=spec.hosts_per_centre {
+            let shard = Shard {
+                index: h - 1,
+                count: spec.hosts_per_centre,
+            };
+            hospitals.push(NetNode {
+                local: LocalNode::new(&dir, &format!("{centre}-{h}"), data(centre, Some(shard)))?,
+                host: topology.host(c + 1, h).clone(),
+                role: Role::Hospital,
+                centre: Some(centre.clone()),
+                port: P2P_PORT + u16::try_from(h - 1)?,
+            });
+        }
+    }
+    // The partner validates on its own patients: a copy of the first centre's test split (the
+    // only one with at least 100 patients, as the certification policy asks).
+    let partner = NetNode {
+        local: LocalNode::new(&dir, "partner", data(&centres[0], None))?,
+        host: topology.partner().clone(),
+        role: Role::Validator,
+        centre: None,
+        port: P2P_PORT,
+    };
+
+    // The founders' roster: everyone, a majority to change it, signed by all.
+    let mut members = hospitals
+        .iter()
+        .map(|n| n.member("US"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    members.push(partner.member("DE")?);
+    members.push(relay.member("US")?);
+    let threshold = u32::try_from(members.len() / 2 + 1)?;
+    let mut roster = SignedRoster::new(Roster::genesis("netlab-mesh", threshold, members)?);
+    for node in hospitals.iter().chain([&partner, &relay]) {
+        roster.sign(&node.local.key);
+    }
+    let genesis = dir.join("roster.json");
+    write_roster(&genesis, &roster)?;
+
+    // Configs: every node names only the relay's address.
+    let relay_address: libp2p::Multiaddr = relay.address()?.parse()?;
+    let trainers = hospitals.len();
+    let inputs = i64::try_from(dataset.features.len())?;
+    let config = |node: &NetNode, index: usize| -> NodeConfig {
+        NodeConfig {
+            key: node.local.home.join("key.pem"),
+            store: node.local.store(),
+            genesis: genesis.clone(),
+            init_seed: 42,
+            linger_ms: 30_000,
+            results: Some(node.local.result()),
+            admin: Some(std::net::SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT))),
+            min_peers: None,
+            start_timeout_ms: 120_000,
+            validate_final: node.role == Role::Validator,
+            data: node.local.data.clone(),
+            model: ModelSpec::Logistic { inputs },
+            training: TrainConfig {
+                optimizer: Optimizer::Sgd { momentum: 0.0 },
+                lr: 0.01,
+                batch_size: 4,
+                local_steps: 100,
+                seed: 42 + index as u64,
+                ..TrainConfig::default()
+            },
+            experiment: peer::Config {
+                experiment: dataset.name.clone(),
+                rule: Rule::Mean,
+                // Every other hospital: the same inputs everywhere, so one consensus model.
+                fanout: trainers - 1,
+                max_rounds: Some(options.rounds),
+                round_timeout: Duration::from_secs(10),
+                fetch_timeout: Duration::from_secs(20),
+                seed: 100 + index as u64,
+                certification: Some(mesh::demo_policy()),
+                ..peer::Config::default()
+            },
+            network: NetworkConfig {
+                listen: vec![
+                    format!("/ip4/0.0.0.0/tcp/{}", node.port)
+                        .parse()
+                        .expect("a valid address"),
+                ],
+                bootstrap: if node.role == Role::Relay {
+                    Vec::new()
+                } else {
+                    vec![relay_address.clone()]
+                },
+                mdns: false,
+                ..NetworkConfig::default()
+            },
+            ..NodeConfig::default()
+        }
+    };
+    let everyone: Vec<&NetNode> = std::iter::once(&relay)
+        .chain(&hospitals)
+        .chain([&partner])
+        .collect();
+    for (i, node) in everyone.iter().enumerate() {
+        node.local.write_config(&config(node, i))?;
+    }
+
+    // The relay first, then everyone else.
+    let mut children = Children::default();
+    children.set(0, spawn(&topology, &relay, exe)?);
+    wait("the relay's admin endpoint", deadline, || {
+        Ok(status(&topology, &relay, exe))
+    })?;
+    for (i, node) in everyone.iter().enumerate().skip(1) {
+        children.set(i, spawn(&topology, node, exe)?);
+    }
+    progress(&format!(
+        "started {} hospitals, the partner and the relay",
+        hospitals.len()
+    ));
+
+    let mut checks = Vec::new();
+    let mut faults = Vec::new();
+
+    let relay_run = faults_to_inject.contains(&FaultKind::RelayKilled);
+    if !relay_run {
+        // A stranger tries to reach a hospital through the relay.
+        let refused_before =
+            metric(&topology, &relay, exe, "medmesh_connections_refused_total").unwrap_or(0.0);
+        let stranger =
+            stranger_attempt(&topology, &hospitals[0].host, &relay_address, &hospitals[1])?;
+        let refused_after = wait(
+            "the relay to count the stranger",
+            Instant::now() + Duration::from_secs(10).min(deadline - Instant::now()),
+            || {
+                Ok(
+                    metric(&topology, &relay, exe, "medmesh_connections_refused_total")
+                        .filter(|after| *after > refused_before),
+                )
+            },
+        )
+        .unwrap_or(refused_before);
+        checks.push(Check {
+            name: "a key not on the roster is refused through the relay and counted".into(),
+            passed: !stranger && refused_after > refused_before,
+            detail: format!(
+                "stranger {}; relay's medmesh_connections_refused_total {refused_before} -> {refused_after}",
+                if stranger { "connected" } else { "refused" }
+            ),
+        });
+    }
+
+    // The branch whose link is cut, and the hospital whose round paces the faults.
+    let branch = hospitals
+        .iter()
+        .position(|n| {
+            n.local.name == format!("{}-{}", centres[1 % centres.len()], spec.hosts_per_centre)
+        })
+        .unwrap_or(hospitals.len() - 1);
+    let watcher = &hospitals[0];
+    let round_of = |node: &NetNode| status(&topology, node, exe).map_or(0, |s| s.round);
+    // First the relay is killed, once round 5 is reached, after waiting (up to 3 s) for every
+    // peer to be connected directly to all others; those that are must finish.
+    let peers: Vec<&NetNode> = hospitals.iter().chain([&partner]).collect();
+    // Every peer's status at once (one `medmesh status` per namespace, in parallel: rounds are
+    // faster than asking one peer after another).
+    let sample = |last: &mut Vec<Option<admin::Status>>| {
+        let fresh: Vec<Option<admin::Status>> = std::thread::scope(|scope| {
+            let asks: Vec<_> = peers
+                .iter()
+                .map(|node| scope.spawn(|| status(&topology, node, exe)))
+                .collect();
+            asks.into_iter()
+                .map(|ask| ask.join().ok().flatten())
+                .collect()
+        });
+        for (slot, s) in last.iter_mut().zip(fresh) {
+            if s.is_some() {
+                *slot = s;
+            }
+        }
+    };
+    let mut last: Vec<Option<admin::Status>> = vec![None; peers.len()];
+    // Connected directly to every other peer and the relay, and through the relay to none.
+    let everyone_else = peers.len();
+    let direct_only = |s: &Option<admin::Status>| {
+        s.as_ref()
+            .is_some_and(|s| s.reachability.relayed == 0 && s.peers.connected >= everyone_else)
+    };
+    let mut direct_at_kill: Vec<bool> = Vec::new();
+    let mut killed_in = 0;
+    if faults_to_inject.contains(&FaultKind::RelayKilled) {
+        wait("round 5", deadline, || {
+            Ok(Some(round_of(watcher)).filter(|r| *r >= 5))
+        })?;
+        let until = (Instant::now() + Duration::from_secs(3)).min(deadline);
+        loop {
+            sample(&mut last);
+            if last.iter().all(direct_only) || Instant::now() >= until {
+                break;
+            }
+        }
+        direct_at_kill = last.iter().map(direct_only).collect();
+        killed_in = round_of(watcher);
+        children.kill(0);
+        progress(&format!(
+            "killed the relay in round {killed_in} ({} of {} peers held only direct connections)",
+            direct_at_kill.iter().filter(|d| **d).count(),
+            direct_at_kill.len()
+        ));
+    }
+
+    // Then the link cut: a branch of the second centre loses its LAN link for three rounds or
+    // more, with the relay gone (it must catch up over the direct connections it holds).
+    if faults_to_inject.contains(&FaultKind::LinkCut) {
+        let from = 3.max(killed_in + 1);
+        anyhow::ensure!(
+            from + 3 < options.rounds,
+            "no rounds left for the link cut after the relay was killed in round {killed_in}"
+        );
+        let at = wait("the branch to reach round 3", deadline, || {
+            Ok(Some(round_of(&hospitals[branch])).filter(|r| *r >= from))
+        })?;
+        topology.cut(&hospitals[branch].host)?;
+        progress(&format!(
+            "cut {}'s LAN link in round {at}",
+            hospitals[branch].local.name
+        ));
+        let others_at = wait("the others to move on three rounds", deadline, || {
+            Ok(Some(round_of(watcher)).filter(|r| *r >= at + 3))
+        })?;
+        topology.restore(&hospitals[branch].host)?;
+        progress(&format!(
+            "restored {}'s link (the others at round {others_at})",
+            hospitals[branch].local.name
+        ));
+    }
+
+    // Outcomes, sampling every peer's status meanwhile (its last one before it exits gives its
+    // connections and hole punches).
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; peers.len()];
+    let mut sampled = Instant::now();
+    let mut held_done_at: Option<Instant> = None;
+    loop {
+        for (k, node) in peers.iter().enumerate() {
+            if outcomes[k].is_none()
+                && let Some(outcome) = node.local.outcome()
+            {
+                progress(&format!(
+                    "{} finished round {}: test accuracy {:.3}",
+                    node.local.name, outcome.rounds, outcome.test.accuracy
+                ));
+                outcomes[k] = Some(outcome);
+            }
+        }
+        let mut running = 0;
+        for k in 0..peers.len() {
+            if children.exited(k + 1)?.is_none() {
+                running += 1;
+            }
+        }
+        if outcomes.iter().all(Option::is_some) || running == 0 || Instant::now() >= deadline {
+            break;
+        }
+        // With the relay dead, a peer that was still reached through it by some member may
+        // never finish: once every peer that held direct connections to all is done, give the
+        // rest half a minute.
+        if !direct_at_kill.is_empty() {
+            let held_done = (0..peers.len()).all(|k| !direct_at_kill[k] || outcomes[k].is_some());
+            match held_done_at {
+                None if held_done => held_done_at = Some(Instant::now()),
+                Some(at) if at.elapsed() >= Duration::from_secs(30) => break,
+                _ => {}
+            }
+        }
+        if sampled.elapsed() >= Duration::from_secs(2) {
+            sample(&mut last);
+            sampled = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    sample(&mut last);
+
+    // Connections and hole punches, from each peer's last status.
+    let mut connections = Connections::default();
+    let mut hole_punch = HolePunch::default();
+    for s in last.iter().flatten() {
+        connections.direct += s.reachability.direct;
+        connections.relayed += s.reachability.relayed;
+        hole_punch.attempts += s.reachability.hole_punch_attempts;
+        hole_punch.successes += s.reachability.hole_punch_successes;
+    }
+    let mut wan_bytes: BTreeMap<String, u64> = topology.router_bytes()?.into_iter().collect();
+    wan_bytes.insert("relay".into(), topology.relay_bytes()?);
+
+    let hospital_outcomes: Vec<Outcome> = outcomes[..hospitals.len()]
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let finished_hospitals = hospital_outcomes
+        .iter()
+        .filter(|o| o.rounds == options.rounds)
+        .count();
+    let mean_accuracy = hospital_outcomes
+        .iter()
+        .map(|o| o.test.accuracy)
+        .sum::<f64>()
+        / hospital_outcomes.len().max(1) as f64;
+    let distance = mesh::max_relative_distance(&hospital_outcomes);
+    let partner_outcome = outcomes[hospitals.len()].clone();
+    let validated = partner_outcome.as_ref().map_or(0, |o| o.validated.len());
+
+    if !relay_run {
+        checks.push(Check {
+            name: "every hospital and the partner finish".into(),
+            passed: finished_hospitals == hospitals.len() && partner_outcome.is_some(),
+            detail: format!(
+                "{finished_hospitals} of {} hospitals, partner {}",
+                hospitals.len(),
+                if partner_outcome.is_some() {
+                    "finished"
+                } else {
+                    "did not finish"
+                }
+            ),
+        });
+        checks.push(Check {
+            name: "final models within 1e-3 (relative L2)".into(),
+            passed: hospital_outcomes.len() == hospitals.len() && distance <= 1e-3,
+            detail: format!("{distance:.2e}"),
+        });
+        checks.push(Check {
+            name: "mean hospital accuracy >= 0.70".into(),
+            passed: mean_accuracy >= 0.70,
+            detail: format!("{mean_accuracy:.3}"),
+        });
+        checks.push(Check {
+            name: "the partner validated every final version".into(),
+            passed: validated == hospitals.len(),
+            detail: format!("{validated} of {}", hospitals.len()),
+        });
+        checks.push(Check {
+            name: "a direct connection made by hole punching through the NATs".into(),
+            passed: hole_punch.successes >= 1,
+            detail: format!(
+                "{} of {} hole punches succeeded",
+                hole_punch.successes, hole_punch.attempts
+            ),
+        });
+        let addresses_ok = everyone.iter().all(|n| {
+            NodeConfig::load(&n.local.config_path())
+                .is_ok_and(|c| c.network.bootstrap.iter().all(|a| *a == relay_address))
+        });
+        checks.push(Check {
+            name: "no node's config lists an address but the relay's".into(),
+            passed: addresses_ok,
+            detail: format!("bootstrap lists: the relay's only ({})", relay_address),
+        });
+    }
+    if faults_to_inject.contains(&FaultKind::LinkCut) {
+        let outcome = outcomes[branch].as_ref();
+        let caught_up = outcome.is_some_and(|o| {
+            o.rounds == options.rounds
+                && mesh::max_relative_distance(&[o.clone(), hospital_outcomes[0].clone()]) <= 1e-3
+        });
+        faults.push(FaultReport {
+            kind: FaultKind::LinkCut,
+            passed: caught_up,
+            detail: format!(
+                "{} {}",
+                hospitals[branch].local.name,
+                if caught_up {
+                    "caught up and ended with the others"
+                } else {
+                    "did not end with the others"
+                }
+            ),
+        });
+    }
+    if faults_to_inject.contains(&FaultKind::RelayKilled) {
+        let held: Vec<usize> = (0..direct_at_kill.len())
+            .filter(|k| direct_at_kill[*k])
+            .collect();
+        let done = |k: usize| {
+            outcomes[k]
+                .as_ref()
+                .is_some_and(|o| k == hospitals.len() || o.rounds == options.rounds)
+        };
+        let finished = held.iter().filter(|k| done(**k)).count();
+        let all_finished = (0..peers.len()).filter(|k| done(*k)).count();
+        faults.push(FaultReport {
+            kind: FaultKind::RelayKilled,
+            passed: !held.is_empty() && finished == held.len() && killed_in < options.rounds,
+            detail: format!(
+                "killed in round {killed_in}: {finished} of the {} peers holding only direct \
+                 connections finished ({all_finished} of {} peers in all)",
+                held.len(),
+                peers.len()
+            ),
+        });
+    }
+    for fault in &faults {
+        checks.push(Check {
+            name: format!("fault {}", fault.kind.label()),
+            passed: fault.passed,
+            detail: fault.detail.clone(),
+        });
+    }
+
+    let mut peer_reports: Vec<PeerReport> = peers
+        .iter()
+        .zip(&outcomes)
+        .map(|(node, outcome)| PeerReport {
+            name: node.local.name.clone(),
+            centre: node.centre.clone(),
+            role: node.role,
+            finished: outcome.is_some(),
+            accuracy: outcome
+                .as_ref()
+                .filter(|_| node.role == Role::Hospital)
+                .map(|o| o.test.accuracy),
+            validated: outcome.as_ref().map_or(0, |o| o.validated.len()),
+        })
+        .collect();
+    peer_reports.push(PeerReport {
+        name: relay.local.name.clone(),
+        centre: None,
+        role: Role::Relay,
+        finished: false,
+        accuracy: None,
+        validated: 0,
+    });
+    drop(children);
+    topology.teardown()?;
+    Ok(Report {
+        peers: peer_reports,
+        mean_accuracy,
+        max_relative_distance: distance,
+        connections,
+        hole_punch,
+        wan_bytes,
+        faults,
+        checks,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs `medmesh-lab stranger` in `from`'s namespace: a fresh key, not on the roster, dials
+/// `target` through the relay. Whether it got a connection.
+fn stranger_attempt(
+    topology: &Topology,
+    from: &Host,
+    relay: &libp2p::Multiaddr,
+    target: &NetNode,
+) -> anyhow::Result<bool> {
+    let lab = std::env::current_exe()?;
+    let output = topology
+        .command(from, &lab)
+        .arg("stranger")
+        .arg("--relay")
+        .arg(relay.to_string())
+        .arg("--target")
+        .arg(target.peer_id()?.to_string())
+        .output()
+        .context("cannot run the stranger")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.trim() == "connected")
+}
