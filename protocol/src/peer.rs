@@ -889,11 +889,17 @@ impl Peer {
                 return verdict;
             }
             // Within the window an unseen older round is an honest message that lost a race
-            // with its successor (gossip does not keep order): not worth forwarding, not a fault.
-            // Beyond the window nobody can tell it from a replay.
-            None if round < state.latest && round + AUTHOR_WINDOW > state.latest => {
+            // with its successor (gossip does not keep order): not a fault. Still useful if it
+            // is of the round this peer gathers (an author's last-round version that arrived
+            // after its final one), else not worth forwarding. Beyond the window nobody can tell
+            // it from a replay.
+            None if round < state.latest
+                && round + AUTHOR_WINDOW > state.latest
+                && round < self.round =>
+            {
                 return Verdict::Ignore(Reason::Stale);
             }
+            None if round < state.latest && round + AUTHOR_WINDOW > state.latest => {}
             None if round < state.latest => return self.reject(from, Reason::Replay),
             None => {}
         }
@@ -965,11 +971,12 @@ impl Peer {
         if matches!(self.phase, Phase::Passive | Phase::Done) {
             return;
         }
+        let mut skipped: Vec<MemberId> = Vec::new();
         while self.fetched.len() + self.fetching.len() < self.target() {
             let choice = self
                 .candidates
                 .keys()
-                .filter(|a| !self.tried.contains(*a))
+                .filter(|a| !self.tried.contains(*a) && !skipped.contains(a))
                 .choose(&mut self.rng)
                 .copied();
             let Some(author) = choice else { break };
@@ -980,6 +987,18 @@ impl Peer {
             }) else {
                 continue;
             };
+            // In the last round, an author's final version (its merge of this round) is not one
+            // of this round's inputs: merging it would give this peer another model than the
+            // others'. Its version of this round is awaited instead (announcements can arrive
+            // out of order), unless most authors are done, which the merge then adopts.
+            if self.config.max_rounds == Some(self.round)
+                && version.round > self.round
+                && !self.mesh_ended()
+            {
+                self.tried.remove(&author);
+                skipped.push(author);
+                continue;
+            }
             let id = version.id();
             self.fetching.insert(
                 id,
@@ -995,6 +1014,22 @@ impl Peer {
             self.actions.push_back(Action::Fetch { from: author, id });
         }
         self.maybe_close(now, false);
+    }
+
+    /// Whether most of the other training members have announced their final version (the
+    /// lower median of their newest rounds is past `max_rounds`; one not heard from this round
+    /// counts as at this peer's round).
+    fn mesh_ended(&self) -> bool {
+        let Some(m) = self.config.max_rounds else {
+            return false;
+        };
+        let mut newest: Vec<u64> = self
+            .candidates
+            .values()
+            .filter_map(|c| c.last_key_value().map(|(r, _)| *r))
+            .collect();
+        newest.resize(newest.len().max(self.trainers), self.round);
+        lower_median(&mut newest).is_some_and(|r| r > m)
     }
 
     /// A payload arrived (`Some`) or the pull failed (`None`).

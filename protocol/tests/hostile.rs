@@ -700,3 +700,60 @@ fn outlier_settings_are_checked() {
         assert!(with(factor, rounds).check().is_err(), "{factor} {rounds}");
     }
 }
+
+/// Gossip does not keep order: in the last round a peer may hear an author's final version
+/// (its merge of that round) before the author's version of the round. It waits for the latter,
+/// so that it merges what everyone else merges, instead of mixing the final in.
+#[test]
+fn in_the_last_round_a_final_heard_first_is_not_merged_in_place_of_the_round_version() {
+    let k = keys(3);
+    let c = chain(&[Role::Hospital; 3]);
+    let config = Config {
+        max_rounds: Some(1),
+        ..cfg()
+    };
+    let mut peer = Peer::new(config, k[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
+    assert!(matches!(
+        peer.poll_action(),
+        Some(Action::Train { round: 1, .. })
+    ));
+    peer.handle_trained(T, vec![0.0; DIM], BTreeMap::new())
+        .expect("trained");
+    while peer.poll_action().is_some() {}
+    let fetches = |peer: &mut Peer| -> Vec<ContentId> {
+        std::iter::from_fn(|| peer.poll_action())
+            .filter_map(|a| match a {
+                Action::Fetch { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    // k[1]'s final (round 2) arrives first: accepted, not pulled.
+    let (final_version, _) = version(&k[1], 2, 5.0);
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&final_version)),
+        Verdict::Accept
+    );
+    assert!(
+        fetches(&mut peer).is_empty(),
+        "pulled the final in the last round"
+    );
+    // Its round-1 version, late, is accepted (not ignored as stale) and pulled.
+    let (round_one, bytes_one) = version(&k[1], 1, 1.0);
+    assert_eq!(
+        peer.handle_message(T, k[1].id(), &announce(&round_one)),
+        Verdict::Accept
+    );
+    assert_eq!(fetches(&mut peer), [round_one.id()]);
+    let (other, bytes_other) = version(&k[2], 1, 2.0);
+    assert_eq!(
+        peer.handle_message(T, k[2].id(), &announce(&other)),
+        Verdict::Accept
+    );
+    assert_eq!(fetches(&mut peer), [other.id()]);
+    peer.handle_payload(T, k[1].id(), round_one.id(), Some(bytes_one));
+    peer.handle_payload(T, k[2].id(), other.id(), Some(bytes_other));
+    // The merge of the three round-1 versions (equal weights): (0 + 1 + 2) / 3.
+    assert!(peer.is_finished());
+    assert_eq!(peer.params(), &[1.0; DIM]);
+}

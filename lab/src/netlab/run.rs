@@ -737,6 +737,39 @@ fn run_once(
             passed: validated == hospitals.len(),
             detail: format!("{validated} of {}", hospitals.len()),
         });
+        // Certification as in the demo: the partner's signed reports meet the policy (AUC >=
+        // 0.80 on >= 100 patients) for every hospital's final version, as the partner judges.
+        let finals: Vec<_> = hospital_outcomes
+            .iter()
+            .filter_map(|o| o.final_version)
+            .collect();
+        let certified_in = |o: &Outcome| {
+            finals
+                .iter()
+                .filter(|f| {
+                    o.certifications
+                        .iter()
+                        .any(|c| c.model == **f && c.certified)
+                })
+                .count()
+        };
+        // The partner rewrites its outcome as its own last reports come back to it: wait (up
+        // to 15 s, while it lingers) for the verdicts on every final version.
+        let mut certified = partner_outcome.as_ref().map_or(0, certified_in);
+        let until = Instant::now() + Duration::from_secs(15);
+        while certified < finals.len() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(300));
+            certified = partner
+                .local
+                .outcome()
+                .as_ref()
+                .map_or(certified, certified_in);
+        }
+        checks.push(Check {
+            name: "every final version certified".into(),
+            passed: certified == hospitals.len(),
+            detail: format!("{certified} of {}", hospitals.len()),
+        });
         checks.push(Check {
             name: "a direct connection made by hole punching through the NATs".into(),
             passed: hole_punch.successes >= 1,
