@@ -245,3 +245,62 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
         let _ = audit(node);
     }
 }
+
+/// A node restarted after its last round has nothing to run: it exits at once, successfully,
+/// and leaves its results file as the finished run wrote it.
+#[test]
+fn a_finished_node_restarted_exits_and_keeps_its_results() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let options = options(dir, 3);
+    let nodes = ["cleveland", "hungarian"]
+        .map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
+    let all: Vec<&LocalNode> = nodes.iter().collect();
+    let genesis = common::genesis(dir, &all);
+    let spec = common::spec(&options, &genesis);
+    let mut children = common::start(&nodes, &spec, 1, |_, _| {});
+    let outcomes = mesh::wait_for_outcomes(
+        &all,
+        &mut children,
+        &[0, 1],
+        Instant::now() + Duration::from_secs(300),
+        |line| eprintln!("{line}"),
+    )
+    .expect("both finish");
+    assert!(outcomes.iter().all(|o| o.rounds == 3));
+    drop(children);
+    let results = std::fs::read(nodes[0].result()).expect("results");
+
+    let mut restarted = std::process::Command::new(common::exe())
+        .arg("run")
+        .arg("--config")
+        .arg(nodes[0].config_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = restarted.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = restarted.kill();
+            panic!("the finished node is still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = restarted.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("nothing left to run"), "{log}");
+    assert_eq!(
+        std::fs::read(nodes[0].result()).expect("results"),
+        results,
+        "the results file was rewritten"
+    );
+}

@@ -99,6 +99,20 @@ pub enum Error {
         /// Why the transport refused it.
         source: TransportError<io::Error>,
     },
+    /// A listen port is taken by another process. libp2p listens with `SO_REUSEPORT` (outgoing
+    /// connections leave from the listening port, which hole punching needs), so without this
+    /// check a second node on the same port would start and silently share the incoming
+    /// connections.
+    #[error(
+        "cannot listen on {address}: TCP port {port} is already in use by another process \
+         (another medmesh node?); choose another port in `[network] listen`"
+    )]
+    PortInUse {
+        /// The address from the config.
+        address: Multiaddr,
+        /// The port.
+        port: u16,
+    },
     /// A bootstrap address does not end in `/p2p/<peer id>`.
     #[error("bootstrap address {0} must end with /p2p/<peer id>")]
     BootstrapPeerId(Multiaddr),
@@ -692,6 +706,7 @@ pub fn build_swarm_counting(
         }
     }
     for address in &config.listen {
+        check_port_free(address)?;
         swarm
             .listen_on(address.clone())
             .map_err(|source| Error::Listen {
@@ -741,6 +756,35 @@ pub async fn listening(swarm: &mut Swarm<Behaviour>, config: &NetworkConfig, lim
         }
     })
     .await;
+}
+
+/// Fails with [`Error::PortInUse`] when the fixed TCP port of `address` is bound by anyone: a
+/// plain bind (without `SO_REUSEPORT`) refuses a port that any socket holds.
+fn check_port_free(address: &Multiaddr) -> Result<(), Error> {
+    let mut ip = None;
+    let mut port = None;
+    for protocol in address {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(Error::PortInUse {
+            address: address.clone(),
+            port,
+        }),
+        // Anything else (an address not on this host) is libp2p's to report.
+        _ => Ok(()),
+    }
 }
 
 fn tcp_config() -> tcp::Config {
@@ -1257,6 +1301,47 @@ mod tests {
             acceptance(&Verdict::Ignore(Reason::Duplicate)),
             gossipsub::MessageAcceptance::Ignore
         );
+    }
+
+    #[tokio::test]
+    async fn a_second_node_on_a_taken_port_refuses_to_start_naming_the_port() {
+        let roster = roster(&[1, 2]);
+        let port = medmesh_free_port();
+        let config = NetworkConfig {
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
+            ..loopback(Vec::new())
+        };
+        // A node listening there (libp2p binds with SO_REUSEPORT, which alone would let a
+        // second one bind too).
+        let mut first = build_swarm(&key(1), &config, &roster).expect("first node");
+        let _ = timeout(Duration::from_secs(5), listening(&mut first)).await;
+        match build_swarm(&key(2), &config, &roster) {
+            Err(error @ Error::PortInUse { .. }) => {
+                assert!(error.to_string().contains(&port.to_string()), "{error}");
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a second node started on port {port}"),
+        }
+        // Any other process holding the port counts too.
+        drop(first);
+        let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let held = holder.local_addr().expect("addr").port();
+        let config = NetworkConfig {
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{held}").parse().expect("addr")],
+            ..loopback(Vec::new())
+        };
+        assert!(matches!(
+            build_swarm(&key(2), &config, &roster),
+            Err(Error::PortInUse { port, .. }) if port == held
+        ));
+    }
+
+    /// A port free now on 127.0.0.1.
+    fn medmesh_free_port() -> u16 {
+        std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
     }
 
     #[tokio::test]

@@ -78,6 +78,20 @@ fn reject_label(verdict: &Verdict) -> &'static str {
 
 const T: Duration = Duration::from_millis(1);
 
+/// The peer of `keys[0]` in a mesh of hospitals holding `keys`, its first round trained (zeros)
+/// and announced.
+fn trained_first_round(keys: &[Keypair], config: Config) -> Peer {
+    let c = chain(&vec![Role::Hospital; keys.len()]);
+    let mut peer = Peer::new(config, keys[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
+    assert!(matches!(
+        peer.poll_action(),
+        Some(Action::Train { round: 1, .. })
+    ));
+    peer.handle_trained(T, vec![0.0; DIM], BTreeMap::new())
+        .expect("trained");
+    peer
+}
+
 #[test]
 fn forged_signature_is_rejected() {
     let (k, mut peer) = setup();
@@ -463,19 +477,14 @@ fn one_member_claiming_a_far_round_cannot_drag_the_others_there() {
 
 fn far_round_claim(claimed: u64) {
     let k = keys(4);
-    let c = chain(&[Role::Hospital; 4]);
-    let config = Config {
-        fanout: 3,
-        max_rounds: Some(10),
-        ..cfg()
-    };
-    let mut peer = Peer::new(config, k[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
-    assert!(matches!(
-        peer.poll_action(),
-        Some(Action::Train { round: 1, .. })
-    ));
-    peer.handle_trained(T, vec![0.0; DIM], BTreeMap::new())
-        .expect("trained");
+    let mut peer = trained_first_round(
+        &k,
+        Config {
+            fanout: 3,
+            max_rounds: Some(10),
+            ..cfg()
+        },
+    );
     // Two honest members are at round 2; the third claims a far round.
     let mut payloads = BTreeMap::new();
     for (key, round) in [(&k[1], 2), (&k[2], 2), (&k[3], claimed)] {
@@ -707,18 +716,13 @@ fn outlier_settings_are_checked() {
 #[test]
 fn in_the_last_round_a_final_heard_first_is_not_merged_in_place_of_the_round_version() {
     let k = keys(3);
-    let c = chain(&[Role::Hospital; 3]);
-    let config = Config {
-        max_rounds: Some(1),
-        ..cfg()
-    };
-    let mut peer = Peer::new(config, k[0].clone(), c, vec![0.0; DIM], 10).expect("peer");
-    assert!(matches!(
-        peer.poll_action(),
-        Some(Action::Train { round: 1, .. })
-    ));
-    peer.handle_trained(T, vec![0.0; DIM], BTreeMap::new())
-        .expect("trained");
+    let mut peer = trained_first_round(
+        &k,
+        Config {
+            max_rounds: Some(1),
+            ..cfg()
+        },
+    );
     while peer.poll_action().is_some() {}
     let fetches = |peer: &mut Peer| -> Vec<ContentId> {
         std::iter::from_fn(|| peer.poll_action())

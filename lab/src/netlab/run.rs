@@ -186,7 +186,11 @@ impl Report {
                 p.name,
                 p.centre.as_deref().unwrap_or("-"),
                 format!("{:?}", p.role).to_lowercase(),
-                if p.finished { "yes" } else { "NO" },
+                match (p.role, p.finished) {
+                    (Role::Relay, _) => "-",
+                    (_, true) => "yes",
+                    (_, false) => "NO",
+                },
                 p.accuracy.map_or("-".into(), |a| format!("{a:.3}")),
             ));
         }

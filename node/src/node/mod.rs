@@ -154,6 +154,22 @@ pub async fn run_with_store(
     let (dataset, site) = load_site(&config)?;
     let trainer = start_trainer(&config, &chain, me, &site, privacy)?;
     let peer = resume_peer(&config, key, chain, trainer.as_ref(), resume)?;
+    if peer.is_finished() {
+        // Restarted after its last round: there is nothing to train or announce, and the
+        // results file (if any) holds the real outcome, which an outcome of this run (no rounds,
+        // no final version) would overwrite.
+        tracing::info!(
+            round = peer.round(),
+            "this node finished its rounds before it stopped; nothing left to run (its results \
+             file is kept)"
+        );
+        let mut storage = storage;
+        storage.close();
+        if let Some(server) = admin_server {
+            server.stop().await;
+        }
+        return Ok(None);
+    }
     status.roster_version = peer.chain().current().version;
     status.round = peer.round();
     status.phase = admin::Phase::Starting;
