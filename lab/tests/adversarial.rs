@@ -199,6 +199,21 @@ async fn run_rogue(
     }
 }
 
+/// The four honest hospitals' outcomes, once they all finished.
+fn honest_outcomes(
+    everyone: &[&LocalNode],
+    children: &mut Children,
+) -> Vec<medmesh_node::node::Outcome> {
+    mesh::wait_for_outcomes(
+        everyone,
+        children,
+        &[0, 1, 2, 3],
+        Instant::now() + Duration::from_secs(400),
+        |line| eprintln!("{line}"),
+    )
+    .expect("the honest hospitals finish")
+}
+
 fn free_port() -> u16 {
     medmesh_lab::mesh::free_port().expect("a free port")
 }
@@ -361,14 +376,7 @@ fn attacks_by_members_and_strangers_are_refused_counted_and_harmless() {
         let _ = stream.flush();
     }
 
-    let outcomes = mesh::wait_for_outcomes(
-        &everyone,
-        &mut children,
-        &[0, 1, 2, 3],
-        Instant::now() + Duration::from_secs(400),
-        |line| eprintln!("{line}"),
-    )
-    .expect("the honest hospitals finish");
+    let outcomes = honest_outcomes(&everyone, &mut children);
     let published: Vec<usize> = attacks
         .into_iter()
         .map(|a| runtime.block_on(a).expect("rogue task"))
@@ -610,14 +618,7 @@ fn poisoned_run(
             ))
         })
         .collect();
-    let outcomes = mesh::wait_for_outcomes(
-        &everyone,
-        &mut children,
-        &[0, 1, 2, 3],
-        Instant::now() + Duration::from_secs(400),
-        |line| eprintln!("{line}"),
-    )
-    .expect("the honest hospitals finish");
+    let outcomes = honest_outcomes(&everyone, &mut children);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let activity = attacks
         .into_iter()

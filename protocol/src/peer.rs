@@ -57,6 +57,10 @@ const AUTHOR_WINDOW: u64 = 16;
 const RATE_BURST: f64 = 32.0;
 /// Announcements per second an author's allowance refills by.
 const RATE_PER_SECOND: f64 = 4.0;
+/// Announcements an author's allowance refills by for every round this peer completes: honest
+/// members send one per round, so a mesh whose rounds are faster than the per-second rate is
+/// never held back, while a flood still is (it does not make this peer's rounds go faster).
+const RATE_PER_ROUND: f64 = 4.0;
 /// How many versions per author at or above the current round are kept as candidates.
 const CANDIDATES_PER_AUTHOR: usize = 2;
 /// How many recent content ids of versions are remembered so reports can name them.
@@ -498,6 +502,8 @@ struct AuthorState {
     tokens: f64,
     /// When the bucket was last filled.
     filled_at: Option<Duration>,
+    /// This peer's round when the bucket was last filled.
+    filled_round: u64,
 }
 
 impl AuthorState {
@@ -523,13 +529,16 @@ impl AuthorState {
         self.seen.retain(|(r, _)| *r >= floor);
     }
 
-    /// Takes a token for one announcement at `now`; `false` when the author is over its rate.
-    fn take_token(&mut self, now: Duration) -> bool {
-        let elapsed = self.filled_at.map_or(RATE_BURST, |t| {
+    /// Takes a token for one announcement at `now`, this peer being at `round`; `false` when the
+    /// author is over its allowance (refilled per second and per round this peer completed).
+    fn take_token(&mut self, now: Duration, round: u64) -> bool {
+        let refill = self.filled_at.map_or(RATE_BURST, |t| {
             now.saturating_sub(t).as_secs_f64() * RATE_PER_SECOND
+                + round.saturating_sub(self.filled_round) as f64 * RATE_PER_ROUND
         });
-        self.tokens = (self.tokens + elapsed).min(RATE_BURST);
+        self.tokens = (self.tokens + refill).min(RATE_BURST);
         self.filled_at = Some(now);
+        self.filled_round = self.filled_round.max(round);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -865,7 +874,7 @@ impl Peer {
         if state.flagged {
             return self.refuse_author(from, author, Reason::Flagged);
         }
-        if state.seen(round) != Some(&id) && !state.take_token(now) {
+        if state.seen(round) != Some(&id) && !state.take_token(now, self.round) {
             return self.refuse_author(from, author, Reason::RateLimited(author));
         }
         match state.seen(round) {

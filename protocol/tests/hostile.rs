@@ -142,17 +142,23 @@ fn replay_of_an_older_round_is_rejected_and_duplicates_ignored() {
     assert_eq!(reject_label(&verdict), "replay");
 }
 
+/// `author` sends two different versions of round 3 to `peer`: the first is accepted, the
+/// second rejected as equivocation.
+fn equivocate(peer: &mut Peer, author: &Keypair) {
+    let (a, _) = version(author, 3, 1.0);
+    let (b, _) = version(author, 3, -1.0);
+    assert_eq!(
+        peer.handle_message(T, author.id(), &announce(&a)),
+        Verdict::Accept
+    );
+    let verdict = peer.handle_message(T, author.id(), &announce(&b));
+    assert_eq!(reject_label(&verdict), "equivocation");
+}
+
 #[test]
 fn equivocation_rejects_and_flags_the_author() {
     let (k, mut peer) = setup();
-    let (a, _) = version(&k[2], 3, 1.0);
-    let (b, _) = version(&k[2], 3, -1.0);
-    assert_eq!(
-        peer.handle_message(T, k[2].id(), &announce(&a)),
-        Verdict::Accept
-    );
-    let verdict = peer.handle_message(T, k[2].id(), &announce(&b));
-    assert_eq!(reject_label(&verdict), "equivocation");
+    equivocate(&mut peer, &k[2]);
     let flagged: Vec<_> = peer.flagged().collect();
     assert_eq!(flagged, vec![k[2].id()]);
     let (later, _) = version(&k[2], 4, 0.5);
@@ -172,16 +178,7 @@ fn equivocation_rejects_and_flags_the_author() {
 fn relayed_copies_of_a_flagged_or_flooding_author_are_ignored_not_held_against_the_relayer() {
     let (k, mut peer) = setup();
     // k[2] equivocates and is flagged; k[3] is an honest member relaying what it heard.
-    let (a, _) = version(&k[2], 3, 1.0);
-    let (b, _) = version(&k[2], 3, -1.0);
-    assert_eq!(
-        peer.handle_message(T, k[2].id(), &announce(&a)),
-        Verdict::Accept
-    );
-    assert_eq!(
-        reject_label(&peer.handle_message(T, k[2].id(), &announce(&b))),
-        "equivocation"
-    );
+    equivocate(&mut peer, &k[2]);
     while peer.poll_action().is_some() {}
     let (later, _) = version(&k[2], 4, 0.5);
     assert_eq!(

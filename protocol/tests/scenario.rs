@@ -383,3 +383,36 @@ fn a_peer_that_arrives_after_the_end_adopts_the_final_consensus() {
     finals.sort();
     assert_eq!(parents, finals);
 }
+
+/// Honest members whose rounds are faster than the per-second announcement allowance (here
+/// about 4.6 rounds a second of the fake clock against 4 a second, for 400 rounds: the burst
+/// runs out after a minute) are never refused: the allowance also grows with every round a peer
+/// completes.
+#[test]
+fn fast_honest_rounds_are_never_rate_limited() {
+    let n = 4;
+    let k = keys(n);
+    let configs = (0..n)
+        .map(|i| config(Rule::Mean, n - 1, 400, i as u64))
+        .collect();
+    let mut net = Net::new(&k, configs, inits(n, 8, 3), &[10; 4]);
+    net.run(Duration::from_secs(3600));
+    assert!(net.peers.iter().all(Peer::is_finished), "all peers finish");
+    let limited = net
+        .events
+        .iter()
+        .filter(|(_, e)| {
+            matches!(e, Event::Rejected { reason, .. } if reason.label() == "rate_limited")
+        })
+        .count();
+    eprintln!("400 rounds in {:?}, {limited} refused", net.now);
+    assert_eq!(
+        limited, 0,
+        "honest announcements refused as over their rate"
+    );
+    assert!(
+        net.now < Duration::from_secs(100),
+        "the rounds were not faster than the per-second rate: {:?}",
+        net.now
+    );
+}
