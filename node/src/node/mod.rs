@@ -83,6 +83,7 @@ pub async fn run_with_store(
     let started = Instant::now();
     let key = keys::load(&config.key)?;
     let mut chain = open_chain(&config, &store)?;
+    check_site(&config, chain.current(), key.id())?;
     let (certifier, rounds, resume) = read_record(&config, &store, &chain, key.id())?;
     let privacy = read_privacy(&config, &store)?;
     let mut storage = Storage::spawn(store)?;
@@ -199,6 +200,30 @@ pub async fn run_with_store(
         server.stop().await;
     }
     outcome
+}
+
+/// A member that trains must train on its own site's records: the `[data] site` of its config
+/// is the site its roster entry names (ignoring case). A node configured with another
+/// hospital's data would count that data twice and sign versions in its own name.
+fn check_site(
+    config: &NodeConfig,
+    roster: &medmesh_protocol::roster::Roster,
+    me: medmesh_protocol::identity::MemberId,
+) -> anyhow::Result<()> {
+    if let Some(member) = roster.member(&me)
+        && member.role.may_train()
+        && !member.site.eq_ignore_ascii_case(&config.data.site)
+    {
+        anyhow::bail!(
+            "the roster lists this member ({}) at site {:?}, but its config's `[data] site` is \
+             {:?}: a hospital trains on its own site's records only; fix `[data] site` (or the \
+             roster, by a signed update)",
+            member.name,
+            member.site,
+            config.data.site
+        );
+    }
+    Ok(())
 }
 
 /// The roster chain the store holds, or the config's genesis for a new store.
