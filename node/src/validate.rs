@@ -29,8 +29,9 @@ pub struct Found {
 }
 
 /// Evaluates `params` (the model of `config`) on `test`, the validator's local split, and
-/// drafts the report `validator` signs. `dataset` names the data; the site and country are the
-/// roster's entry for the validator. The bootstrap is seeded from the model id, so validating
+/// drafts the report `validator` signs. `data` names the dataset and the site whose test split
+/// `test` is (the description says so); the report's site and country are the roster's entry
+/// for the validator. The bootstrap is seeded from the model id, so validating
 /// the same model on the same data always gives the same report (but for its time stamp).
 /// The model runs in `evaluator`'s worker process.
 pub fn evaluate(
@@ -38,10 +39,11 @@ pub fn evaluate(
     config: &NodeConfig,
     model: ContentId,
     validator: &Member,
-    dataset: &str,
+    data: (&str, &str),
     params: &[f32],
     test: &Table,
 ) -> anyhow::Result<Found> {
+    let (dataset, data_site) = data;
     anyhow::ensure!(!test.is_empty(), "no local test rows to validate on");
     let probs = evaluator
         .predict(
@@ -78,7 +80,7 @@ pub fn evaluate(
             country: validator.country.clone(),
             description: format!(
                 "test split of site {:?}: {} rows, {} positive",
-                config.data.site,
+                data_site,
                 test.rows,
                 test.positives()
             ),

@@ -856,9 +856,13 @@ impl EventLoop {
         version: &Verified<Version>,
         bytes: Option<Bytes>,
     ) -> anyhow::Result<validate::Found> {
-        let (dataset, test) = validation::test_rows(
+        let rows = validation::test_rows(
             validation.data.as_ref(),
-            (&self.local.dataset, &self.local.test),
+            (
+                &self.local.dataset,
+                &self.config.data.site,
+                &self.local.test,
+            ),
         )?;
         let member = self
             .peer
@@ -872,8 +876,7 @@ impl EventLoop {
             &self.config,
             version,
             bytes,
-            &test,
-            &dataset,
+            &rows,
             &member,
         )?;
         self.peer.handle_command(

@@ -58,15 +58,29 @@ pub(super) struct Prepared {
     pub(super) payload: Option<Bytes>,
 }
 
+/// The data a validation runs on.
+pub(super) struct Rows {
+    /// The dataset's name.
+    pub(super) dataset: String,
+    /// The site whose test split it is.
+    pub(super) site: String,
+    /// The rows.
+    pub(super) test: Table,
+}
+
 /// The test rows a validation runs on: a declared validation dataset if it names one, else
 /// `own`. A dataset that does not load is logged with its reason; the answer only names it, so
 /// nothing of the file's content reaches the admin endpoint's caller.
 pub(super) fn test_rows(
     data: Option<&ValidationData>,
-    own: (&str, &Table),
-) -> anyhow::Result<(String, Table)> {
+    own: (&str, &str, &Table),
+) -> anyhow::Result<Rows> {
     let Some(d) = data else {
-        return Ok((own.0.to_owned(), own.1.clone()));
+        return Ok(Rows {
+            dataset: own.0.to_owned(),
+            site: own.1.to_owned(),
+            test: own.2.clone(),
+        });
     };
     let loaded = Dataset::load(&d.schema)
         .map_err(anyhow::Error::from)
@@ -76,7 +90,11 @@ pub(super) fn test_rows(
                 .with_context(|| format!("site {:?} is not in {}", d.site, d.schema.display()))?
                 .test
                 .clone();
-            Ok((set.name.clone(), test))
+            Ok(Rows {
+                dataset: set.name.clone(),
+                site: d.site.clone(),
+                test,
+            })
         });
     loaded.map_err(|e| {
         tracing::warn!(dataset = %d.name, error = %format!("{e:#}"), "validation dataset does not load");
@@ -93,8 +111,7 @@ pub(super) fn evaluate_version(
     config: &NodeConfig,
     version: &Verified<Version>,
     bytes: Option<Bytes>,
-    test: &Table,
-    dataset: &str,
+    rows: &Rows,
     member: &medmesh_protocol::roster::Member,
 ) -> anyhow::Result<validate::Found> {
     let bytes = bytes.context("its author did not serve the payload")?;
@@ -106,9 +123,9 @@ pub(super) fn evaluate_version(
         config,
         version.id(),
         member,
-        dataset,
+        (&rows.dataset, &rows.site),
         &params,
-        test,
+        &rows.test,
     )
 }
 
@@ -204,5 +221,33 @@ impl Certifier {
             .filter(|c| c.certified)
             .map(|c| c.model)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_validation_dataset_names_its_own_site_not_the_nodes() {
+        let schema =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/heart-disease/schema.toml");
+        let own = Table::default();
+        let declared = ValidationData {
+            name: "partner-swiss".into(),
+            schema,
+            site: "switzerland".into(),
+        };
+        let rows = test_rows(Some(&declared), ("heart-disease", "cleveland", &own))
+            .expect("the shipped data loads");
+        assert_eq!(rows.site, "switzerland");
+        assert!(!rows.test.is_empty());
+        let rows = test_rows(None, ("heart-disease", "cleveland", &own)).expect("own");
+        assert_eq!(
+            (rows.dataset.as_str(), rows.site.as_str()),
+            ("heart-disease", "cleveland")
+        );
     }
 }
