@@ -617,6 +617,8 @@ pub struct Peer {
     fetching: BTreeMap<ContentId, InFlight>,
     /// Authors already tried this round (fetched or failed).
     tried: BTreeSet<MemberId>,
+    /// Authors whose pull this round failed once and was asked again.
+    retried: BTreeSet<MemberId>,
     fetched: Vec<(Verified<Version>, Vec<f32>)>,
     /// Parameter vectors of closed rounds, reused for the next payloads and merges: a fresh
     /// vector of millions of parameters costs more in page faults than the whole verified
@@ -691,6 +693,7 @@ impl Peer {
             candidates: BTreeMap::new(),
             fetching: BTreeMap::new(),
             tried: BTreeSet::new(),
+            retried: BTreeSet::new(),
             fetched: Vec::new(),
             spare: Vec::new(),
             served: VecDeque::new(),
@@ -1065,6 +1068,12 @@ impl Peer {
             .get(&flight.author)
             .and_then(|c| c.values().find(|v| v.id() == id))
             .cloned();
+        // A pull that failed (a connection closed under it, a timeout on the way) is asked once
+        // more this round: leaving the author out would give this peer another merge than the
+        // others'.
+        if data.is_none() && self.retried.insert(flight.author) {
+            self.tried.remove(&flight.author);
+        }
         if let (Some(version), Some(bytes)) = (version, data) {
             {
                 let mut params = self.spare.pop().unwrap_or_default();
@@ -1323,6 +1332,7 @@ impl Peer {
         self.round = (round + 1).max(newest);
         self.fetching.clear();
         self.tried.clear();
+        self.retried.clear();
         let floor = self.round;
         for slot in self.candidates.values_mut() {
             slot.retain(|r, _| *r >= floor);
@@ -1392,6 +1402,7 @@ impl Peer {
         self.round = m + 1;
         self.fetching.clear();
         self.tried.clear();
+        self.retried.clear();
         self.candidates.clear();
         self.phase = Phase::Done;
         self.announce_final(m + 1);

@@ -758,3 +758,58 @@ fn in_the_last_round_a_final_heard_first_is_not_merged_in_place_of_the_round_ver
     assert!(peer.is_finished());
     assert_eq!(peer.params(), &[1.0; DIM]);
 }
+
+/// A pull that fails (a connection closed under it) is asked once more in the same round, so
+/// that the peer still merges what the others merge; a second failure gives the author up.
+#[test]
+fn a_failed_pull_is_asked_once_more_in_the_round() {
+    let k = keys(3);
+    let mut peer = trained_first_round(
+        &k,
+        Config {
+            max_rounds: Some(1),
+            ..cfg()
+        },
+    );
+    while peer.poll_action().is_some() {}
+    let fetches = |peer: &mut Peer| -> Vec<ContentId> {
+        std::iter::from_fn(|| peer.poll_action())
+            .filter_map(|a| match a {
+                Action::Fetch { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    let (one, bytes_one) = version(&k[1], 1, 1.0);
+    let (two, bytes_two) = version(&k[2], 1, 2.0);
+    peer.handle_message(T, k[1].id(), &announce(&one));
+    peer.handle_message(T, k[2].id(), &announce(&two));
+    let mut asked = fetches(&mut peer);
+    asked.sort();
+    let mut expected = vec![one.id(), two.id()];
+    expected.sort();
+    assert_eq!(asked, expected);
+    // k[1]'s pull fails: asked again; it fails again: given up.
+    peer.handle_payload(T, k[1].id(), one.id(), None);
+    assert_eq!(fetches(&mut peer), [one.id()], "not asked again");
+    peer.handle_payload(T, k[2].id(), two.id(), Some(bytes_two));
+    peer.handle_payload(T, k[1].id(), one.id(), Some(bytes_one));
+    // The round merged all three: (0 + 1 + 2) / 3.
+    assert!(peer.is_finished());
+    assert_eq!(peer.params(), &[1.0; DIM]);
+    // Twice failed is given up (on a fresh peer).
+    let mut peer = trained_first_round(
+        &k,
+        Config {
+            max_rounds: Some(1),
+            ..cfg()
+        },
+    );
+    while peer.poll_action().is_some() {}
+    peer.handle_message(T, k[1].id(), &announce(&one));
+    let _ = fetches(&mut peer);
+    peer.handle_payload(T, k[1].id(), one.id(), None);
+    assert_eq!(fetches(&mut peer), [one.id()]);
+    peer.handle_payload(T, k[1].id(), one.id(), None);
+    assert!(fetches(&mut peer).is_empty(), "asked a third time");
+}

@@ -726,10 +726,29 @@ fn run_once(
                 }
             ),
         });
+        // Who is off, if anyone: each hospital's distance to the first's final model.
+        let apart: Vec<String> = hospitals
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(node, o)| {
+                let o = o.as_ref()?;
+                let d =
+                    mesh::max_relative_distance(&[o.clone(), hospital_outcomes.first()?.clone()]);
+                (d > 1e-3).then(|| format!("{} {d:.1e} (timeouts {})", node.local.name, o.timeouts))
+            })
+            .collect();
         checks.push(Check {
             name: "final models within 1e-3 (relative L2)".into(),
             passed: hospital_outcomes.len() == hospitals.len() && distance <= 1e-3,
-            detail: format!("{distance:.2e}"),
+            detail: if apart.is_empty() {
+                format!("{distance:.2e}")
+            } else {
+                format!(
+                    "{distance:.2e}; apart from {}: {}",
+                    peers[0].local.name,
+                    apart.join(", ")
+                )
+            },
         });
         checks.push(Check {
             name: "mean hospital accuracy >= 0.70".into(),
