@@ -188,7 +188,9 @@ enum RosterCommand {
         /// Signatures of current members needed to change the roster later.
         #[arg(long)]
         threshold: u32,
-        /// A member: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`; ROLE is hospital, validator or observer.
+        /// A member: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`; ROLE is hospital, validator, observer
+        /// or relay (a member at a public address, its ADDRESS, that members behind NAT connect
+        /// through).
         #[arg(long = "member", required = true)]
         members: Vec<String>,
         /// Output file.

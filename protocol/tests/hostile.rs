@@ -78,6 +78,16 @@ fn reject_label(verdict: &Verdict) -> &'static str {
 
 const T: Duration = Duration::from_millis(1);
 
+/// The payloads `peer` asks for next, draining its other actions.
+fn fetches(peer: &mut Peer) -> Vec<ContentId> {
+    std::iter::from_fn(|| peer.poll_action())
+        .filter_map(|a| match a {
+            Action::Fetch { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The peer of `keys[0]` in a mesh of hospitals holding `keys`, its first round trained (zeros)
 /// and announced.
 fn trained_first_round(keys: &[Keypair], config: Config) -> Peer {
@@ -721,14 +731,6 @@ fn in_the_last_round_a_final_heard_first_is_not_merged_in_place_of_the_round_ver
         },
     );
     while peer.poll_action().is_some() {}
-    let fetches = |peer: &mut Peer| -> Vec<ContentId> {
-        std::iter::from_fn(|| peer.poll_action())
-            .filter_map(|a| match a {
-                Action::Fetch { id, .. } => Some(id),
-                _ => None,
-            })
-            .collect()
-    };
     // k[1]'s final (round 2) arrives first: accepted, not pulled.
     let (final_version, _) = version(&k[1], 2, 5.0);
     assert_eq!(
@@ -772,14 +774,6 @@ fn a_failed_pull_is_asked_once_more_in_the_round() {
         },
     );
     while peer.poll_action().is_some() {}
-    let fetches = |peer: &mut Peer| -> Vec<ContentId> {
-        std::iter::from_fn(|| peer.poll_action())
-            .filter_map(|a| match a {
-                Action::Fetch { id, .. } => Some(id),
-                _ => None,
-            })
-            .collect()
-    };
     let (one, bytes_one) = version(&k[1], 1, 1.0);
     let (two, bytes_two) = version(&k[2], 1, 2.0);
     peer.handle_message(T, k[1].id(), &announce(&one));
