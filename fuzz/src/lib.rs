@@ -36,6 +36,7 @@ pub fn member(n: u8) -> Member {
         name: format!("Hospital {n}"),
         site: format!("Campus {n}"),
         country: if validator { "NL" } else { "DE" }.into(),
+        group: String::new(),
         role: if validator {
             Role::Validator
         } else {

@@ -213,6 +213,7 @@ impl LocalNode {
             name: format!("{} hospital", self.name),
             site: self.data.site.clone(),
             country: country.into(),
+            group: String::new(),
             role,
             addresses: vec![self.address()?],
         })

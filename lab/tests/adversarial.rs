@@ -46,6 +46,7 @@ impl Rogue {
             name: self.name.into(),
             site: self.name.into(),
             country: "US".into(),
+            group: String::new(),
             role: Role::Hospital,
             addresses: vec![format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}", self.port)],
         }

@@ -180,7 +180,7 @@ enum Command {
 /// Roster files are JSON; every member signs the same file in turn until the threshold is met.
 #[derive(Debug, Subcommand)]
 enum RosterCommand {
-    /// Start a genesis roster from a list of members (`--member ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`).
+    /// Start a genesis roster from a list of members (`--member ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]`).
     Genesis {
         /// Name of the mesh.
         #[arg(long)]
@@ -188,9 +188,10 @@ enum RosterCommand {
         /// Signatures of current members needed to change the roster later.
         #[arg(long)]
         threshold: u32,
-        /// A member: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`; ROLE is hospital, validator, observer
-        /// or relay (a member at a public address, its ADDRESS, that members behind NAT connect
-        /// through).
+        /// A member: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]`; ROLE is hospital,
+        /// validator, observer or relay (a member at a public address, its ADDRESS, that members
+        /// behind NAT connect through); GROUP (e.g. its medical centre) is whom it averages with
+        /// first under two-level averaging.
         #[arg(long = "member", required = true)]
         members: Vec<String>,
         /// Output file.
@@ -202,12 +203,15 @@ enum RosterCommand {
         /// The current roster.
         #[arg(long)]
         current: PathBuf,
-        /// A member to admit: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]`.
+        /// A member to admit: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]`.
         #[arg(long = "add")]
         add: Vec<String>,
         /// A member id to remove.
         #[arg(long = "remove")]
         remove: Vec<String>,
+        /// Move a member to another group: `ID=GROUP` (`ID=` for none).
+        #[arg(long = "group")]
+        regroup: Vec<String>,
         /// New threshold (default: unchanged, capped at the new member count).
         #[arg(long)]
         threshold: Option<u32>,
@@ -246,8 +250,8 @@ enum RosterCommand {
 fn parse_member(text: &str) -> anyhow::Result<Member> {
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     anyhow::ensure!(
-        parts.len() == 5 || parts.len() == 6,
-        "member {text:?}: expected ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS]"
+        parts.len() >= 5,
+        "member {text:?}: expected {MEMBER_SYNTAX}"
     );
     let role = match parts[4] {
         "hospital" => Role::Hospital,
@@ -260,6 +264,20 @@ fn parse_member(text: &str) -> anyhow::Result<Member> {
             )
         }
     };
+    let mut group = String::new();
+    let mut addresses = Vec::new();
+    for extra in &parts[5..] {
+        match extra.split_once('=') {
+            Some(("group", g)) => group = g.to_owned(),
+            Some((key, _)) => {
+                anyhow::bail!("member {text:?}: unknown field {key:?} (expected {MEMBER_SYNTAX})")
+            }
+            None if addresses.is_empty() => addresses.push((*extra).to_owned()),
+            None => {
+                anyhow::bail!("member {text:?}: one ADDRESS at most (expected {MEMBER_SYNTAX})")
+            }
+        }
+    }
     Ok(Member {
         id: parts[0]
             .parse()
@@ -267,12 +285,25 @@ fn parse_member(text: &str) -> anyhow::Result<Member> {
         name: parts[1].to_owned(),
         site: parts[2].to_owned(),
         country: parts[3].to_owned(),
+        group,
         role,
-        addresses: parts
-            .get(5)
-            .map(|a| vec![(*a).to_owned()])
-            .unwrap_or_default(),
+        addresses,
     })
+}
+
+/// How `--member` and `--add` spell a member.
+const MEMBER_SYNTAX: &str = "ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]";
+
+/// `ID=GROUP` of `roster propose --group`.
+fn parse_regroup(text: &str) -> anyhow::Result<(MemberId, String)> {
+    let (id, group) = text
+        .split_once('=')
+        .with_context(|| format!("--group {text:?}: expected ID=GROUP"))?;
+    let id = id
+        .trim()
+        .parse()
+        .with_context(|| format!("--group {text:?}: bad member id"))?;
+    Ok((id, group.trim().to_owned()))
 }
 
 fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
@@ -298,6 +329,7 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
             current,
             add,
             remove,
+            regroup,
             threshold,
             out,
         } => {
@@ -315,6 +347,14 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
                 .collect();
             for a in &add {
                 members.push(parse_member(a)?);
+            }
+            for text in &regroup {
+                let (id, group) = parse_regroup(text)?;
+                let member = members
+                    .iter_mut()
+                    .find(|m| m.id == id)
+                    .with_context(|| format!("--group {text:?}: {id} is not a member"))?;
+                member.group = group;
             }
             let threshold = threshold
                 .unwrap_or(roster.threshold)
@@ -367,8 +407,13 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
                 r.mesh, r.version, r.threshold
             );
             for m in &r.members {
+                let group = if m.group.is_empty() {
+                    String::new()
+                } else {
+                    format!(", group {}", m.group)
+                };
                 println!(
-                    "  {} {:<9} {} ({}, {}) {}",
+                    "  {} {:<9} {} ({}, {}{group}) {}",
                     m.id,
                     format!("{:?}", m.role).to_lowercase(),
                     m.name,

@@ -598,6 +598,41 @@ pub fn topic(mesh: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("medmesh/{mesh}/1"))
 }
 
+/// The gossipsub topic of one roster group of a mesh, `medmesh/<mesh>/group/<group>/1`: under
+/// two-level averaging, the announcements of rounds that stay inside the group travel there.
+pub fn group_topic(mesh: &str, group: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("medmesh/{mesh}/group/{group}/1"))
+}
+
+/// Subscribes to a group's topic (scored like the mesh topic), or unsubscribes from the old
+/// one when the roster moved this member to another group. Returns the topic now followed.
+pub fn follow_group(
+    gossipsub: &mut gossipsub::Behaviour,
+    old: Option<gossipsub::IdentTopic>,
+    new: Option<gossipsub::IdentTopic>,
+) -> Option<gossipsub::IdentTopic> {
+    if old.as_ref().map(gossipsub::IdentTopic::hash)
+        == new.as_ref().map(gossipsub::IdentTopic::hash)
+    {
+        return new;
+    }
+    if let Some(old) = &old {
+        gossipsub.unsubscribe(old);
+    }
+    if let Some(topic) = &new {
+        // Both fail only without peer scoring, which build_gossipsub always sets up, or for a
+        // topic too long for a message, which a checked roster's group name cannot make.
+        if let Err(e) = gossipsub.set_topic_params(topic.clone(), topic_score()) {
+            tracing::warn!(error = e, topic = %topic, "cannot score the group topic");
+        }
+        if let Err(e) = gossipsub.subscribe(topic) {
+            tracing::warn!(error = %e, topic = %topic, "cannot subscribe to the group topic");
+            return None;
+        }
+    }
+    new
+}
+
 /// The libp2p peer id of a member (its ed25519 key as an identity multihash).
 pub fn peer_id(member: &MemberId) -> Result<PeerId, Error> {
     let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(member.as_bytes())
@@ -948,7 +983,23 @@ fn gossip(config: &NetworkConfig, mesh: &str) -> Result<gossipsub::Behaviour, Er
     // squared, so a few rejections graylist it; first deliveries earn a little back. Mesh
     // delivery rates (P3) are off — hospitals publish rarely and quiet is not misbehaviour —
     // and so is IP colocation, since members may share a NAT or a relay.
-    let topic_score = gossipsub::TopicScoreParams {
+    let mut score = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    score.topics.insert(topic.hash(), topic_score());
+    gossipsub
+        .with_peer_score(score, gossipsub::PeerScoreThresholds::default())
+        .map_err(Error::Gossipsub)?;
+    gossipsub
+        .subscribe(&topic)
+        .map_err(|e| Error::Gossipsub(e.to_string()))?;
+    Ok(gossipsub)
+}
+
+/// How a mesh or group topic scores its peers.
+fn topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.0,
         first_message_deliveries_weight: 1.0,
@@ -959,19 +1010,7 @@ fn gossip(config: &NetworkConfig, mesh: &str) -> Result<gossipsub::Behaviour, Er
         invalid_message_deliveries_weight: -10.0,
         invalid_message_deliveries_decay: 0.95,
         ..Default::default()
-    };
-    let mut score = gossipsub::PeerScoreParams {
-        ip_colocation_factor_weight: 0.0,
-        ..Default::default()
-    };
-    score.topics.insert(topic.hash(), topic_score);
-    gossipsub
-        .with_peer_score(score, gossipsub::PeerScoreThresholds::default())
-        .map_err(Error::Gossipsub)?;
-    gossipsub
-        .subscribe(&topic)
-        .map_err(|e| Error::Gossipsub(e.to_string()))?;
-    Ok(gossipsub)
+    }
 }
 
 /// Allows exactly the roster's members to connect: members are allowed and the addresses the

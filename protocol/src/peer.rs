@@ -100,6 +100,47 @@ pub struct Config {
     /// Flag and exclude members whose versions stay far from everyone else's (none: only
     /// equivocation flags a member).
     pub outliers: Option<Outliers>,
+    /// Two-level averaging over the roster's groups ([`TwoLevel`]); none: flat, every member
+    /// pulls from anyone.
+    pub two_level: Option<TwoLevel>,
+}
+
+/// Two-level averaging: a member merges with members of its own roster group (its medical
+/// centre, on a fast local network) every round, and with other groups (across the slow,
+/// metered WAN) only on the schedule set here, so the whole mesh still reaches consensus.
+///
+/// Each round a member pulls `fanout` versions of its own group (capped at the group's other
+/// training members). On a round that mixes across groups it also pulls one version from each of
+/// some other groups, drawn at random. A round that does not mix across groups announces its
+/// version to its group only ([`Action::BroadcastGroup`]); the others announce to the mesh.
+///
+/// With the mean rule, the merge weighs groups by their training samples: the own group's
+/// versions together stand for the own group's samples (each in proportion to its own), and the
+/// version pulled from another group stands for that group's samples, since a member's model is
+/// already averaged within its group. A group's samples are what its members' announcements
+/// say (a member not heard from counts as the group's average). So when every group has
+/// averaged internally, one round that pulls a version from every other group lands every
+/// member on the global sample-weighted average (`protocol/tests/scenario.rs`). Robust rules
+/// are unweighted, and the outlier screen ([`Outliers`]) judges the round's inputs as in flat
+/// mode, inside a group too.
+///
+/// In TOML: `two_level = { across = "every", rounds = 4 }` or
+/// `two_level = { across = "fanout", groups = 1 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "across", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TwoLevel {
+    /// Every `rounds`-th round (rounds divisible by it) and the last round, a member also pulls
+    /// one version from every other group; other rounds stay inside the group.
+    Every {
+        /// Rounds between rounds that mix across groups; at least 1.
+        rounds: u64,
+    },
+    /// Every round, a member also pulls one version from each of `groups` other groups drawn at
+    /// random (all of them if there are fewer), and announces to the whole mesh.
+    Fanout {
+        /// Other groups pulled from per round; at least 1.
+        groups: usize,
+    },
 }
 
 /// Excluding persistent outliers, on top of the merge rule. Robust rules bound what one bad
@@ -153,6 +194,7 @@ impl Default for Config {
             seed: 0,
             certification: None,
             outliers: None,
+            two_level: None,
         }
     }
 }
@@ -213,6 +255,26 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "outliers needs a finite factor above 1 and at least 1 round".into(),
             ));
+        }
+        match self.two_level {
+            Some(_) if self.neighbours.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "two-level averaging picks its partners from the roster's groups: it cannot \
+                     be combined with fixed neighbours"
+                        .into(),
+                ));
+            }
+            Some(TwoLevel::Every { rounds: 0 }) => {
+                return Err(ConfigError::Invalid(
+                    "two_level every: rounds must be at least 1".into(),
+                ));
+            }
+            Some(TwoLevel::Fanout { groups: 0 }) => {
+                return Err(ConfigError::Invalid(
+                    "two_level fanout: groups must be at least 1".into(),
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -413,6 +475,10 @@ pub enum Action {
     },
     /// Publish a gossip message to the mesh.
     Broadcast(Message),
+    /// Publish a gossip message to the members of this peer's roster group only: under
+    /// [`TwoLevel`] averaging, the announcement of a round that does not mix across groups.
+    /// A driver without groups may publish it to the mesh.
+    BroadcastGroup(Message),
     /// Pull the payload of a version from a member, then call [`Peer::handle_payload`].
     Fetch {
         /// Whom to ask.
@@ -496,6 +562,8 @@ struct AuthorState {
     /// short vector, as a peer of a large mesh keeps one of these for every author it heard.
     seen: Vec<(u64, ContentId)>,
     flagged: bool,
+    /// Training samples its newest announcement claimed (for [`TwoLevel`] group weights).
+    samples: u64,
     /// Merged rounds in a row in which this author's version was an outlier ([`Outliers`]).
     outlier_streak: u32,
     /// Announcements this author may still send now (a token bucket, see [`RATE_BURST`]).
@@ -546,6 +614,15 @@ impl AuthorState {
             false
         }
     }
+}
+
+/// What a round pulls ([`Peer::targets`]).
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    /// Versions of the own group (flat mode: of anyone, or every fixed neighbour).
+    inside: usize,
+    /// Other groups to pull one version from ([`TwoLevel`]).
+    across: usize,
 }
 
 #[derive(Debug)]
@@ -607,6 +684,9 @@ pub struct Peer {
     samples: u64,
     /// Other members of the roster that train (caps the fanout in small meshes).
     trainers: usize,
+    /// Under [`TwoLevel`] averaging: the training members that are not flagged, this peer
+    /// included, by roster group; empty in flat mode.
+    groups: BTreeMap<String, Vec<MemberId>>,
     /// Content ids merged into `params` (the next version's parents).
     parents: Vec<ContentId>,
     /// Own version of the current round, once announced.
@@ -684,6 +764,7 @@ impl Peer {
             },
             round: checkpoint.round.max(1),
             trainers: 0,
+            groups: BTreeMap::new(),
             dim: params.len(),
             params: Vec::new(),
             samples,
@@ -729,6 +810,14 @@ impl Peer {
             .filter(|m| m.id != id && m.role.may_train())
             .filter(|m| !authors.get(&m.id).is_some_and(|a| a.flagged))
             .count();
+        self.groups.clear();
+        if self.config.two_level.is_some() {
+            for m in &self.chain.current().members {
+                if m.role.may_train() && !authors.get(&m.id).is_some_and(|a| a.flagged) {
+                    self.groups.entry(m.group.clone()).or_default().push(m.id);
+                }
+            }
+        }
     }
 
     /// The checkpoint matching the parameters of the latest [`Action::Train`] (store both
@@ -916,6 +1005,7 @@ impl Peer {
             None => {}
         }
         state.see(round, id);
+        state.samples = version.samples;
 
         self.remember(id);
         self.actions
@@ -968,13 +1058,124 @@ impl Peer {
 
     /// How many distinct authors this round should merge.
     fn target(&self) -> usize {
-        match &self.config.neighbours {
-            Some(n) => n
-                .iter()
-                .filter(|id| **id != self.id && !self.authors.get(id).is_some_and(|a| a.flagged))
-                .count(),
-            None => self.config.fanout.min(self.trainers),
+        let t = self.targets();
+        t.inside + t.across
+    }
+
+    /// What this round pulls: versions inside the own group (in flat mode: from anyone) and
+    /// other groups to pull one version from.
+    fn targets(&self) -> Targets {
+        let not_flagged = |id: &MemberId| !self.authors.get(id).is_some_and(|a| a.flagged);
+        match (&self.config.neighbours, self.config.two_level) {
+            (Some(n), _) => Targets {
+                inside: n
+                    .iter()
+                    .filter(|id| **id != self.id && not_flagged(id))
+                    .count(),
+                across: 0,
+            },
+            (None, None) => Targets {
+                inside: self.config.fanout.min(self.trainers),
+                across: 0,
+            },
+            (None, Some(schedule)) => {
+                let own = self.own_group();
+                let mates = self
+                    .groups
+                    .get(own)
+                    .map_or(0, |g| g.iter().filter(|id| **id != self.id).count());
+                let others = self.groups.keys().filter(|g| g.as_str() != own).count();
+                let across = match schedule {
+                    _ if !self.mixes_across(self.round) => 0,
+                    TwoLevel::Every { .. } => others,
+                    TwoLevel::Fanout { groups } => groups.min(others),
+                };
+                Targets {
+                    inside: self.config.fanout.min(mates),
+                    across,
+                }
+            }
         }
+    }
+
+    /// This peer's roster group.
+    fn own_group(&self) -> &str {
+        self.group_of(&self.id).unwrap_or_default()
+    }
+
+    /// A member's roster group.
+    fn group_of(&self, id: &MemberId) -> Option<&str> {
+        self.chain.current().member(id).map(|m| m.group.as_str())
+    }
+
+    /// Whether `round` pulls from other groups too ([`TwoLevel`]); never in flat mode.
+    fn mixes_across(&self, round: u64) -> bool {
+        match self.config.two_level {
+            None => false,
+            Some(TwoLevel::Fanout { .. }) => true,
+            Some(TwoLevel::Every { rounds }) => {
+                round.is_multiple_of(rounds.max(1)) || self.config.max_rounds == Some(round)
+            }
+        }
+    }
+
+    /// Of the versions fetched (and, with `in_flight`, being fetched): how many are of the own
+    /// group, and which other groups they cover. In flat mode every version counts as inside.
+    fn pulled(&self, in_flight: bool) -> (usize, BTreeSet<String>) {
+        let authors = self.fetched.iter().map(|(v, _)| v.signer()).chain(
+            self.fetching
+                .values()
+                .filter(|_| in_flight)
+                .map(|f| f.author),
+        );
+        if self.config.two_level.is_none() {
+            return (authors.count(), BTreeSet::new());
+        }
+        let own = self.own_group();
+        let mut inside = 0;
+        let mut across = BTreeSet::new();
+        for author in authors {
+            match self.group_of(&author) {
+                Some(g) if g != own => {
+                    across.insert(g.to_owned());
+                }
+                _ => inside += 1,
+            }
+        }
+        (inside, across)
+    }
+
+    /// Whether every (unflagged) training member of `group` has announced at least once, so
+    /// the group's samples are known.
+    fn group_heard(&self, group: &str) -> bool {
+        self.groups.get(group).is_none_or(|members| {
+            members
+                .iter()
+                .all(|id| self.authors.get(id).is_some_and(|a| a.samples > 0))
+        })
+    }
+
+    /// Sample weight of a roster group: the samples its (unflagged) training members' newest
+    /// announcements claim, a member not heard from counting as the group's average.
+    fn group_samples(&self, group: &str) -> f64 {
+        let Some(members) = self.groups.get(group) else {
+            return 0.0;
+        };
+        let known: Vec<u64> = members
+            .iter()
+            .filter_map(|id| {
+                if *id == self.id {
+                    Some(self.samples)
+                } else {
+                    self.authors.get(id).map(|a| a.samples).filter(|s| *s > 0)
+                }
+            })
+            .collect();
+        if known.is_empty() {
+            return 0.0;
+        }
+        let sum: f64 = known.iter().map(|s| *s as f64).sum();
+        sum * members.len() as f64 / known.len() as f64
     }
 
     /// Starts pulls until enough are fetched or in flight. Prefers an author's version of the
@@ -984,11 +1185,37 @@ impl Peer {
             return;
         }
         let mut skipped: Vec<MemberId> = Vec::new();
-        while self.fetched.len() + self.fetching.len() < self.target() {
+        let targets = self.targets();
+        loop {
+            let (inside, covered) = self.pulled(true);
+            let want_inside = inside < targets.inside;
+            let want_across = covered.len() < targets.across;
+            if !want_inside && !want_across {
+                break;
+            }
+            // In flat mode every candidate is "inside"; under two-level averaging a candidate
+            // of the own group while the group's pulls are wanted, or of a group not yet
+            // covered while other groups are.
+            let two_level = self.config.two_level.is_some();
+            // Borrowing fields, not `self`: the draw below takes the generator mutably.
+            let roster = self.chain.current();
+            let own = roster
+                .member(&self.id)
+                .map(|m| m.group.as_str())
+                .unwrap_or_default();
+            let eligible = |author: &MemberId| {
+                if !two_level {
+                    return true;
+                }
+                match roster.member(author).map(|m| m.group.as_str()) {
+                    Some(g) if g != own => want_across && !covered.contains(g),
+                    _ => want_inside,
+                }
+            };
             let choice = self
                 .candidates
                 .keys()
-                .filter(|a| !self.tried.contains(*a) && !skipped.contains(a))
+                .filter(|a| !self.tried.contains(*a) && !skipped.contains(a) && eligible(a))
                 .choose(&mut self.rng)
                 .copied();
             let Some(author) = choice else { break };
@@ -1142,9 +1369,14 @@ impl Peer {
             .push_back(Action::Persist(Item::Version(version.signed().clone())));
         self.actions
             .push_back(Action::Persist(Item::Payload { id, bytes }));
-        self.actions.push_back(Action::Broadcast(Message::Announce(
-            version.signed().clone(),
-        )));
+        let announce = Message::Announce(version.signed().clone());
+        self.actions.push_back(
+            if self.config.two_level.is_some() && !self.mixes_across(self.round) {
+                Action::BroadcastGroup(announce)
+            } else {
+                Action::Broadcast(announce)
+            },
+        );
         self.event(Event::Announced {
             round: self.round,
             id,
@@ -1186,7 +1418,13 @@ impl Peer {
         let Phase::Gathering { .. } = self.phase else {
             return;
         };
-        let enough = self.fetched.len() >= self.target();
+        let targets = self.targets();
+        let (inside, covered) = self.pulled(false);
+        // A round that merges other groups weighs each by its samples: it waits (up to its
+        // deadline) until it has heard every member of those groups at least once.
+        let enough = inside >= targets.inside
+            && covered.len() >= targets.across
+            && covered.iter().all(|g| self.group_heard(g));
         if enough || timed_out {
             self.close_round(now, !enough);
         }
@@ -1198,7 +1436,20 @@ impl Peer {
         let Some(policy) = self.config.outliers else {
             return;
         };
-        if self.fetched.len() < 3 {
+        // Under two-level averaging the own group's versions are judged among themselves:
+        // another group's model may sit far off for honest reasons (its centre's data), and the
+        // robust rule's second step bounds it.
+        let judged: Vec<bool> = match self.config.two_level {
+            None => vec![true; self.fetched.len()],
+            Some(_) => {
+                let own = self.own_group();
+                self.fetched
+                    .iter()
+                    .map(|(v, _)| self.group_of(&v.signer()).is_none_or(|g| g == own))
+                    .collect()
+            }
+        };
+        if judged.iter().filter(|j| **j).count() < 3 {
             return;
         }
         // Distances to the coordinate-wise median of the round's inputs (own model included),
@@ -1208,7 +1459,13 @@ impl Peer {
         center.clear();
         center.resize(self.dim, 0.0);
         let inputs: Vec<&[f32]> = std::iter::once(self.params.as_slice())
-            .chain(self.fetched.iter().map(|(_, p)| p.as_slice()))
+            .chain(
+                self.fetched
+                    .iter()
+                    .zip(&judged)
+                    .filter(|(_, j)| **j)
+                    .map(|((_, p), _)| p.as_slice()),
+            )
             .collect();
         if aggregate::coordinate_median(&mut center, &inputs, &mut self.scratch).is_err() {
             // Unreachable (inputs of the model's length): judge against the own model.
@@ -1218,7 +1475,9 @@ impl Peer {
         let distances: Vec<f64> = self
             .fetched
             .iter()
-            .map(|(_, p)| aggregate::distance(p, &center))
+            .zip(&judged)
+            .filter(|(_, j)| **j)
+            .map(|((_, p), _)| aggregate::distance(p, &center))
             .collect();
         self.spare.push(center);
         let mut sorted = distances.clone();
@@ -1234,7 +1493,13 @@ impl Peer {
         let scale = sorted[(sorted.len() - 1) / 2].max(1e-6 * own_norm);
         let bar = f64::from(policy.factor) * scale;
         let mut flagged = Vec::new();
-        for ((v, _), d) in self.fetched.iter().zip(&distances) {
+        let judged = self
+            .fetched
+            .iter()
+            .zip(&judged)
+            .filter(|(_, j)| **j)
+            .map(|(f, _)| f);
+        for ((v, _), d) in judged.zip(&distances) {
             let author = v.signer();
             let state = self.authors.entry(author).or_default();
             if scale > 0.0 && *d > bar {
@@ -1272,39 +1537,7 @@ impl Peer {
         let mut out = self.spare.pop().unwrap_or_default();
         out.clear();
         out.resize(self.dim, 0.0);
-        let own_contribution = Contribution {
-            params: &self.params,
-            weight: self.samples as f64,
-            degree: own.degree,
-        };
-        let others: Vec<Contribution<'_>> = self
-            .fetched
-            .iter()
-            .map(|(v, p)| Contribution {
-                params: p,
-                weight: v.samples as f64,
-                degree: v.degree,
-            })
-            .collect();
-        let summary =
-            match self
-                .config
-                .rule
-                .apply(own_contribution, &others, &mut out, &mut self.scratch)
-            {
-                Ok(s) => s,
-                Err(_) => {
-                    // Only possible with inputs a rule cannot take (e.g. too few for its trim):
-                    // keep the own model for this round rather than stall.
-                    out.copy_from_slice(&self.params);
-                    aggregate::Summary {
-                        inputs: 1,
-                        clipped: 0,
-                        tau: None,
-                    }
-                }
-            };
-        drop(others);
+        let summary = self.merge(own.degree, &mut out);
         let mut contributors = vec![self.id];
         self.parents = vec![own.id()];
         let mut rounds = Vec::with_capacity(self.fetched.len());
@@ -1352,6 +1585,126 @@ impl Peer {
                 round: self.round,
                 params: std::mem::take(&mut self.params),
             });
+        }
+    }
+
+    /// Merges the own model with the versions fetched this round into `out`. In flat mode, one
+    /// application of the rule, weighted by the samples each version claims. Under [`TwoLevel`]
+    /// averaging, in two steps: the rule merges the own group's versions (the own one included)
+    /// into the group's model, then, if versions of other groups were pulled, merges that with
+    /// them, the group's model standing for the own group's samples and each other group's
+    /// version(s) for that group's samples. For the mean this is the one sample-weighted mean
+    /// of the mesh; a robust rule bounds a bad version inside its group in the first step and a
+    /// bad representative of another group in the second.
+    fn merge(&mut self, own_degree: u32, out: &mut [f32]) -> aggregate::Summary {
+        let across: Vec<bool> = match self.config.two_level {
+            None => vec![false; self.fetched.len()],
+            Some(_) => {
+                let own = self.own_group();
+                self.fetched
+                    .iter()
+                    .map(|(v, _)| self.group_of(&v.signer()).is_some_and(|g| g != own))
+                    .collect()
+            }
+        };
+        // Second-step weights: each other group's samples, shared by its versions.
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let pulled_across = || {
+            self.fetched
+                .iter()
+                .zip(&across)
+                .filter(|(_, a)| **a)
+                .map(|((v, _), _)| (v, self.group_of(&v.signer()).unwrap_or_default()))
+        };
+        for (_, group) in pulled_across() {
+            *counts.entry(group).or_default() += 1;
+        }
+        let weights: Vec<f64> = pulled_across()
+            .map(|(v, group)| {
+                // A group whose samples are unknown falls back to the version's own claim.
+                let samples = self.group_samples(group);
+                if samples > 0.0 {
+                    samples / counts[group] as f64
+                } else {
+                    v.samples as f64
+                }
+            })
+            .collect();
+        drop(counts);
+        let own_group_samples = self.group_samples(self.own_group());
+
+        let own = Contribution {
+            params: &self.params,
+            weight: self.samples as f64,
+            degree: own_degree,
+        };
+        let inside: Vec<Contribution<'_>> = self
+            .fetched
+            .iter()
+            .zip(&across)
+            .filter(|(_, a)| !**a)
+            .map(|((v, p), _)| Contribution {
+                params: p,
+                weight: v.samples as f64,
+                degree: v.degree,
+            })
+            .collect();
+        let rule = &self.config.rule;
+        let scratch = &mut self.scratch;
+        if weights.is_empty() {
+            return apply_or_keep(rule, own, &inside, out, scratch);
+        }
+        let mut group = self.spare.pop().unwrap_or_default();
+        group.clear();
+        group.resize(self.dim, 0.0);
+        let first = apply_or_keep(rule, own, &inside, &mut group, scratch);
+        let in_samples: f64 = own.weight + inside.iter().map(|c| c.weight).sum::<f64>();
+        let others: Vec<Contribution<'_>> = self
+            .fetched
+            .iter()
+            .zip(&across)
+            .filter(|(_, a)| **a)
+            .zip(&weights)
+            .map(|(((v, p), _), w)| Contribution {
+                params: p,
+                weight: *w,
+                degree: v.degree,
+            })
+            .collect();
+        let own_group = Contribution {
+            params: &group,
+            weight: if own_group_samples > 0.0 {
+                own_group_samples
+            } else {
+                in_samples
+            },
+            degree: own_degree,
+        };
+        let second = match rule.apply(own_group, &others, out, scratch) {
+            Ok(summary) => summary,
+            // A robust rule that cannot take this few inputs (a trim of 1 over the group
+            // and one other group): the coordinate-wise median, which takes any number.
+            Err(_) => {
+                let inputs: Vec<&[f32]> = std::iter::once(own_group.params)
+                    .chain(others.iter().map(|c| c.params))
+                    .collect();
+                if aggregate::coordinate_median(out, &inputs, scratch).is_err() {
+                    out.copy_from_slice(&group);
+                }
+                aggregate::Summary {
+                    inputs: inputs.len(),
+                    clipped: 0,
+                    tau: None,
+                }
+            }
+        };
+        drop(others);
+        drop(inside);
+        self.spare.push(group);
+        aggregate::Summary {
+            inputs: first.inputs + second.inputs - 1,
+            clipped: first.clipped + second.clipped,
+            tau: second.tau.or(first.tau),
         }
     }
 
@@ -1514,6 +1867,25 @@ impl Peer {
             }
         }
     }
+}
+
+/// Applies `rule`; when it cannot take these inputs (e.g. too few for its trim), keeps the own
+/// model for this round rather than stall.
+fn apply_or_keep(
+    rule: &aggregate::Rule,
+    own: Contribution<'_>,
+    others: &[Contribution<'_>],
+    out: &mut [f32],
+    scratch: &mut aggregate::Scratch,
+) -> aggregate::Summary {
+    rule.apply(own, others, out, scratch).unwrap_or_else(|_| {
+        out.copy_from_slice(own.params);
+        aggregate::Summary {
+            inputs: 1,
+            clipped: 0,
+            tau: None,
+        }
+    })
 }
 
 /// The lower median of `rounds` (sorted in place), `None` if empty.

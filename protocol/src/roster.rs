@@ -143,6 +143,10 @@ pub struct Member {
     pub site: String,
     /// ISO 3166-1 alpha-2 country code, uppercase (`DE`, `US`).
     pub country: String,
+    /// The group it averages with first under two-level averaging (its medical centre, e.g.
+    /// `centre-a`), at most 128 bytes; empty for none. One level: members with the same text
+    /// form a group. Changed, like any field, by a roster update.
+    pub group: String,
     /// What it may do.
     pub role: Role,
     /// libp2p multiaddrs to reach it, possibly none; at most 16 of at most 256 bytes each.
@@ -159,6 +163,11 @@ impl Member {
         if self.site.len() > MAX_TEXT_LEN || !printable(&self.site) {
             return Err(Error::Invalid(
                 "site must be at most 128 bytes without control characters",
+            ));
+        }
+        if self.group.len() > MAX_TEXT_LEN || !printable(&self.group) {
+            return Err(Error::Invalid(
+                "group must be at most 128 bytes without control characters",
             ));
         }
         if self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -591,6 +600,7 @@ mod tests {
             name: format!("Hospital {n}"),
             site: format!("Campus {n}"),
             country: "DE".into(),
+            group: String::new(),
             role: Role::Hospital,
             addresses: vec![format!("/ip4/10.0.0.{n}/tcp/4001")],
         }

@@ -278,6 +278,7 @@ mod tests {
             name: "m".into(),
             site: "s".into(),
             country: country.into(),
+            group: String::new(),
             role,
             addresses: Vec::new(),
         };

@@ -208,6 +208,7 @@ mod tests {
             name: "a".into(),
             site: "a".into(),
             country: "NL".into(),
+            group: String::new(),
             role: Role::Hospital,
             addresses: Vec::new(),
         };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{Net, inits, keys, norm, weighted_average};
 use medmesh_protocol::aggregate::Rule;
 use medmesh_protocol::identity::{Keypair, MemberId};
-use medmesh_protocol::peer::{Config, Event, Peer};
+use medmesh_protocol::peer::{Config, Event, Peer, TwoLevel};
+use medmesh_protocol::roster::Role;
 
 fn config(rule: Rule, fanout: usize, rounds: u64, seed: u64) -> Config {
     Config {
@@ -115,6 +116,120 @@ fn epidemic_sampling_reaches_consensus_without_a_coordinator() {
     // initial spread.
     let err = net.max_distance_to(&target) / start;
     assert!(err < 0.5, "consensus far from the weighted average: {err}");
+}
+
+/// Four groups of four with unequal samples (inside a group and between groups), averaging
+/// only, two-level: each round inside the group with every group mate, every second round (and
+/// the last) one version of every other group too.
+fn two_level_net(schedule: TwoLevel, rounds: u64) -> (Net, Vec<f64>, f64) {
+    let n = 16;
+    let k = keys(n);
+    let groups: Vec<String> = (0..n).map(|i| format!("centre-{}", i / 4)).collect();
+    let chain = common::grouped_chain(&vec![Role::Hospital; n], &groups);
+    let init = inits(n, 24, 7);
+    let samples: Vec<u64> = (0..n as u64).map(|i| 20 + 13 * i + 40 * (i % 3)).collect();
+    let target = weighted_average(&init, &samples);
+    let configs = (0..n)
+        .map(|i| Config {
+            two_level: Some(schedule),
+            ..config(Rule::Mean, 3, rounds, 100 + i as u64)
+        })
+        .collect();
+    let start = common::spread(&init);
+    (
+        Net::with_chain(chain, &k, configs, init, &samples),
+        target,
+        start,
+    )
+}
+
+#[test]
+fn two_level_averaging_reaches_the_exact_global_weighted_average() {
+    let (mut net, target, _) = two_level_net(TwoLevel::Every { rounds: 2 }, 4);
+    net.run(Duration::from_secs(600));
+    assert!(net.peers.iter().all(Peer::is_finished), "all peers finish");
+    let err = net.max_distance_to(&target) / norm(&target);
+    assert!(
+        err < 1e-4,
+        "relative distance to the global weighted average {err}"
+    );
+    // Rounds 1 and 3 stay inside the groups; rounds 2 and 4 (and the final versions) do not.
+    let rounds_across = net
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::RoundCompleted {
+                round,
+                contributors,
+                ..
+            } => Some((*round, contributors.len())),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        rounds_across
+            .iter()
+            .all(|(round, merged)| *merged == if round % 2 == 0 { 7 } else { 4 }),
+        "inside rounds merge the group (4), mixing rounds 3 more groups (7): {rounds_across:?}"
+    );
+}
+
+#[test]
+fn two_level_averaging_crosses_groups_less_than_flat_gossip() {
+    let (mut two_level, target, start) = two_level_net(TwoLevel::Every { rounds: 4 }, 8);
+    two_level.run(Duration::from_secs(600));
+    assert!(two_level.peers.iter().all(Peer::is_finished));
+    let err = two_level.max_distance_to(&target) / start;
+    assert!(err < 1e-4, "two-level: relative distance {err}");
+
+    // The same mesh, flat: every member pulls 3 members from anywhere.
+    let n = 16;
+    let k = keys(n);
+    let groups: Vec<String> = (0..n).map(|i| format!("centre-{}", i / 4)).collect();
+    let chain = common::grouped_chain(&vec![Role::Hospital; n], &groups);
+    let samples: Vec<u64> = (0..n as u64).map(|i| 20 + 13 * i + 40 * (i % 3)).collect();
+    let configs = (0..n)
+        .map(|i| config(Rule::Mean, 3, 8, 100 + i as u64))
+        .collect();
+    let mut flat = Net::with_chain(chain, &k, configs, inits(n, 24, 7), &samples);
+    flat.run(Duration::from_secs(600));
+    assert!(flat.peers.iter().all(Peer::is_finished));
+    assert!(
+        two_level.across * 3 <= flat.across,
+        "messages between groups: two-level {} against flat {}",
+        two_level.across,
+        flat.across
+    );
+}
+
+#[test]
+fn two_level_fanout_reaches_consensus() {
+    let (mut net, target, start) = two_level_net(TwoLevel::Fanout { groups: 1 }, 30);
+    net.run(Duration::from_secs(3600));
+    assert!(net.peers.iter().all(Peer::is_finished));
+    let spread = net.spread();
+    assert!(
+        spread < 1e-4 * start,
+        "consensus spread {spread} from {start}"
+    );
+    let err = net.max_distance_to(&target) / start;
+    assert!(err < 0.5, "consensus far from the weighted average: {err}");
+}
+
+#[test]
+fn two_level_refuses_fixed_neighbours_and_empty_schedules() {
+    for (two_level, neighbours) in [
+        (TwoLevel::Every { rounds: 2 }, Some(vec![])),
+        (TwoLevel::Every { rounds: 0 }, None),
+        (TwoLevel::Fanout { groups: 0 }, None),
+    ] {
+        let config = Config {
+            two_level: Some(two_level),
+            neighbours,
+            ..config(Rule::Mean, 3, 4, 0)
+        };
+        assert!(config.check().is_err(), "{two_level:?} accepted");
+    }
 }
 
 #[test]

@@ -36,8 +36,8 @@ pub mod torch;
 mod network;
 mod sim;
 
-pub use network::{Churn, Network, Outage, Partition, Stragglers};
+pub use network::{Churn, Groups, Network, Outage, Partition, Stragglers};
 pub use sim::{
     Adversary, AveragingOnly, Evaluate, Learner, Outbox, Setup, Sim, Stats, Training,
-    consensus_distance, genesis, keys,
+    consensus_distance, genesis, grouped_genesis, keys,
 };

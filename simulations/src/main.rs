@@ -1,5 +1,8 @@
 //! The `medmesh-sim` command: network simulations of medmesh.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Network simulations of medmesh: many real protocol peers over a simulated network,
@@ -18,10 +21,10 @@ enum Command {
     /// OUT/accuracy.png and OUT/consensus.png.
     Run {
         /// The scenario file.
-        scenario: std::path::PathBuf,
+        scenario: PathBuf,
         /// Output folder.
         #[arg(long, default_value = "target/sim")]
-        out: std::path::PathBuf,
+        out: PathBuf,
         /// Run only these seeds instead of the scenario's (comma-separated).
         #[arg(long, value_delimiter = ',')]
         seeds: Option<Vec<u64>>,
@@ -30,10 +33,20 @@ enum Command {
     /// writes OUT/compare.csv, OUT/compare.md, OUT/compare.png and each run under OUT/runs/.
     Compare {
         /// The grid file.
-        grid: std::path::PathBuf,
+        grid: PathBuf,
         /// Output folder.
         #[arg(long, default_value = "target/compare")]
-        out: std::path::PathBuf,
+        out: PathBuf,
+    },
+    /// Draw mean honest accuracy against the bytes sent between groups (the WAN) for runs of
+    /// scenarios with `[network.groups]`, one line each (e.g. two-level against flat).
+    Wan {
+        /// A run's output folder (holding its rounds.csv), as `LEGEND=FOLDER` or `FOLDER`.
+        #[arg(long = "run", required = true)]
+        runs: Vec<String>,
+        /// The image to write.
+        #[arg(long, default_value = "target/sim/wan.png")]
+        out: PathBuf,
     },
     /// A mesh of hospitals averaging with no coordinator while an outsider injects forgeries.
     Demo(medmesh_simulations::demo::Options),
@@ -74,6 +87,62 @@ fn main() -> anyhow::Result<()> {
                 out.display(),
                 out.display()
             );
+        }
+        Command::Wan { runs, out } => {
+            let runs: Vec<(String, PathBuf)> = runs
+                .iter()
+                .map(|r| match r.split_once('=') {
+                    Some((name, dir)) => (name.to_owned(), PathBuf::from(dir)),
+                    None => {
+                        let dir = PathBuf::from(r);
+                        let name = dir
+                            .file_name()
+                            .map_or_else(|| r.clone(), |n| n.to_string_lossy().into_owned());
+                        (name, dir)
+                    }
+                })
+                .collect();
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            println!(
+                "| run | mean accuracy | WAN bytes per run | WAN bytes vs the last run | final consensus distance | two-level spectral gap |"
+            );
+            println!("|---|---|---|---|---|---|");
+            let summaries = runs
+                .iter()
+                .map(|(name, dir)| {
+                    let path = dir.join("summary.json");
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let summary: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a run summary", path.display()))?;
+                    Ok((name, summary))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let number = |s: &serde_json::Value, key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+            let last = summaries
+                .last()
+                .map_or(f64::NAN, |(_, s)| number(s, "wan_bytes"));
+            for (name, s) in &summaries {
+                let consensus: Vec<f64> = s["final_consensus"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                    .unwrap_or_default();
+                let wan = number(s, "wan_bytes");
+                println!(
+                    "| {name} | {:.3} | {:.0} | {:.2} | {:.2e} | {} |",
+                    number(s, "mean_accuracy"),
+                    wan,
+                    wan / last,
+                    consensus.iter().sum::<f64>() / consensus.len().max(1) as f64,
+                    s["two_level_gap"]
+                        .as_f64()
+                        .map_or_else(|| "-".to_owned(), |g| format!("{g:.3}"))
+                );
+            }
+            medmesh_simulations::plot::write_wan_plot(&runs, &out, plot_font().as_ref())?;
+            eprintln!("wrote {}", out.display());
         }
         Command::Compare { grid, out } => {
             let grid = medmesh_simulations::compare::Grid::load(&grid)?;

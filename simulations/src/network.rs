@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// The simulated network between every pair of peers.
+/// The simulated network between every pair of peers. With [`Groups`], its latency and
+/// bandwidth are those between groups (the WAN), and the groups' own hold inside a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
@@ -33,6 +34,54 @@ pub struct Network {
     /// Peers that go offline and come back with their state (`[network.churn]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
+    /// Peers in groups (medical centres) on fast local links (`[network.groups]`); the settings
+    /// above then hold between groups. Bytes between groups are counted as WAN bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Groups>,
+}
+
+/// Groups of peers, as `[network.groups] size = 4, latency_ms = 1.0, bandwidth_mbps = 1000.0`:
+/// peers `0..size` form group 0, the next `size` group 1, and so on (the last group may be
+/// smaller). Each group is a roster group (`group-0`, `group-1`, …), which two-level averaging
+/// merges inside first. Inside a group, messages travel with this latency and bandwidth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Groups {
+    /// Peers per group; at least 1.
+    pub size: usize,
+    /// One-way latency inside a group, milliseconds: the minimum.
+    #[serde(default = "lan_latency")]
+    pub latency_ms: f64,
+    /// Mean of the exponential jitter added inside a group, milliseconds.
+    #[serde(default = "lan_jitter")]
+    pub jitter_ms: f64,
+    /// Bandwidth inside a group, megabytes per second.
+    #[serde(default = "lan_bandwidth")]
+    pub bandwidth_mbps: f64,
+}
+
+fn lan_latency() -> f64 {
+    1.0
+}
+
+fn lan_jitter() -> f64 {
+    0.5
+}
+
+fn lan_bandwidth() -> f64 {
+    1000.0
+}
+
+impl Groups {
+    /// The group of peer `i`.
+    pub fn of(&self, i: usize) -> usize {
+        i / self.size.max(1)
+    }
+
+    /// The roster group names of `n` peers (`group-0`, …).
+    pub fn names(&self, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("group-{}", self.of(i))).collect()
+    }
 }
 
 impl Network {
@@ -60,6 +109,26 @@ impl Network {
                 );
             }
         }
+        let links = [(self.latency_ms, self.jitter_ms, self.bandwidth_mbps, "")]
+            .into_iter()
+            .chain(
+                self.groups
+                    .as_ref()
+                    .map(|g| (g.latency_ms, g.jitter_ms, g.bandwidth_mbps, "groups: ")),
+            );
+        for (latency, jitter, bandwidth, what) in links {
+            anyhow::ensure!(
+                latency.is_finite() && latency >= 0.0 && jitter.is_finite() && jitter >= 0.0,
+                "{what}latency_ms and jitter_ms must be finite and >= 0"
+            );
+            anyhow::ensure!(
+                bandwidth.is_finite() && bandwidth > 0.0,
+                "{what}bandwidth_mbps must be finite and > 0"
+            );
+        }
+        if let Some(g) = &self.groups {
+            anyhow::ensure!(g.size >= 1, "groups: size must be at least 1");
+        }
         Ok(())
     }
 }
@@ -73,6 +142,7 @@ impl Default for Network {
             loss: 0.0,
             partition: Vec::new(),
             churn: None,
+            groups: None,
         }
     }
 }
@@ -251,21 +321,43 @@ impl Links {
         self.network.loss > 0.0 && rng.random_bool(self.network.loss)
     }
 
-    /// A one-way latency: the minimum plus exponential jitter.
-    pub(crate) fn latency(&self, rng: &mut impl Rng) -> Duration {
-        let jitter: f64 = if self.network.jitter_ms > 0.0 {
+    /// Whether peers `a` and `b` are in different [`Groups`] (never without groups): what
+    /// travels between them crosses the WAN.
+    pub(crate) fn across(&self, a: usize, b: usize) -> bool {
+        self.network
+            .groups
+            .as_ref()
+            .is_some_and(|g| g.of(a) != g.of(b))
+    }
+
+    /// The (latency, jitter, bandwidth) of the link between peers `a` and `b`.
+    fn link(&self, a: usize, b: usize) -> (f64, f64, f64) {
+        match &self.network.groups {
+            Some(g) if g.of(a) == g.of(b) => (g.latency_ms, g.jitter_ms, g.bandwidth_mbps),
+            _ => (
+                self.network.latency_ms,
+                self.network.jitter_ms,
+                self.network.bandwidth_mbps,
+            ),
+        }
+    }
+
+    /// A one-way latency between peers `a` and `b`: the minimum plus exponential jitter.
+    pub(crate) fn latency(&self, a: usize, b: usize, rng: &mut impl Rng) -> Duration {
+        let (latency, jitter_ms, _) = self.link(a, b);
+        let jitter: f64 = if jitter_ms > 0.0 {
             let u: f64 = rng.random_range(f64::EPSILON..1.0);
-            -u.ln() * self.network.jitter_ms
+            -u.ln() * jitter_ms
         } else {
             0.0
         };
-        Duration::from_secs_f64((self.network.latency_ms + jitter).max(0.0) / 1e3)
+        Duration::from_secs_f64((latency + jitter).max(0.0) / 1e3)
     }
 
-    /// How long `bytes` of payload take over the link bandwidth.
-    pub(crate) fn transfer(&self, bytes: usize) -> Duration {
+    /// How long `bytes` of payload take over the bandwidth between peers `a` and `b`.
+    pub(crate) fn transfer(&self, a: usize, b: usize, bytes: usize) -> Duration {
         let size = bytes as f64;
-        Duration::from_secs_f64(size / (self.network.bandwidth_mbps * 1e6))
+        Duration::from_secs_f64(size / (self.link(a, b).2 * 1e6))
     }
 
     /// Whether a partition separates peers `a` and `b` at virtual time `now`.

@@ -530,6 +530,9 @@ pub struct Round {
     pub consensus_distance: f64,
     /// Rejected messages so far.
     pub rejections: u64,
+    /// Bytes between groups so far (absent in runs written before it was counted).
+    #[serde(default)]
+    pub wan_bytes: u64,
 }
 
 /// Reads a scenario run's `rounds.csv`.
@@ -581,6 +584,39 @@ pub fn write_run_plots(out: &Path, name: &str, font: Option<&Font>) -> Result<[P
     accuracy.draw(&paths[0], font)?;
     consensus.draw(&paths[1], font)?;
     Ok(paths)
+}
+
+/// Writes a chart of mean honest accuracy against the bytes sent between groups (the WAN),
+/// one line per run (`(legend, folder holding its rounds.csv)`): per round, the means over
+/// the run's seeds of both, so a line ends where its run ended.
+pub fn write_wan_plot(
+    runs: &[(String, PathBuf)],
+    path: &Path,
+    font: Option<&Font>,
+) -> Result<(), Error> {
+    let mut chart = Chart::new(
+        "mean honest accuracy against bytes between groups",
+        "bytes between groups (WAN), kB",
+        "mean honest accuracy",
+    );
+    for (name, dir) in runs {
+        let rounds = read_rounds(&dir.join("rounds.csv"))?;
+        let mut sums: BTreeMap<u64, (f64, f64, usize)> = BTreeMap::new();
+        for r in &rounds {
+            let entry = sums.entry(r.round).or_default();
+            entry.0 += r.wan_bytes as f64 / 1e3;
+            entry.1 += r.mean_accuracy;
+            entry.2 += 1;
+        }
+        chart.series.push(Series {
+            name: name.clone(),
+            points: sums
+                .into_values()
+                .map(|(wan, accuracy, n)| (wan / n as f64, accuracy / n as f64))
+                .collect(),
+        });
+    }
+    chart.draw(path, font)
 }
 
 /// Per round, the mean over seeds of `y`: one curve for a run of several seeds.
@@ -636,6 +672,7 @@ mod tests {
             min_accuracy: acc,
             consensus_distance: 0.0,
             rejections: 0,
+            wan_bytes: 0,
         };
         let rounds = [
             row(1, 1, 0.5),

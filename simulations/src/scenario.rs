@@ -62,7 +62,7 @@ use medmesh_learning::data::{Dataset, Table};
 use medmesh_learning::learner::ModelSpec;
 use medmesh_learning::privacy::DpConfig;
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::peer::{Config, Outliers};
+use medmesh_protocol::peer::{Config, Outliers, TwoLevel};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,7 +75,7 @@ use crate::native::{Local, Logistic};
 #[cfg(feature = "torch")]
 use crate::torch::Torch;
 use crate::{
-    Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, genesis, keys, synthetic,
+    Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, grouped_genesis, keys, synthetic,
 };
 
 /// A scenario file.
@@ -132,6 +132,13 @@ pub enum Split {
     /// One peer per site of the dataset (hospitals as they are).
     #[default]
     Natural,
+    /// Each site's train rows dealt at random to `per_site` peers (its branch hospitals), who
+    /// all test on the site's test rows; peers are numbered site by site, so
+    /// `[network.groups] size = per_site` makes each site a group.
+    Sites {
+        /// Peers per site; at least 1.
+        per_site: usize,
+    },
     /// Pooled train rows dealt uniformly at random to `peers`; each peer tests on the pooled
     /// test rows.
     Iid {
@@ -235,6 +242,11 @@ pub struct ProtocolSpec {
     /// Flag and exclude persistent outliers (`outliers = { factor = 4.0, rounds = 3 }`); off
     /// when absent.
     pub outliers: Option<Outliers>,
+    /// Two-level averaging over `[network.groups]`, e.g.
+    /// `two_level = { across = "every", rounds = 5 }`: `fanout` versions of the own group each
+    /// round, one of every other group every 5th round and the last (see
+    /// `medmesh_protocol::peer::TwoLevel`); flat when absent.
+    pub two_level: Option<TwoLevel>,
 }
 
 impl Default for ProtocolSpec {
@@ -245,6 +257,7 @@ impl Default for ProtocolSpec {
             round_timeout_ms: 10_000,
             gossip_reach: None,
             outliers: None,
+            two_level: None,
         }
     }
 }
@@ -268,6 +281,8 @@ pub struct RoundRow {
     pub messages: u64,
     /// Gossip plus payload bytes so far.
     pub bytes: u64,
+    /// Of those, the bytes between groups (the WAN; 0 without `[network.groups]`).
+    pub wan_bytes: u64,
     /// Rejected messages so far.
     pub rejections: u64,
 }
@@ -288,6 +303,14 @@ pub struct Summary {
     pub mean_accuracy: f64,
     /// Final consensus distance per seed.
     pub final_consensus: Vec<f64>,
+    /// Bytes between groups (the WAN) per run, mean over seeds (0 without `[network.groups]`).
+    pub wan_bytes: f64,
+    /// Bytes between groups per seed.
+    pub seed_wan_bytes: Vec<u64>,
+    /// Under two-level averaging over groups of equal size, the spectral gap per round of its
+    /// expected mixing (`topology::two_level_spectral_gap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub two_level_gap: Option<f64>,
     /// Peers per run.
     pub peers: usize,
     /// Attackers per run.
@@ -354,6 +377,11 @@ impl Scenario {
             .rule
             .check()
             .with_context(|| format!("{}: [protocol] rule", path.display()))?;
+        anyhow::ensure!(
+            scenario.protocol.two_level.is_none() || scenario.network.groups.is_some(),
+            "{}: [protocol] two_level needs [network.groups] (whom to average with first)",
+            path.display()
+        );
         Ok(scenario)
     }
 
@@ -383,6 +411,31 @@ impl Scenario {
                 .into_iter()
                 .map(|s| (s.train, Arc::new(s.test)))
                 .collect(),
+            Split::Sites { per_site } => {
+                anyhow::ensure!(*per_site >= 1, "a sites split needs per_site >= 1");
+                let mut peers = Vec::new();
+                for site in dataset()?.sites {
+                    anyhow::ensure!(
+                        site.train.rows >= *per_site,
+                        "site {:?} has {} train rows, fewer than per_site = {per_site}",
+                        site.name,
+                        site.train.rows
+                    );
+                    let test = Arc::new(site.test);
+                    let mut rows: Vec<usize> = (0..site.train.rows).collect();
+                    rows.shuffle(&mut rng);
+                    let mut parts = vec![Vec::new(); *per_site];
+                    for (k, r) in rows.into_iter().enumerate() {
+                        parts[k % per_site].push(r);
+                    }
+                    peers.extend(
+                        parts
+                            .into_iter()
+                            .map(|p| (select(&site.train, &p), Arc::clone(&test))),
+                    );
+                }
+                peers
+            }
             Split::Iid { peers } => {
                 anyhow::ensure!(*peers >= 2, "an IID split needs at least 2 peers");
                 let dataset = dataset()?;
@@ -472,6 +525,7 @@ pub fn run(
     let mut final_accuracy = Vec::new();
     let mut peer_accuracy = Vec::new();
     let mut final_consensus = Vec::new();
+    let mut seed_wan_bytes = Vec::new();
     let mut peers = 0;
     let mut attackers = 0;
     let mut peer_rounds = 0u64;
@@ -531,7 +585,13 @@ pub fn run(
             Either::Torch(torch) => torch.init().to_vec(),
         };
         let k = keys(peers, seed);
-        let chain = genesis(&k)?;
+        let groups = scenario
+            .network
+            .groups
+            .as_ref()
+            .map(|g| g.names(peers))
+            .unwrap_or_default();
+        let chain = grouped_genesis(&k, &groups)?;
         let config = Config {
             experiment: scenario.name.chars().take(64).collect(),
             rule: scenario.protocol.rule.clone(),
@@ -540,6 +600,7 @@ pub fn run(
             round_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms),
             fetch_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms / 2 + 1),
             outliers: scenario.protocol.outliers,
+            two_level: scenario.protocol.two_level,
             ..Config::default()
         };
         let mut sim = Sim::new(
@@ -593,6 +654,7 @@ pub fn run(
                 .collect(),
         );
         final_consensus.push(row.consensus_distance);
+        seed_wan_bytes.push(row.wan_bytes);
         let stats = sim.stats();
         peer_rounds += stats.rounds;
         gossip_messages += stats.gossip_messages;
@@ -619,6 +681,21 @@ pub fn run(
         final_accuracy,
         peer_accuracy,
         final_consensus,
+        wan_bytes: seed_wan_bytes.iter().map(|b| *b as f64).sum::<f64>()
+            / seed_wan_bytes.len().max(1) as f64,
+        seed_wan_bytes,
+        two_level_gap: match (&scenario.network.groups, scenario.protocol.two_level) {
+            (Some(g), Some(schedule)) if g.size > 0 && peers % g.size == 0 => {
+                crate::topology::two_level_spectral_gap(
+                    peers / g.size,
+                    g.size,
+                    scenario.protocol.fanout,
+                    schedule,
+                )
+                .ok()
+            }
+            _ => None,
+        },
         peers,
         attackers,
         wall_seconds,
@@ -682,6 +759,7 @@ fn measure<L: Learner + Evaluate>(
         consensus_distance: crate::consensus_distance(&models),
         messages: stats.gossip_messages,
         bytes: stats.gossip_bytes + stats.payload_bytes,
+        wan_bytes: stats.wan_bytes,
         rejections: stats.rejections.values().sum(),
     }
 }

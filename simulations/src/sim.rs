@@ -225,6 +225,9 @@ pub struct Stats {
     pub payloads: u64,
     /// Payload bytes transferred.
     pub payload_bytes: u64,
+    /// Gossip and payload bytes delivered between peers of different groups (the WAN; zero
+    /// without `[network.groups]`).
+    pub wan_bytes: u64,
     /// Rejections by reason label.
     pub rejections: BTreeMap<String, u64>,
     /// Rounds that closed on their timeout.
@@ -307,6 +310,11 @@ pub fn keys(n: usize, seed: u64) -> Vec<Keypair> {
 
 /// A genesis roster of `keys` as hospitals (threshold: a majority), signed by all founders.
 pub fn genesis(keys: &[Keypair]) -> anyhow::Result<Chain> {
+    grouped_genesis(keys, &[])
+}
+
+/// [`genesis`] with hospital `i` in roster group `groups[i]` (none where `groups` is shorter).
+pub fn grouped_genesis(keys: &[Keypair], groups: &[String]) -> anyhow::Result<Chain> {
     let members = keys
         .iter()
         .enumerate()
@@ -315,6 +323,7 @@ pub fn genesis(keys: &[Keypair]) -> anyhow::Result<Chain> {
             name: format!("Hospital {i}"),
             site: format!("site-{i}"),
             country: "XX".into(),
+            group: groups.get(i).cloned().unwrap_or_default(),
             role: Role::Hospital,
             addresses: vec![],
         })
@@ -499,16 +508,19 @@ impl<L: Learner> Sim<L> {
         }));
     }
 
-    /// A one-way latency drawn from the run's generator.
-    fn latency(&mut self) -> Duration {
-        self.links.latency(&mut self.rng)
+    /// A one-way latency between peers `a` and `b` drawn from the run's generator.
+    fn latency(&mut self, a: usize, b: usize) -> Duration {
+        self.links.latency(a, b, &mut self.rng)
     }
 
     /// Sends gossip `bytes` from peer `i` to its targets: fixed neighbours, a random sample of
-    /// `gossip_reach` peers, or everyone.
-    fn gossip(&mut self, i: usize, bytes: &Bytes) {
+    /// `gossip_reach` peers, or everyone; with `group_only`, those of them in `i`'s group.
+    fn gossip(&mut self, i: usize, bytes: &Bytes, group_only: bool) {
         let mut targets = std::mem::take(&mut self.targets);
         self.links.targets(i, &mut self.rng, &mut targets);
+        if group_only {
+            targets.retain(|&to| !self.links.across(i, to));
+        }
         let mut inbound = None;
         for &to in &targets {
             if self.links.lost(&mut self.rng) {
@@ -519,7 +531,7 @@ impl<L: Learner> Sim<L> {
                 self.stats.faults += 1;
                 continue;
             }
-            let at = self.now + self.latency();
+            let at = self.now + self.latency(i, to);
             let inbound = inbound
                 .get_or_insert_with(|| self.inspector.submit(bytes))
                 .clone();
@@ -539,7 +551,7 @@ impl<L: Learner> Sim<L> {
     /// Hands a broadcast of controlled peer `i` to the adversary and sends what it returns.
     fn tamper(&mut self, i: usize, message: Message) -> anyhow::Result<()> {
         let Some(mut adversary) = self.adversary.take() else {
-            self.gossip(i, &Bytes::from(message.to_bytes()));
+            self.gossip(i, &Bytes::from(message.to_bytes()), false);
             return Ok(());
         };
         let mut out = Outbox::default();
@@ -557,7 +569,7 @@ impl<L: Learner> Sim<L> {
             }
         }
         for message in out.messages {
-            self.gossip(i, &Bytes::from(message.to_bytes()));
+            self.gossip(i, &Bytes::from(message.to_bytes()), false);
         }
         Ok(())
     }
@@ -575,12 +587,17 @@ impl<L: Learner> Sim<L> {
                     let at = self.now + Duration::from_secs_f64(t / 1e3);
                     self.push(at, Delivery::Trained { to: i });
                 }
+                // What a controlled peer sends goes wherever the adversary likes: the mesh.
+                Action::Broadcast(message) | Action::BroadcastGroup(message)
+                    if self.adversary.as_ref().is_some_and(|a| a.controls(i)) =>
+                {
+                    self.tamper(i, message)?;
+                }
                 Action::Broadcast(message) => {
-                    if self.adversary.as_ref().is_some_and(|a| a.controls(i)) {
-                        self.tamper(i, message)?;
-                    } else {
-                        self.gossip(i, &Bytes::from(message.to_bytes()));
-                    }
+                    self.gossip(i, &Bytes::from(message.to_bytes()), false);
+                }
+                Action::BroadcastGroup(message) => {
+                    self.gossip(i, &Bytes::from(message.to_bytes()), true);
                 }
                 Action::Fetch { from, id } => {
                     let source = self.index.get(&from).copied();
@@ -595,9 +612,11 @@ impl<L: Learner> Sim<L> {
                             .payload(&id)
                             .or_else(|| self.adversary_payloads.get(&id).cloned())
                     });
-                    let transfer = self.links.transfer(data.as_ref().map_or(0, Bytes::len));
-                    let at = self.now + self.latency() + self.latency() + transfer;
                     let from = source.unwrap_or(i);
+                    let transfer =
+                        self.links
+                            .transfer(from, i, data.as_ref().map_or(0, Bytes::len));
+                    let at = self.now + self.latency(i, from) + self.latency(from, i) + transfer;
                     self.push(
                         at,
                         Delivery::Payload {
@@ -708,6 +727,9 @@ impl<L: Learner> Sim<L> {
             } => {
                 self.stats.gossip_messages += 1;
                 self.stats.gossip_bytes += bytes.len() as u64;
+                if self.links.across(from, to) {
+                    self.stats.wan_bytes += bytes.len() as u64;
+                }
                 let from = self.peers.get(from).map_or(MemberId::default(), Peer::id);
                 match inbound {
                     Some(cell) => {
@@ -736,6 +758,9 @@ impl<L: Learner> Sim<L> {
                 if let Some(d) = &data {
                     self.stats.payloads += 1;
                     self.stats.payload_bytes += d.len() as u64;
+                    if self.links.across(from, to) {
+                        self.stats.wan_bytes += d.len() as u64;
+                    }
                 }
                 let from = self.peers[from].id();
                 self.peers[to].handle_payload(at, from, id, data);

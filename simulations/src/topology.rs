@@ -33,6 +33,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use medmesh_protocol::aggregate;
+use medmesh_protocol::peer::TwoLevel;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -396,6 +397,89 @@ pub fn spectral_gap(neighbours: &[Vec<usize>]) -> f64 {
     );
     let (low, high) = Mixing::new(neighbours).extreme_eigenvalues();
     (1.0 - low.abs().max(high.abs())).clamp(0.0, 1.0)
+}
+
+/// Spectral gap per round of the expected mixing of two-level averaging
+/// ([`medmesh_protocol::peer::TwoLevel`]) with the mean rule and equal sample weights, over
+/// `groups` groups of `size` members each pulling `fanout` versions of its own group per round.
+///
+/// Write a model vector as its between-group part (each group's mean, constant inside the
+/// group) plus its within-group part (zero mean inside each group). Every expected one-round
+/// mixing matrix here is `α I + β (I_G ⊗ J_m) + γ J_n`: they commute, keep `𝟙` (eigenvalue 1),
+/// and have one eigenvalue on the within-group subspace and one on the between-group one. With
+/// `s = min(fanout, m − 1)` pulls inside a group of `m`, the first step (Epidemic-Learning
+/// sampling inside the group, see [`Topology::spectral_gap`]) multiplies the within-group part by
+/// `a = 1/(s+1) − b`, `b = s/((s+1)(m−1))`, and keeps each group's mean. A round that also pulls
+/// one version from each of `f` of the other `G − 1` groups (drawn at random) averages the own
+/// group's model with them, each standing for `1/(f+1)`; a pulled version is, in expectation,
+/// its group's mean. So such a round has
+///
+/// ```text
+/// within:  a / (f + 1)
+/// between: (G − 1 − f) / ((f + 1)(G − 1))      (0 when f = G − 1: every group is reached)
+/// ```
+///
+/// and a round inside the group has `a` and 1. Over the schedule's period (`Every { rounds: k }`:
+/// `k − 1` rounds inside, one reaching every other group; `Fanout { groups: f }`: every round
+/// reaches `f` groups) the eigenvalues multiply, and the gap per round is
+/// `1 − max(|within|, |between|)^(1/period)`. The last round's extra mixing is left out.
+///
+/// Read it as [`Topology::spectral_gap`]'s sampling gap: it describes the expected model. Errors
+/// on fewer than 2 groups, an empty group, a zero fanout, or an empty schedule.
+pub fn two_level_spectral_gap(
+    groups: usize,
+    size: usize,
+    fanout: usize,
+    schedule: TwoLevel,
+) -> Result<f64, Error> {
+    let topology = "two-level";
+    if groups < 2 {
+        return Err(Error::TooFewPeers {
+            topology,
+            n: groups,
+            min: 2,
+        });
+    }
+    if size == 0 || (size > 1 && fanout == 0) {
+        return Err(Error::DegreeTooSmall {
+            topology,
+            degree: fanout.min(size),
+            min: 1,
+        });
+    }
+    let (g, m) = (groups as f64, size as f64);
+    let s = fanout.min(size - 1) as f64;
+    // Within-group eigenvalue of a round inside the group (none when groups have one member).
+    let inside = if size > 1 {
+        let b = s / ((s + 1.0) * (m - 1.0));
+        1.0 / (s + 1.0) - b
+    } else {
+        0.0
+    };
+    let across = |f: usize| {
+        let f = f.min(groups - 1) as f64;
+        (inside / (f + 1.0), (g - 1.0 - f) / ((f + 1.0) * (g - 1.0)))
+    };
+    let (within, between, period) = match schedule {
+        TwoLevel::Every { rounds: 0 } | TwoLevel::Fanout { groups: 0 } => {
+            return Err(Error::DegreeTooSmall {
+                topology,
+                degree: 0,
+                min: 1,
+            });
+        }
+        TwoLevel::Every { rounds } => {
+            let (w, b) = across(groups - 1);
+            let k = i32::try_from(rounds).unwrap_or(i32::MAX);
+            (w * inside.powi(k - 1), b, rounds as f64)
+        }
+        TwoLevel::Fanout { groups: f } => {
+            let (w, b) = across(f);
+            (w, b, 1.0)
+        }
+    };
+    let contraction = within.abs().max(between.abs());
+    Ok((1.0 - contraction.powf(1.0 / period)).clamp(0.0, 1.0))
 }
 
 /// A Metropolis–Hastings mixing matrix in compressed sparse rows.
@@ -855,6 +939,128 @@ mod tests {
     use rand::seq::index;
 
     use super::*;
+
+    /// The expected one-round mixing matrix of two-level averaging, by enumerating every draw
+    /// (equal weights, the mean rule): row `i` averages its group's step-one model with one
+    /// version of each drawn group.
+    fn expected_two_level(groups: usize, size: usize, s: usize, f: usize) -> Vec<Vec<f64>> {
+        let n = groups * size;
+        let mut w = vec![vec![0.0; n]; n];
+        for (i, row) in w.iter_mut().enumerate() {
+            let gi = i / size;
+            let mates: Vec<usize> = (gi * size..(gi + 1) * size).filter(|&j| j != i).collect();
+            let subsets: Vec<Vec<usize>> = (0u32..1 << mates.len())
+                .filter(|bits| bits.count_ones() as usize == s)
+                .map(|bits| {
+                    (0..mates.len())
+                        .filter(|k| bits & (1 << k) != 0)
+                        .map(|k| mates[k])
+                        .collect()
+                })
+                .collect();
+            let others: Vec<usize> = (0..groups).filter(|&h| h != gi).collect();
+            let drawn: Vec<Vec<usize>> = (0u32..1 << others.len())
+                .filter(|bits| bits.count_ones() as usize == f)
+                .map(|bits| {
+                    (0..others.len())
+                        .filter(|k| bits & (1 << k) != 0)
+                        .map(|k| others[k])
+                        .collect()
+                })
+                .collect();
+            let p = 1.0 / (subsets.len() * drawn.len()) as f64;
+            let share = 1.0 / (f + 1) as f64;
+            for subset in &subsets {
+                for hs in &drawn {
+                    for &j in subset.iter().chain([i].iter()) {
+                        row[j] += p * share / (s + 1) as f64;
+                    }
+                    for &h in hs {
+                        for cell in &mut row[h * size..(h + 1) * size] {
+                            *cell += p * share / size as f64;
+                        }
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    fn multiply(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let n = a.len();
+        (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| (0..n).map(|k| a[i][k] * b[k][j]).sum())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The largest |eigenvalue| on `𝟙^⊥` by power iteration (the matrices here are
+    /// diagonalizable with real eigenvalues).
+    fn second_modulus(w: &[Vec<f64>]) -> f64 {
+        let n = w.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut x: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut norm = 0.0;
+        for _ in 0..2000 {
+            let mean = x.iter().sum::<f64>() / n as f64;
+            x.iter_mut().for_each(|v| *v -= mean);
+            let y: Vec<f64> = (0..n)
+                .map(|i| (0..n).map(|j| w[i][j] * x[j]).sum())
+                .collect();
+            norm = y.iter().map(|v| v * v).sum::<f64>().sqrt()
+                / x.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let scale = y.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
+            x = y.into_iter().map(|v| v / scale).collect();
+        }
+        norm
+    }
+
+    #[test]
+    fn two_level_gap_matches_the_enumerated_expected_mixing() {
+        // 3 groups of 4, 2 pulls inside; every 3rd round all groups, or 1 group every round.
+        let (groups, size, s) = (3, 4, 2);
+        let inside = expected_two_level(groups, size, s, 0);
+        let everyone = expected_two_level(groups, size, s, groups - 1);
+        let period = multiply(&everyone, &multiply(&inside, &inside));
+        let expected = 1.0 - second_modulus(&period).powf(1.0 / 3.0);
+        let gap =
+            two_level_spectral_gap(groups, size, s, TwoLevel::Every { rounds: 3 }).expect("valid");
+        assert!(
+            (gap - expected).abs() < 1e-6,
+            "every 3: {gap} vs {expected}"
+        );
+
+        let one = expected_two_level(groups, size, s, 1);
+        let expected = 1.0 - second_modulus(&one);
+        let gap =
+            two_level_spectral_gap(groups, size, s, TwoLevel::Fanout { groups: 1 }).expect("valid");
+        assert!(
+            (gap - expected).abs() < 1e-6,
+            "fanout 1: {gap} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn two_level_gap_is_one_for_full_mixing_and_falls_with_the_period() {
+        let full = two_level_spectral_gap(4, 4, 3, TwoLevel::Every { rounds: 1 }).expect("valid");
+        assert!((full - 1.0).abs() < 1e-12, "every round, everyone: {full}");
+        let gaps: Vec<f64> = [2, 5, 10]
+            .iter()
+            .map(|&k| {
+                two_level_spectral_gap(4, 4, 1, TwoLevel::Every { rounds: k }).expect("valid")
+            })
+            .collect();
+        assert!(
+            gaps.windows(2).all(|w| w[0] > w[1] && w[1] > 0.0),
+            "gaps {gaps:?}"
+        );
+        assert!(two_level_spectral_gap(1, 4, 3, TwoLevel::Every { rounds: 2 }).is_err());
+        assert!(two_level_spectral_gap(4, 4, 0, TwoLevel::Every { rounds: 2 }).is_err());
+        assert!(two_level_spectral_gap(4, 4, 3, TwoLevel::Fanout { groups: 0 }).is_err());
+    }
 
     /// Sorted, loop-free, duplicate-free, symmetric and connected.
     fn assert_well_formed(graph: &[Vec<usize>]) {

@@ -41,6 +41,7 @@ pub fn member(n: u8, role: Role) -> Member {
         name: format!("{title} {n}"),
         site: format!("Campus {n}"),
         country: country(n).into(),
+        group: String::new(),
         role,
         addresses: Vec::new(),
     }

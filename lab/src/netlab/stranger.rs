@@ -26,6 +26,7 @@ pub fn attempt(relay: &Multiaddr, target: PeerId, timeout: Duration) -> anyhow::
             name: name.into(),
             site: name.into(),
             country: "US".into(),
+            group: String::new(),
             role: Role::Observer,
             addresses: Vec::new(),
         })

@@ -621,6 +621,7 @@ mod tests {
             member: key(1).id(),
             peer_id: "12D3KooWtest".into(),
             site: "cleveland".into(),
+            group: "centre-a".into(),
             mesh: "national".into(),
             roster_version: 2,
             round: 7,
@@ -709,6 +710,8 @@ mod tests {
         assert!(json["test"].is_null());
         let text = got.to_text();
         assert!(text.contains("round 7: merging"), "{text}");
+        assert!(text.contains("(cleveland, group centre-a)"), "{text}");
+        assert_eq!(json["group"], "centre-a");
         assert!(
             text.contains("3 connected, 2 subscribed; 1 payload pull(s) in flight"),
             "{text}"

@@ -81,6 +81,10 @@ pub struct Status {
     pub peer_id: String,
     /// Its site in the dataset.
     pub site: String,
+    /// Its group in the roster (the one it averages with first under two-level averaging);
+    /// empty for none.
+    #[serde(default)]
+    pub group: String,
     /// The mesh's name.
     pub mesh: String,
     /// Version of the roster the node follows.
@@ -129,9 +133,14 @@ impl Status {
             Phase::Gathering => "merging",
             Phase::Finished => "finished",
         };
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(", group {}", self.group)
+        };
         let _ = writeln!(
             out,
-            "member {} ({}) in mesh {:?}, roster version {}",
+            "member {} ({}{group}) in mesh {:?}, roster version {}",
             self.member.short(),
             self.site,
             self.mesh,

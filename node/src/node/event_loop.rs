@@ -68,6 +68,8 @@ const MAX_READS: usize = 16;
 /// A gossip message waiting to be published.
 struct Pending {
     message: wire::Message,
+    /// Only to this member's group (two-level averaging), not to the mesh.
+    group: bool,
     since: Instant,
     /// The store writes queued before it; it leaves once they are durable.
     after: u64,
@@ -130,6 +132,8 @@ pub(super) struct EventLoop {
     /// Members that train, other than this one.
     others: usize,
     topic: gossipsub::IdentTopic,
+    /// The topic of this member's roster group, under two-level averaging.
+    group_topic: Option<gossipsub::IdentTopic>,
     policy: Option<Policy>,
     final_round: Option<u64>,
 
@@ -215,6 +219,7 @@ impl EventLoop {
             final_round: config.experiment.max_rounds.map(|m| m + 1),
             policy: config.experiment.certification.clone(),
             topic: network::topic(&roster.mesh),
+            group_topic: None,
             start_deadline: started + Duration::from_millis(config.start_timeout_ms),
             ready: min_peers == 0,
             evaluator: Evaluator::default(),
@@ -272,6 +277,7 @@ impl EventLoop {
     ) -> anyhow::Result<Option<Outcome>> {
         let mut reconnect = tokio::time::interval(RECONNECT_CHECK);
         reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.follow_group();
         loop {
             self.turn().await?;
             if self
@@ -336,6 +342,23 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Under two-level averaging, follows the topic of this member's roster group (at start,
+    /// and again when a roster update moves it to another group).
+    pub(super) fn follow_group(&mut self) {
+        let roster = self.peer.chain().current();
+        let wanted = self.config.experiment.two_level.and_then(|_| {
+            roster
+                .member(&self.me)
+                .map(|m| network::group_topic(&roster.mesh, &m.group))
+        });
+        let old = self.group_topic.take();
+        self.group_topic =
+            network::follow_group(&mut self.swarm.behaviour_mut().gossipsub, old, wanted);
+        if let Some(topic) = &self.group_topic {
+            tracing::info!(topic = %topic, "two-level averaging: following the group's topic");
+        }
+    }
+
     /// Subscribed peers that train (a relay, observer or validator does not count towards
     /// `min_peers`).
     fn trainers_subscribed(&self) -> usize {
@@ -382,6 +405,13 @@ impl EventLoop {
             }
             Action::Broadcast(message) => self.pending.push_back(Pending {
                 message,
+                group: false,
+                since: Instant::now(),
+                after: self.storage.queued(),
+            }),
+            Action::BroadcastGroup(message) => self.pending.push_back(Pending {
+                message,
+                group: self.group_topic.is_some(),
                 since: Instant::now(),
                 after: self.storage.queued(),
             }),
@@ -483,6 +513,7 @@ impl EventLoop {
                 self.nat.update_roster(roster);
                 self.nat.seed(&mut self.swarm, roster);
                 self.status.blocked = members::names_of(roster, &self.blocked);
+                self.follow_group();
             }
             Event::Finished { round } => {
                 self.last_round = *round;
@@ -570,12 +601,11 @@ impl EventLoop {
             }
             let bytes = p.message.to_bytes();
             let len = bytes.len() as u64;
-            match self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .publish(self.topic.clone(), bytes)
-            {
+            let topic = match (&self.group_topic, p.group) {
+                (Some(group), true) => group.clone(),
+                _ => self.topic.clone(),
+            };
+            match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
                 Ok(_) => {
                     self.telemetry.gossip_messages_out.inc();
                     self.telemetry.gossip_bytes_out.inc_by(len);
@@ -949,6 +979,13 @@ impl EventLoop {
         let status = &mut self.status;
         status.round = self.peer.round();
         status.roster_version = self.peer.chain().current().version;
+        status.group = self
+            .peer
+            .chain()
+            .current()
+            .member(&self.me)
+            .map(|m| m.group.clone())
+            .unwrap_or_default();
         status.finished = self.peer.is_finished();
         status.phase = if status.finished {
             admin::Phase::Finished
@@ -1086,10 +1123,11 @@ impl EventLoop {
                         network::acceptance(&verdict),
                     );
             }
-            gossipsub::Event::Subscribed { peer_id, .. } => {
+            // Members of the mesh are those on its topic (a group topic is followed besides).
+            gossipsub::Event::Subscribed { peer_id, topic } if topic == self.topic.hash() => {
                 self.subscribed.insert(peer_id);
             }
-            gossipsub::Event::Unsubscribed { peer_id, .. } => {
+            gossipsub::Event::Unsubscribed { peer_id, topic } if topic == self.topic.hash() => {
                 self.subscribed.remove(&peer_id);
             }
             _ => {}

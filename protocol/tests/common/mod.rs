@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use medmesh_protocol::identity::{ContentId, Keypair, MemberId};
 use medmesh_protocol::peer::{Action, Config, Event, Peer};
-use medmesh_protocol::roster::{Chain, Role, Roster};
+use medmesh_protocol::roster::{Chain, Member, Role, Roster};
 use medmesh_testkit::{key, member, signed_by};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -51,6 +51,10 @@ pub struct Net {
     pub attackers: Vec<usize>,
     /// Every gossip message sent, by sender index, in order.
     pub sent: Vec<(usize, Vec<u8>)>,
+    /// Each peer's roster group.
+    pub groups: Vec<String>,
+    /// Gossip messages and payloads delivered between peers of different groups.
+    pub across: u64,
 }
 
 /// The keys of members 1..=`n`: `keys(n)[i]` is the key of member `i + 1` of [`chain`].
@@ -63,7 +67,19 @@ pub fn keys(n: usize) -> Vec<Keypair> {
 /// A genesis roster (threshold 2) of members 1..=`roles.len()` with `roles`, signed by all of
 /// them.
 pub fn chain(roles: &[Role]) -> Chain {
-    let members = (1..).zip(roles).map(|(n, role)| member(n, *role)).collect();
+    grouped_chain(roles, &vec![String::new(); roles.len()])
+}
+
+/// [`chain`] with each member in the roster group `groups[i]`.
+pub fn grouped_chain(roles: &[Role], groups: &[String]) -> Chain {
+    let members = (1..)
+        .zip(roles)
+        .zip(groups)
+        .map(|((n, role), group)| Member {
+            group: group.clone(),
+            ..member(n, *role)
+        })
+        .collect();
     let roster = Roster::genesis("test-mesh", 2, members).expect("valid genesis");
     let signers: Vec<u8> = (1..).take(roles.len()).collect();
     Chain::from_genesis(signed_by(roster, &signers)).expect("founders signed")
@@ -97,6 +113,16 @@ impl Net {
             .map(|(((k, c), p), s)| Peer::new(c, k.clone(), chain.clone(), p, *s).expect("peer"))
             .collect();
         let index = peers.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
+        let groups = keys
+            .iter()
+            .map(|k| {
+                chain
+                    .current()
+                    .member(&k.id())
+                    .map(|m| m.group.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
         let mut net = Self {
             peers,
             index,
@@ -107,6 +133,8 @@ impl Net {
             events: Vec::new(),
             attackers: Vec::new(),
             sent: Vec::new(),
+            groups,
+            across: 0,
         };
         for i in 0..net.peers.len() {
             net.drain(i);
@@ -121,6 +149,21 @@ impl Net {
 
     pub fn gossip(&mut self, to: usize, from: MemberId, bytes: Vec<u8>) {
         self.push(self.now + LATENCY, Delivery::Gossip { to, from, bytes });
+    }
+
+    /// Gossips `message` from peer `i` to every other peer, or to those of its group.
+    fn broadcast(&mut self, i: usize, message: &medmesh_protocol::wire::Message, group: bool) {
+        let bytes = message.to_bytes();
+        let from = self.peers[i].id();
+        self.sent.push((i, bytes.clone()));
+        for to in 0..self.peers.len() {
+            let other_group = self.groups[to] != self.groups[i];
+            if to == i || (group && other_group) {
+                continue;
+            }
+            self.across += u64::from(other_group);
+            self.gossip(to, from, bytes.clone());
+        }
     }
 
     pub fn drain(&mut self, i: usize) {
@@ -138,17 +181,16 @@ impl Net {
                         .collect();
                     self.push(self.now + delay, Delivery::Trained { to: i, params });
                 }
-                Action::Broadcast(message) => {
-                    let bytes = message.to_bytes();
-                    let from = self.peers[i].id();
-                    self.sent.push((i, bytes.clone()));
-                    for to in 0..self.peers.len() {
-                        if to != i {
-                            self.gossip(to, from, bytes.clone());
-                        }
-                    }
-                }
+                Action::Broadcast(message) => self.broadcast(i, &message, false),
+                Action::BroadcastGroup(message) => self.broadcast(i, &message, true),
                 Action::Fetch { from, id } => {
+                    if self
+                        .index
+                        .get(&from)
+                        .is_some_and(|&j| self.groups[j] != self.groups[i])
+                    {
+                        self.across += 1;
+                    }
                     let data = self
                         .index
                         .get(&from)
