@@ -21,8 +21,10 @@ enum Command {
     Mesh(mesh::Options),
     /// The national pilot over a real network on this machine (needs root): 16 hospitals in
     /// four centres behind NAT routers, a partner abroad behind its own NAT on a shaped uplink,
-    /// one relay; link-cut and relay-kill faults. Prints a table and exits non-zero if a check
-    /// fails. Built from Linux network namespaces, veth pairs, nftables and `tc`.
+    /// one relay; link-cut and relay-kill faults, then the same training flat and two-level
+    /// (each centre a group), comparing the WAN bytes the centre routers count. Prints a table
+    /// and exits non-zero if a check fails. Built from Linux network namespaces, veth pairs,
+    /// nftables and `tc`.
     Netlab(netlab::run::Options),
     /// (Used by `netlab`.) Dial a member through a relay with a fresh key that is on no roster;
     /// prints `connected` or `refused`.

@@ -1,8 +1,9 @@
 //! The national pilot over a real network: `medmesh-lab netlab` builds 16 hospitals in four
 //! centres behind masquerading NAT routers, a partner abroad behind its own NAT on a shaped
 //! uplink and one relay, in network namespaces; runs 15 rounds with a cut branch link and a
-//! killed relay. Needs root (network namespaces, nftables, tc): without them it fails saying
-//! what is missing, never skips.
+//! killed relay, then the same training without faults once flat and once two-level (each
+//! centre a group), comparing the WAN bytes the centre routers count. Needs root (network
+//! namespaces, nftables, tc): without them it fails saying what is missing, never skips.
 
 use std::process::Command;
 
@@ -80,8 +81,56 @@ fn sixteen_hospitals_behind_nat_and_a_partner_abroad_train_through_one_relay() {
             "no bytes through {router}: {wan:?}"
         );
     }
-    // Every check, the stranger's and the configs' included.
+    // Flat against two-level averaging, without faults: every hospital finishes both runs, and
+    // two-level moves at most 1/2.5 of flat's bytes through the centre routers' WAN sides at a
+    // mean accuracy within 0.01 of flat's. Flat ends on one model; two-level's spread is only
+    // reported (hospitals pull different members of the other centres in the last round).
+    let comparison = &report["comparison"];
+    let mut wan_total = Vec::new();
+    let mut mean_accuracy = Vec::new();
+    for run in ["flat", "two_level"] {
+        let r = &comparison[run];
+        assert_eq!(r["hospitals"], 16, "{run}: {r}");
+        assert_eq!(r["finished"], 16, "{run}: {r}");
+        let wan = r["wan_bytes"].as_object().expect("wan_bytes");
+        let keys: Vec<&str> = wan.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["r1", "r2", "r3", "r4"], "{run}: {r}");
+        let per_router: Vec<u64> = wan.values().filter_map(Value::as_u64).collect();
+        assert!(per_router.iter().all(|b| *b > 0), "{run}: {r}");
+        let total = r["wan_bytes_total"].as_u64().expect("wan_bytes_total");
+        assert_eq!(total, per_router.iter().sum::<u64>(), "{run}: {r}");
+        assert!(r["max_relative_distance"].as_f64().is_some(), "{run}: {r}");
+        wan_total.push(total);
+        mean_accuracy.push(r["mean_accuracy"].as_f64().expect("mean_accuracy"));
+    }
+    assert!(comparison["flat"]["two_level"].is_null());
+    assert_eq!(comparison["flat"]["fanout"], 15);
+    assert_eq!(comparison["two_level"]["two_level"]["across"], "every");
+    assert_eq!(comparison["two_level"]["two_level"]["rounds"], 5);
+    assert_eq!(comparison["two_level"]["fanout"], 3);
+    let flat_distance = comparison["flat"]["max_relative_distance"]
+        .as_f64()
+        .expect("distance");
+    assert!(
+        flat_distance <= 1e-3,
+        "flat final models {flat_distance} apart"
+    );
+    assert!(
+        wan_total[0] as f64 >= 2.5 * wan_total[1] as f64,
+        "WAN bytes: flat {}, two-level {}",
+        wan_total[0],
+        wan_total[1]
+    );
+    let ratio = comparison["wan_ratio"].as_f64().expect("wan_ratio");
+    assert!(ratio >= 2.5, "WAN ratio {ratio}");
+    assert!(
+        (mean_accuracy[0] - mean_accuracy[1]).abs() <= 0.01,
+        "mean accuracy: flat {}, two-level {}",
+        mean_accuracy[0],
+        mean_accuracy[1]
+    );
+    // Every check, the stranger's, the configs' and the comparison's included.
     let checks = report["checks"].as_array().expect("checks");
-    assert!(checks.len() >= 8, "{checks:?}");
+    assert!(checks.len() >= 12, "{checks:?}");
     assert!(checks.iter().all(|c| c["passed"] == true), "{checks:?}");
 }

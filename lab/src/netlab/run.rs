@@ -8,10 +8,23 @@
 //! connect directly on their LAN and hole-punch direct connections across the NATs; they train
 //! 15 rounds, the partner validates every final version and every node certifies them.
 //!
-//! Faults: a branch hospital's LAN link is cut for at least three rounds and restored (it must
-//! catch up and end with the others), then the relay is killed (hospitals that hold direct
-//! connections must finish). A stranger (a key not on the roster) tries to reach a hospital
-//! through the relay and must be refused and counted on the relay's `/metrics`.
+//! Each hospital's roster entry names its centre as its group (the partner and the relay have
+//! none), so the same roster serves flat and two-level averaging.
+//!
+//! The runs, each on a freshly built network with fresh keys and stores:
+//! 1. the pilot with a fault: a branch hospital's LAN link is cut for at least three rounds and
+//!    restored (it must catch up and end with the others); a stranger (a key not on the roster)
+//!    tries to reach a hospital through the relay and must be refused and counted on the relay's
+//!    `/metrics`. Every check of the pilot is made on this run.
+//! 2. the pilot with the relay killed (hospitals that hold direct connections must finish).
+//! 3. flat training without faults (`fanout` = every other hospital), and
+//! 4. the same training under two-level averaging (`two_level = { across = "every", rounds =
+//!    5 }`, `fanout` = the other hospitals of the own centre), both for the WAN bytes the centre
+//!    routers count from just before the nodes start until the last hospital wrote its final
+//!    model. Two-level must move at most 1/2.5 of flat's bytes at a mean accuracy within 0.01
+//!    of flat's; flat's final models must agree within 1e-3. Two-level hospitals end on different
+//!    models (each pulls other representatives of the other centres in the last round): their
+//!    spread is reported, not checked. `--two-level-every 0` skips runs 3 and 4.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +39,7 @@ use medmesh_node::config::{DataConfig, NodeConfig, Shard};
 use medmesh_node::network::{self, NetworkConfig};
 use medmesh_node::node::{Outcome, write_roster};
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::peer;
+use medmesh_protocol::peer::{self, TwoLevel};
 use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 use serde::Serialize;
 
@@ -85,6 +98,10 @@ pub struct Options {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Rounds between the rounds that mix across centres in the two-level run (run 4), whose
+    /// WAN bytes are compared with a flat run's (run 3); 0 skips both runs.
+    #[arg(long, default_value_t = 5)]
+    pub two_level_every: u64,
 }
 
 /// One peer's line of the report.
@@ -144,6 +161,186 @@ pub struct Check {
     pub detail: String,
 }
 
+/// The least factor by which two-level averaging must cut the centre routers' WAN bytes
+/// against flat averaging.
+pub const MIN_WAN_RATIO: f64 = 2.5;
+
+/// The largest difference in mean hospital accuracy allowed between two-level and flat
+/// averaging (a fraction: 0.01 is one point).
+pub const MAX_ACCURACY_GAP: f64 = 0.01;
+
+/// One training run of the flat against two-level comparison: no faults, fresh keys and stores,
+/// the same data and seeds as the other.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingRun {
+    /// The hospitals' `[experiment] fanout`.
+    pub fanout: usize,
+    /// The hospitals' `[experiment] two_level`; none for flat averaging.
+    pub two_level: Option<TwoLevel>,
+    /// Hospitals started.
+    pub hospitals: usize,
+    /// Hospitals that finished every round.
+    pub finished: usize,
+    /// Bytes through each centre router's WAN side (both directions, as its nftables counters
+    /// count them) from just before the nodes started until the last hospital wrote its final
+    /// model, by router (`r1`..`rN`, router `c` serving the `c`-th centre).
+    pub wan_bytes: BTreeMap<String, u64>,
+    /// `wan_bytes` summed over the centre routers.
+    pub wan_bytes_total: u64,
+    /// Bytes through the partner's router in the same window.
+    pub partner_router_bytes: u64,
+    /// Bytes through the relay's interface in the same window.
+    pub relay_bytes: u64,
+    /// Mean accuracy of the hospitals' final models (of those that wrote one).
+    pub mean_accuracy: f64,
+    /// Largest relative L2 distance between two hospitals' final models.
+    pub max_relative_distance: f64,
+    /// Seconds from starting the nodes until the last hospital wrote its final model.
+    pub seconds: f64,
+}
+
+impl TrainingRun {
+    /// Whether every hospital started finished every round.
+    fn complete(&self) -> bool {
+        self.hospitals > 0 && self.finished == self.hospitals
+    }
+
+    /// How the hospitals average, in words.
+    fn setup(&self) -> String {
+        match self.two_level {
+            None => format!("fanout {}", self.fanout),
+            Some(TwoLevel::Every { rounds }) => format!(
+                "in-centre fanout {}, across centres every {rounds} rounds",
+                self.fanout
+            ),
+            Some(TwoLevel::Fanout { groups }) => format!(
+                "in-centre fanout {}, {groups} other centre(s) every round",
+                self.fanout
+            ),
+        }
+    }
+
+    /// Its line of the result table.
+    fn to_text(&self, label: &str) -> String {
+        let routers: Vec<String> = self
+            .wan_bytes
+            .iter()
+            .map(|(k, v)| format!("{k} {}", megabytes(*v)))
+            .collect();
+        format!(
+            "  {label:<10} ({}): WAN {} ({}; partner's router {}, relay {}); mean accuracy \
+             {:.3}; final models within {:.1e}; {} of {} hospitals finished; {:.0} s\n",
+            self.setup(),
+            megabytes(self.wan_bytes_total),
+            routers.join(", "),
+            megabytes(self.partner_router_bytes),
+            megabytes(self.relay_bytes),
+            self.mean_accuracy,
+            self.max_relative_distance,
+            self.finished,
+            self.hospitals,
+            self.seconds
+        )
+    }
+}
+
+/// Flat against two-level averaging: the same training twice, for the WAN bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// Every hospital pulls every other's version each round.
+    pub flat: TrainingRun,
+    /// Hospitals average inside their centre, and across centres on a schedule.
+    pub two_level: TrainingRun,
+    /// Flat's WAN bytes over two-level's (centre routers, summed); none when the two-level run
+    /// counted no bytes.
+    pub wan_ratio: Option<f64>,
+}
+
+impl Comparison {
+    /// Puts the two runs side by side.
+    fn new(flat: TrainingRun, two_level: TrainingRun) -> Comparison {
+        let wan_ratio = (two_level.wan_bytes_total > 0)
+            .then(|| flat.wan_bytes_total as f64 / two_level.wan_bytes_total as f64);
+        Comparison {
+            flat,
+            two_level,
+            wan_ratio,
+        }
+    }
+
+    /// Its checks: both runs complete, flat's final models agree, two-level cuts the WAN bytes
+    /// by [`MIN_WAN_RATIO`] at an accuracy within [`MAX_ACCURACY_GAP`] of flat's.
+    fn checks(&self) -> Vec<Check> {
+        let (flat, two) = (&self.flat, &self.two_level);
+        let complete = flat.complete() && two.complete();
+        let incomplete = if complete {
+            ""
+        } else {
+            " (not every hospital finished both runs)"
+        };
+        let gap = two.mean_accuracy - flat.mean_accuracy;
+        vec![
+            Check {
+                name: "flat and two-level runs: every hospital finishes".into(),
+                passed: complete,
+                detail: format!(
+                    "flat {} of {}, two-level {} of {}",
+                    flat.finished, flat.hospitals, two.finished, two.hospitals
+                ),
+            },
+            Check {
+                name: "flat run: final models within 1e-3 (relative L2)".into(),
+                passed: flat.complete() && flat.max_relative_distance <= 1e-3,
+                detail: format!("{:.2e}", flat.max_relative_distance),
+            },
+            Check {
+                name: format!(
+                    "two-level WAN bytes at most 1/{MIN_WAN_RATIO} of flat's (centre routers)"
+                ),
+                passed: complete && self.wan_ratio.is_some_and(|r| r >= MIN_WAN_RATIO),
+                detail: format!(
+                    "flat {}, two-level {}: {}{incomplete}",
+                    megabytes(flat.wan_bytes_total),
+                    megabytes(two.wan_bytes_total),
+                    self.wan_ratio
+                        .map_or("no two-level bytes counted".into(), |r| format!("{r:.2}x"))
+                ),
+            },
+            Check {
+                name: format!("two-level mean accuracy within {MAX_ACCURACY_GAP} of flat's"),
+                passed: complete && gap.abs() <= MAX_ACCURACY_GAP,
+                detail: format!(
+                    "flat {:.3}, two-level {:.3} ({gap:+.3}){incomplete}",
+                    flat.mean_accuracy, two.mean_accuracy
+                ),
+            },
+        ]
+    }
+
+    /// Its part of the result table.
+    fn to_text(&self) -> String {
+        let mut out = String::from(
+            "flat against two-level averaging, no faults (WAN bytes through the centre routers \
+             from the nodes' start to the last final model):\n",
+        );
+        out.push_str(&self.flat.to_text("flat"));
+        out.push_str(&self.two_level.to_text("two-level"));
+        out.push_str(&format!(
+            "  WAN bytes flat / two-level: {}\n",
+            self.wan_ratio
+                .map_or("- (no two-level bytes counted)".into(), |r| format!(
+                    "{r:.2}x"
+                ))
+        ));
+        out
+    }
+}
+
+/// `bytes` in megabytes, for the table.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 /// The run's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -161,7 +358,9 @@ pub struct Report {
     pub wan_bytes: BTreeMap<String, u64>,
     /// The injected faults.
     pub faults: Vec<FaultReport>,
-    /// Every check, faults included.
+    /// Flat against two-level averaging (runs 3 and 4); none when skipped.
+    pub comparison: Option<Comparison>,
+    /// Every check, faults and the comparison included.
     pub checks: Vec<Check>,
     /// Wall time, seconds.
     pub seconds: f64,
@@ -208,9 +407,15 @@ impl Report {
         let wan: Vec<String> = self
             .wan_bytes
             .iter()
-            .map(|(k, v)| format!("{k} {:.1} MB", *v as f64 / 1e6))
+            .map(|(k, v)| format!("{k} {}", megabytes(*v)))
             .collect();
-        out.push_str(&format!("WAN bytes: {}\n", wan.join(", ")));
+        out.push_str(&format!(
+            "WAN bytes of run 1 (since its network was built): {}\n",
+            wan.join(", ")
+        ));
+        if let Some(comparison) = &self.comparison {
+            out.push_str(&comparison.to_text());
+        }
         for c in &self.checks {
             out.push_str(&format!(
                 "[{}] {}: {}\n",
@@ -257,6 +462,8 @@ impl NetNode {
                 .clone()
                 .unwrap_or_else(|| self.local.name.clone()),
             country: country.into(),
+            // A hospital averages first with its centre's (under two-level averaging).
+            group: self.centre.clone().unwrap_or_default(),
             role: self.role,
             // Only the relay is reachable from outside: only it lists an address.
             addresses: if self.role == Role::Relay {
@@ -330,9 +537,60 @@ fn wait<T>(
     }
 }
 
+/// How the hospitals of a run average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Averaging {
+    /// Every hospital pulls every other's version each round: one consensus model.
+    Flat,
+    /// Two-level: each round the other hospitals of the own centre, and one hospital of every
+    /// other centre every `every` rounds and in the last round.
+    TwoLevel {
+        /// Rounds between the rounds that mix across centres; at least 1.
+        every: u64,
+    },
+}
+
+/// What a run is for.
+#[derive(Debug, Clone, Copy)]
+enum Purpose<'a> {
+    /// The pilot (flat averaging), injecting these faults. With the relay killed only that
+    /// fault is checked; otherwise every check of the pilot.
+    Pilot(&'a [FaultKind]),
+    /// Training only, no faults and no checks of its own, averaging this way: it ends once
+    /// every hospital finished (or the deadline passed), for [`Comparison`].
+    Training(Averaging),
+}
+
+impl Purpose<'_> {
+    /// The faults it injects.
+    fn faults(&self) -> &[FaultKind] {
+        match self {
+            Purpose::Pilot(faults) => faults,
+            Purpose::Training(_) => &[],
+        }
+    }
+
+    /// How its hospitals average.
+    fn averaging(&self) -> Averaging {
+        match self {
+            Purpose::Pilot(_) => Averaging::Flat,
+            Purpose::Training(averaging) => *averaging,
+        }
+    }
+}
+
+/// What one run gives.
+struct RunOutput {
+    /// The run's report (its checks empty for [`Purpose::Training`]).
+    report: Report,
+    /// Its training: the hospitals' outcomes and the WAN bytes up to the last final model.
+    training: TrainingRun,
+}
+
 /// Runs the lab: the mesh with the link cut, then (in a run of its own, so that a pair of peers
 /// still relayed when the relay dies cannot hold up the first run's checks) the mesh with the
-/// relay killed. `progress` gets status lines.
+/// relay killed, then (unless `--two-level-every 0`) the same training without faults once flat
+/// and once two-level, for the WAN bytes. `progress` gets status lines.
 pub fn run(
     options: &Options,
     exe: &Path,
@@ -346,26 +604,85 @@ pub fn run(
         .filter(|f| *f == FaultKind::LinkCut)
         .collect();
     progress("run 1: the pilot, with a branch's link cut");
-    let mut report = run_once(options, exe, &main_faults, &mut progress)?;
+    let mut report = run_once(options, exe, Purpose::Pilot(&main_faults), &mut progress)
+        .context("run 1 (the pilot)")?
+        .report;
     if options.faults.contains(&FaultKind::RelayKilled) {
         progress("run 2: the pilot, with the relay killed");
-        let second = run_once(options, exe, &[FaultKind::RelayKilled], &mut progress)?;
+        let second = run_once(
+            options,
+            exe,
+            Purpose::Pilot(&[FaultKind::RelayKilled]),
+            &mut progress,
+        )
+        .context("run 2 (the relay killed)")?
+        .report;
         report.faults.extend(second.faults);
         report.checks.extend(second.checks);
+    }
+    if options.two_level_every > 0 {
+        let flat = training_run(options, exe, 3, Averaging::Flat, &mut progress)?;
+        let two_level = training_run(
+            options,
+            exe,
+            4,
+            Averaging::TwoLevel {
+                every: options.two_level_every,
+            },
+            &mut progress,
+        )?;
+        let comparison = Comparison::new(flat, two_level);
+        report.checks.extend(comparison.checks());
+        report.comparison = Some(comparison);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// Run `n` of the lab: the training alone, averaging as `averaging`; its WAN bytes, accuracy and
+/// final models for [`Comparison`].
+fn training_run(
+    options: &Options,
+    exe: &Path,
+    n: usize,
+    averaging: Averaging,
+    progress: &mut impl FnMut(&str),
+) -> anyhow::Result<TrainingRun> {
+    let name = match averaging {
+        Averaging::Flat => "flat".to_string(),
+        Averaging::TwoLevel { every } => {
+            format!("two-level (across centres every {every} rounds)")
+        }
+    };
+    progress(&format!(
+        "run {n}: {name} training without faults, for the WAN bytes"
+    ));
+    let training = run_once(options, exe, Purpose::Training(averaging), progress)
+        .with_context(|| format!("run {n} ({name} training)"))?
+        .training;
+    progress(&format!(
+        "{name}: {} through the centre routers, mean accuracy {:.3}, {} of {} hospitals finished",
+        megabytes(training.wan_bytes_total),
+        training.mean_accuracy,
+        training.finished,
+        training.hospitals
+    ));
+    Ok(training)
+}
+
 /// One run: sets up the network and the nodes, runs the mesh with the `medmesh` program at
-/// `exe`, injects `faults` and reports. With the relay killed only that fault is checked (the
-/// peers connected directly to everyone when it died must finish); otherwise every check.
+/// `exe`, injects the faults of `purpose` and reports. With the relay killed only that fault is
+/// checked (the peers connected directly to everyone when it died must finish); a training run
+/// ([`Purpose::Training`]) checks nothing itself and stops once every hospital finished; otherwise
+/// every check.
 fn run_once(
     options: &Options,
     exe: &Path,
-    faults_to_inject: &[FaultKind],
+    purpose: Purpose<'_>,
     progress: &mut impl FnMut(&str),
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<RunOutput> {
+    let faults_to_inject = purpose.faults();
+    let pilot = matches!(purpose, Purpose::Pilot(_));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(options.timeout);
     Topology::check_capabilities()?;
@@ -446,6 +763,16 @@ fn run_once(
     // Configs: every node names only the relay's address.
     let relay_address: libp2p::Multiaddr = relay.address()?.parse()?;
     let trainers = hospitals.len();
+    // Flat: every other hospital, the same inputs everywhere, so one consensus model. Two-level:
+    // the other hospitals of the own centre each round, one of every other centre on schedule.
+    let flat_fanout = trainers.saturating_sub(1).max(1);
+    let (fanout, two_level) = match purpose.averaging() {
+        Averaging::Flat => (flat_fanout, None),
+        Averaging::TwoLevel { every } => (
+            spec.hosts_per_centre.saturating_sub(1).max(1),
+            Some(TwoLevel::Every { rounds: every }),
+        ),
+    };
     let inputs = i64::try_from(dataset.features.len())?;
     let config = |node: &NetNode, index: usize| -> NodeConfig {
         NodeConfig {
@@ -472,8 +799,13 @@ fn run_once(
             experiment: peer::Config {
                 experiment: dataset.name.clone(),
                 rule: Rule::Mean,
-                // Every other hospital: the same inputs everywhere, so one consensus model.
-                fanout: trainers - 1,
+                // Only the hospitals train; the partner and the relay keep the flat settings.
+                fanout: if node.role.may_train() {
+                    fanout
+                } else {
+                    flat_fanout
+                },
+                two_level: two_level.filter(|_| node.role.may_train()),
                 max_rounds: Some(options.rounds),
                 round_timeout: Duration::from_secs(10),
                 fetch_timeout: Duration::from_secs(20),
@@ -506,7 +838,9 @@ fn run_once(
         node.local.write_config(&config(node, i))?;
     }
 
-    // The relay first, then everyone else.
+    // The relay first, then everyone else; the WAN bytes of the training are counted from here.
+    let counted_from = Counters::read(&topology)?;
+    let spawned = Instant::now();
     let mut children = Children::default();
     children.set(0, spawn(&topology, &relay, exe)?);
     wait("the relay's admin endpoint", deadline, || {
@@ -524,7 +858,9 @@ fn run_once(
     let mut faults = Vec::new();
 
     let relay_run = faults_to_inject.contains(&FaultKind::RelayKilled);
-    if !relay_run {
+    // Every check of the pilot, on the run that does not kill the relay.
+    let pilot_checks = pilot && !relay_run;
+    if pilot_checks {
         // A stranger tries to reach a hospital through the relay.
         let refused_before =
             metric(&topology, &relay, exe, "medmesh_connections_refused_total").unwrap_or(0.0);
@@ -638,7 +974,8 @@ fn run_once(
     }
 
     // Outcomes, sampling every peer's status meanwhile (its last one before it exits gives its
-    // connections and hole punches).
+    // connections and hole punches). A training run does not sample: that would only load the
+    // two cores the nodes train on and delay reading the counters at its end.
     let mut outcomes: Vec<Option<Outcome>> = vec![None; peers.len()];
     let mut sampled = Instant::now();
     let mut held_done_at: Option<Instant> = None;
@@ -660,7 +997,14 @@ fn run_once(
                 running += 1;
             }
         }
-        if outcomes.iter().all(Option::is_some) || running == 0 || Instant::now() >= deadline {
+        // A training run ends with the hospitals' final models (the partner's validation is
+        // the same whatever the averaging, and is checked on the pilot).
+        let hospitals_done = outcomes[..hospitals.len()].iter().all(Option::is_some);
+        if outcomes.iter().all(Option::is_some)
+            || (!pilot && hospitals_done)
+            || running == 0
+            || Instant::now() >= deadline
+        {
             break;
         }
         // With the relay dead, a peer that was still reached through it by some member may
@@ -674,13 +1018,17 @@ fn run_once(
                 _ => {}
             }
         }
-        if sampled.elapsed() >= Duration::from_secs(2) {
+        if pilot && sampled.elapsed() >= Duration::from_secs(2) {
             sample(&mut last);
             sampled = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    sample(&mut last);
+    let counted_to = Counters::read(&topology)?;
+    let trained_seconds = spawned.elapsed().as_secs_f64();
+    if pilot {
+        sample(&mut last);
+    }
 
     // Connections and hole punches, from each peer's last status.
     let mut connections = Connections::default();
@@ -712,7 +1060,7 @@ fn run_once(
     let partner_outcome = outcomes[hospitals.len()].clone();
     let validated = partner_outcome.as_ref().map_or(0, |o| o.validated.len());
 
-    if !relay_run {
+    if pilot_checks {
         checks.push(Check {
             name: "every hospital and the partner finish".into(),
             passed: finished_hospitals == hospitals.len() && partner_outcome.is_some(),
@@ -884,19 +1232,85 @@ fn run_once(
         accuracy: None,
         validated: 0,
     });
-    drop(children);
-    topology.teardown()?;
-    Ok(Report {
-        peers: peer_reports,
+    let centre_routers = topology.centre_routers();
+    let mut training_wan = BTreeMap::new();
+    let mut partner_router_bytes = 0;
+    for (router, bytes) in counted_to.since(&counted_from)? {
+        if centre_routers.contains(&router) {
+            training_wan.insert(router, bytes);
+        } else {
+            partner_router_bytes += bytes;
+        }
+    }
+    let training = TrainingRun {
+        fanout,
+        two_level,
+        hospitals: hospitals.len(),
+        finished: finished_hospitals,
+        wan_bytes_total: training_wan.values().sum(),
+        wan_bytes: training_wan,
+        partner_router_bytes,
+        relay_bytes: counted_to.relay.saturating_sub(counted_from.relay),
         mean_accuracy,
         max_relative_distance: distance,
-        connections,
-        hole_punch,
-        wan_bytes,
-        faults,
-        checks,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: trained_seconds,
+    };
+    drop(children);
+    topology.teardown()?;
+    Ok(RunOutput {
+        report: Report {
+            peers: peer_reports,
+            mean_accuracy,
+            max_relative_distance: distance,
+            connections,
+            hole_punch,
+            wan_bytes,
+            faults,
+            comparison: None,
+            checks,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        training,
     })
+}
+
+/// The byte counters of the network at one moment: each router's WAN side (both directions)
+/// and the relay's interface.
+struct Counters {
+    /// By router (`r1`..`rN`, `rp`).
+    routers: BTreeMap<String, u64>,
+    /// The relay's interface, received plus sent.
+    relay: u64,
+}
+
+impl Counters {
+    /// Reads them from the routers' nftables counters and the relay's link statistics.
+    fn read(topology: &Topology) -> anyhow::Result<Counters> {
+        Ok(Counters {
+            routers: topology
+                .router_bytes()
+                .context("cannot read the routers' byte counters")?
+                .into_iter()
+                .collect(),
+            relay: topology
+                .relay_bytes()
+                .context("cannot read the relay's byte counters")?,
+        })
+    }
+
+    /// Bytes through each router since `earlier` was read.
+    fn since(&self, earlier: &Counters) -> anyhow::Result<Vec<(String, u64)>> {
+        self.routers
+            .iter()
+            .map(|(router, bytes)| {
+                let before = earlier
+                    .routers
+                    .get(router)
+                    .with_context(|| format!("router {router} was not counted at first"))?;
+                Ok((router.clone(), bytes.saturating_sub(*before)))
+            })
+            .collect()
+    }
 }
 
 /// Runs `medmesh-lab stranger` in `from`'s namespace: a fresh key, not on the roster, dials

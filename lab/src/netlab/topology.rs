@@ -495,6 +495,12 @@ impl Topology {
         routers(self.spec.centres)
     }
 
+    /// The centre routers' short names, `r1`..`rN` (router `c` serves the hosts of
+    /// [`Topology::host`]`(c, _)`); the partner's `rp` is not one of them.
+    pub fn centre_routers(&self) -> Vec<String> {
+        (1..=self.spec.centres).map(router_name).collect()
+    }
+
     /// Bytes each router forwarded in each direction, from its nft counters, by router name
     /// (`r1`..`rN`, then `rp`). Only forwarded packets that were accepted are counted: traffic
     /// between hosts of one LAN and dropped attempts from the WAN are not.
@@ -1256,6 +1262,7 @@ mod tests {
             Some(PARTNER_ROUTER_WAN_IP)
         );
         assert_eq!(topology.routers(), ["r1", "r2", "r3", "rp"]);
+        assert_eq!(topology.centre_routers(), ["r1", "r2", "r3"]);
         assert_eq!(
             topology.far_end(host),
             Some(("mm3a-r2".to_string(), "h1".to_string()))
