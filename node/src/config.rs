@@ -29,6 +29,7 @@
 //! max_rounds = 15
 //! # rule = { rule = "trimmed_mean", trim = 1 }  # a robust merge (default: the weighted mean)
 //! # outliers = { factor = 6.0, rounds = 3 }      # flag members whose versions stay far off
+//! # two_level = { across = "every", rounds = 5 }  # fanout inside the roster group, others every 5th round
 //!
 //! [network]                    # network::NetworkConfig
 //! listen = ["/ip4/0.0.0.0/tcp/4001"]
