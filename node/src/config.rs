@@ -86,7 +86,8 @@ pub enum ConfigError {
 pub struct DataConfig {
     /// The dataset's schema file.
     pub schema: PathBuf,
-    /// This hospital's site name in the schema.
+    /// This hospital's site name in the schema (no default: a member that trains or validates
+    /// must name it; it must be the site its roster entry lists).
     pub site: String,
     /// Train on part of the site's training rows only, when several nodes share one site's
     /// records (departments of one hospital, or an experiment that splits a site).
@@ -97,7 +98,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             schema: "data/heart-disease/schema.toml".into(),
-            site: "cleveland".into(),
+            site: String::new(),
             shard: None,
         }
     }
@@ -224,6 +225,12 @@ impl NodeConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        for (old, new) in deprecated_keys(&text) {
+            tracing::warn!(
+                config = %path.display(),
+                "`{old}` is deprecated: it is read as `{new}`; rename it (docs/CONFIG.md)"
+            );
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
         config.check().map_err(|message| ConfigError::Invalid {
@@ -284,9 +291,6 @@ impl NodeConfig {
         experiment
             .check()
             .map_err(|e| format!("[experiment] {e}"))?;
-        if self.data.site.is_empty() {
-            return Err("[data] site must name this hospital's site in the schema".into());
-        }
         if let Some(addr) = self.admin
             && !addr.ip().is_loopback()
             && !self.admin_remote
@@ -333,6 +337,35 @@ impl NodeConfig {
     }
 }
 
+/// Keys renamed to carry their unit: the old name is still read, with a warning.
+pub const DEPRECATED_KEYS: [(&str, &str); 4] = [
+    ("experiment.round_timeout", "experiment.round_timeout_ms"),
+    ("experiment.fetch_timeout", "experiment.fetch_timeout_ms"),
+    (
+        "network.idle_connection_timeout",
+        "network.idle_connection_timeout_ms",
+    ),
+    ("network.request_timeout", "network.request_timeout_ms"),
+];
+
+/// The deprecated keys ([`DEPRECATED_KEYS`]) a config text uses, with their new names.
+pub fn deprecated_keys(text: &str) -> Vec<(&'static str, &'static str)> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    DEPRECATED_KEYS
+        .into_iter()
+        .filter(|(old, _)| {
+            old.split_once('.').is_some_and(|(section, key)| {
+                table
+                    .get(section)
+                    .and_then(toml::Value::as_table)
+                    .is_some_and(|t| t.contains_key(key))
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +397,42 @@ mod tests {
             Some("va")
         );
         assert_eq!(config.validation_data("/etc/passwd"), None);
+    }
+
+    #[test]
+    fn old_key_names_are_read_with_a_deprecation() {
+        let text = "[experiment]\nround_timeout = 1500\nfetch_timeout_ms = 700\n\
+                    [network]\nrequest_timeout = 9000\n";
+        let config: NodeConfig = toml::from_str(text).expect("old names parse");
+        assert_eq!(config.experiment.round_timeout, Duration::from_millis(1500));
+        assert_eq!(config.experiment.fetch_timeout, Duration::from_millis(700));
+        assert_eq!(config.network.request_timeout, Duration::from_millis(9000));
+        assert_eq!(
+            deprecated_keys(text),
+            vec![
+                ("experiment.round_timeout", "experiment.round_timeout_ms"),
+                ("network.request_timeout", "network.request_timeout_ms"),
+            ]
+        );
+        // Written back, only the new names appear.
+        let written = toml::to_string(&config).expect("serializes");
+        assert!(written.contains("round_timeout_ms = 1500"), "{written}");
+        assert!(deprecated_keys(&written).is_empty(), "{written}");
+    }
+
+    #[test]
+    fn a_hospital_gets_a_fixed_port_no_mdns_and_no_default_site() {
+        let config = NodeConfig::default();
+        assert_eq!(
+            config.network.listen,
+            vec![
+                "/ip4/0.0.0.0/tcp/4001"
+                    .parse::<libp2p::Multiaddr>()
+                    .expect("addr")
+            ]
+        );
+        assert!(!config.network.mdns);
+        assert_eq!(config.data.site, "");
     }
 
     #[test]

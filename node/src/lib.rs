@@ -16,6 +16,7 @@ pub mod nat;
 pub mod network;
 pub mod node;
 pub mod storage;
+pub mod template;
 pub mod trainer;
 pub mod validate;
 pub mod worker;

@@ -153,17 +153,24 @@ enum Command {
     /// Create, sign and inspect signed rosters (who is in the mesh).
     #[command(subcommand)]
     Roster(RosterCommand),
+    /// Write a node config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Create this hospital's member key (ed25519, PKCS#8 PEM, owner-only) and print its id.
     Init {
         /// Where to write the key; an existing key is never overwritten.
-        #[arg(long, env = "MEDMESH_KEY", default_value = "medmesh-key.pem")]
+        #[arg(long, env = "MEDMESH_KEY", default_value = "key.pem")]
         key: PathBuf,
     },
-    /// Print the member id of a key file (what other members put on the roster).
+    /// Print the member id of a key file (the roster's ID) and its libp2p peer id (what an
+    /// address ends with: `/ip4/…/tcp/4001/p2p/PEER`).
     Id {
         /// The key file.
-        #[arg(long, env = "MEDMESH_KEY", default_value = "medmesh-key.pem")]
+        #[arg(long, env = "MEDMESH_KEY", default_value = "key.pem")]
         key: PathBuf,
+        /// Print the peer id alone (for scripts).
+        #[arg(long)]
+        peer: bool,
     },
     /// Reproduce the non-federated baselines (pooled, and each center alone) on a dataset.
     ///
@@ -174,6 +181,32 @@ enum Command {
         /// Arguments of `medmesh-train baseline`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Node configs.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Write a complete, commented config for a role: every key with its unit, default and
+    /// range (docs/CONFIG.md). Never overwrites a file.
+    Init {
+        /// What the node is.
+        #[arg(long, value_enum)]
+        role: medmesh_node::template::Role,
+        /// This hospital's site in the dataset schema (`[data] site`); required at start for a
+        /// hospital or validator.
+        #[arg(long)]
+        site: Option<String>,
+        /// The dataset schema (`[data] schema`).
+        #[arg(long)]
+        schema: Option<String>,
+        /// An address to dial at start, ending in `/p2p/PEER_ID` (the relay's, for a member
+        /// behind NAT); repeatable.
+        #[arg(long)]
+        bootstrap: Vec<libp2p::Multiaddr>,
+        /// The file to write.
+        #[arg(long, default_value = "medmesh.toml")]
+        out: PathBuf,
     },
 }
 
@@ -206,10 +239,12 @@ enum RosterCommand {
         /// A member to admit: `ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]`.
         #[arg(long = "add")]
         add: Vec<String>,
-        /// A member id to remove.
+        /// A member to remove: its id, a unique prefix of it (the short id the tools print), or
+        /// its name.
         #[arg(long = "remove")]
         remove: Vec<String>,
-        /// Move a member to another group: `ID=GROUP` (`ID=` for none).
+        /// Move a member to another group: `MEMBER=GROUP` (`MEMBER=` for none); MEMBER is its
+        /// id, a unique prefix of it, or its name.
         #[arg(long = "group")]
         regroup: Vec<String>,
         /// New threshold (default: unchanged, capped at the new member count).
@@ -237,7 +272,7 @@ enum RosterCommand {
         /// The roster file.
         file: PathBuf,
         /// The member key.
-        #[arg(long, env = "MEDMESH_KEY", default_value = "medmesh-key.pem")]
+        #[arg(long, env = "MEDMESH_KEY", default_value = "key.pem")]
         key: PathBuf,
     },
     /// Print a roster file and who signed it.
@@ -294,16 +329,39 @@ fn parse_member(text: &str) -> anyhow::Result<Member> {
 /// How `--member` and `--add` spell a member.
 const MEMBER_SYNTAX: &str = "ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]";
 
-/// `ID=GROUP` of `roster propose --group`.
-fn parse_regroup(text: &str) -> anyhow::Result<(MemberId, String)> {
-    let (id, group) = text
-        .split_once('=')
-        .with_context(|| format!("--group {text:?}: expected ID=GROUP"))?;
-    let id = id
-        .trim()
-        .parse()
-        .with_context(|| format!("--group {text:?}: bad member id"))?;
-    Ok((id, group.trim().to_owned()))
+/// The member of `roster` that `text` names: its full id, a prefix of its id that no other
+/// member's shares (the short ids the tools print are 8 hex digits), or its exact name.
+fn find_member(roster: &Roster, text: &str) -> anyhow::Result<MemberId> {
+    let text = text.trim();
+    if let Ok(id) = text.parse::<MemberId>() {
+        anyhow::ensure!(roster.contains(&id), "{id} is not a member of this roster");
+        return Ok(id);
+    }
+    let lower = text.to_ascii_lowercase();
+    let matches: Vec<&Member> = roster
+        .members
+        .iter()
+        .filter(|m| {
+            m.name == text
+                || (lower.len() >= 4
+                    && lower.bytes().all(|b| b.is_ascii_hexdigit())
+                    && m.id.to_string().starts_with(&lower))
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id),
+        [] => anyhow::bail!(
+            "no member has the id, id prefix (at least 4 hex digits) or name {text:?}; \
+             `medmesh roster show` lists them"
+        ),
+        many => anyhow::bail!(
+            "{text:?} could be {}: give more of the id",
+            many.iter()
+                .map(|m| format!("{} ({})", m.id.short(), m.name))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    }
 }
 
 fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
@@ -337,7 +395,7 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
             let roster = current.roster();
             let remove: Vec<MemberId> = remove
                 .iter()
-                .map(|r| r.parse().with_context(|| format!("bad member id {r:?}")))
+                .map(|r| find_member(roster, r).with_context(|| format!("--remove {r:?}")))
                 .collect::<anyhow::Result<_>>()?;
             let mut members: Vec<Member> = roster
                 .members
@@ -349,12 +407,15 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
                 members.push(parse_member(a)?);
             }
             for text in &regroup {
-                let (id, group) = parse_regroup(text)?;
+                let (who, group) = text
+                    .split_once('=')
+                    .with_context(|| format!("--group {text:?}: expected MEMBER=GROUP"))?;
+                let id = find_member(roster, who).with_context(|| format!("--group {text:?}"))?;
                 let member = members
                     .iter_mut()
                     .find(|m| m.id == id)
-                    .with_context(|| format!("--group {text:?}: {id} is not a member"))?;
-                member.group = group;
+                    .with_context(|| format!("--group {text:?}: {who} is being removed"))?;
+                member.group = group.trim().to_owned();
             }
             let threshold = threshold
                 .unwrap_or(roster.threshold)
@@ -422,22 +483,84 @@ fn roster_command(command: RosterCommand) -> anyhow::Result<()> {
                     m.addresses.join(" ")
                 );
             }
-            let signers: Vec<String> = signed.signers().map(|s| s.short()).collect();
-            println!(
-                "signed by {} member(s): {}",
-                signers.len(),
-                signers.join(" ")
-            );
+            print!("{}", signature_summary(&signed));
         }
     }
     Ok(())
 }
 
+/// What `roster show` says of a roster's digest and signatures: who signed validly, who has not
+/// yet, and what is still needed.
+fn signature_summary(signed: &SignedRoster) -> String {
+    let r = signed.roster();
+    let name = |id: &MemberId| {
+        r.member(id)
+            .map_or_else(|| id.short(), |m| format!("{} ({})", m.name, id.short()))
+    };
+    let valid = signed.valid_signers(r);
+    let missing: Vec<String> = r
+        .members
+        .iter()
+        .filter(|m| !valid.contains(&m.id))
+        .map(|m| name(&m.id))
+        .collect();
+    let claimed = signed.signers().count();
+    let mut out = String::new();
+    if r.version == 0 {
+        out.push_str(&format!(
+            "genesis digest {} (pin it with `medmesh verify --genesis`)\n",
+            r.digest()
+        ));
+    } else {
+        out.push_str(&format!(
+            "digest {}; previous version's digest {}\n",
+            r.digest(),
+            r.previous.map_or_else(String::new, |d| d.to_string())
+        ));
+    }
+    out.push_str(&format!(
+        "signed by {} member(s){}{}\n",
+        valid.len(),
+        if valid.is_empty() { "" } else { ": " },
+        valid.iter().map(name).collect::<Vec<_>>().join(", ")
+    ));
+    if claimed > valid.len() {
+        out.push_str(&format!(
+            "{} signature(s) do not verify or are not by members listed here\n",
+            claimed - valid.len()
+        ));
+    }
+    if r.version == 0 {
+        if missing.is_empty() {
+            out.push_str("complete: every founder signed\n");
+        } else {
+            out.push_str(&format!(
+                "missing (a genesis needs every founder): {}\n",
+                missing.join(", ")
+            ));
+        }
+    } else {
+        out.push_str(&format!(
+            "needs the signatures of a threshold of version {}'s members (its `threshold`); not \
+             signed yet by: {}\n",
+            r.version - 1,
+            if missing.is_empty() {
+                "-".to_owned()
+            } else {
+                missing.join(", ")
+            }
+        ));
+    }
+    out
+}
+
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MEDMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    // Colour only on a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -685,6 +808,39 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Roster(command) => roster_command(command)?,
+        Command::Config(ConfigCommand::Init {
+            role,
+            site,
+            schema,
+            bootstrap,
+            out,
+        }) => {
+            let text = medmesh_node::template::render(
+                role,
+                &medmesh_node::template::Options {
+                    site,
+                    schema,
+                    bootstrap,
+                },
+            );
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| {
+                    format!(
+                        "cannot create {} (an existing file is never overwritten)",
+                        out.display()
+                    )
+                })?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "wrote {}: check `[data] site`, `genesis` and `[network] bootstrap`, then `medmesh run --config {}`",
+                out.display(),
+                out.display()
+            );
+        }
         Command::Init { key } => {
             let pair = keys::generate()?;
             keys::write(&key, &pair).context("cannot create the member key")?;
@@ -692,14 +848,22 @@ fn main() -> anyhow::Result<()> {
             keys::AdminToken::load_or_create(&token)?;
             println!("{}", pair.id());
             eprintln!(
-                "wrote {} (keep it secret; back it up offline) and the admin token {}",
+                "wrote {} (keep it secret; back it up offline) and the admin token {}; its peer \
+                 id is {} (`medmesh id`)",
                 key.display(),
-                token.display()
+                token.display(),
+                medmesh_node::network::peer_id(&pair.id())?
             );
         }
-        Command::Id { key } => {
+        Command::Id { key, peer } => {
             let pair = keys::load(&key)?;
-            println!("{}", pair.id());
+            let peer_id = medmesh_node::network::peer_id(&pair.id())?;
+            if peer {
+                println!("{peer_id}");
+            } else {
+                println!("member id {}", pair.id());
+                println!("peer id   {peer_id}");
+            }
         }
         Command::Baseline { args } => {
             let program = medmesh_node::worker::program();

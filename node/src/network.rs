@@ -124,15 +124,20 @@ pub enum Error {
     QuicUnavailable,
 }
 
+/// The TCP port a node listens on unless its config says otherwise.
+pub const DEFAULT_PORT: u16 = 4001;
+
 /// How the peer joins the network. One section of the node's TOML config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/4001`, `/ip4/0.0.0.0/udp/4001/quic-v1`).
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/4001`, `/ip4/0.0.0.0/udp/4001/quic-v1`). The
+    /// default is TCP port 4001 on every interface: a fixed port, so the roster can name it.
     pub listen: Vec<Multiaddr>,
     /// Members to dial at start, each ending in `/p2p/<peer id>`; also seeded into Kademlia.
     pub bootstrap: Vec<Multiaddr>,
-    /// Find members on the local network with mDNS (a hospital LAN, a laptop demo).
+    /// Find members on the local network with mDNS (a laptop demo). Off by default: it
+    /// announces the node to everyone on the LAN.
     pub mdns: bool,
     /// Offer relay to members behind NAT (needs a publicly reachable address). A member whose
     /// roster role is `relay` always does.
@@ -146,8 +151,13 @@ pub struct NetworkConfig {
     pub relay_max_circuit_seconds: u64,
     /// Enable the QUIC transport (the binary needs the `quic` cargo feature).
     pub quic: bool,
-    /// A connection no protocol uses is closed after this long (milliseconds in TOML).
-    #[serde(with = "millis")]
+    /// A connection no protocol uses is closed after this long (`idle_connection_timeout_ms`
+    /// in TOML; the older `idle_connection_timeout` is read too).
+    #[serde(
+        with = "millis",
+        rename = "idle_connection_timeout_ms",
+        alias = "idle_connection_timeout"
+    )]
     pub idle_connection_timeout: Duration,
     /// Most connections held with one peer (a relayed one and a direct one, a dial race).
     pub max_connections_per_peer: u32,
@@ -157,8 +167,13 @@ pub struct NetworkConfig {
     pub max_gossip_bytes: usize,
     /// Largest payload response read from a peer.
     pub max_payload_bytes: usize,
-    /// A payload request with no complete response by then fails (milliseconds in TOML).
-    #[serde(with = "millis")]
+    /// A payload request with no complete response by then fails (`request_timeout_ms` in
+    /// TOML; the older `request_timeout` is read too).
+    #[serde(
+        with = "millis",
+        rename = "request_timeout_ms",
+        alias = "request_timeout"
+    )]
     pub request_timeout: Duration,
     /// Payload requests one member may make at once before the rate below holds it back (a
     /// token bucket per member). An honest member asks for one version of this node per
@@ -177,10 +192,10 @@ impl Default for NetworkConfig {
             listen: vec![
                 Multiaddr::empty()
                     .with(Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED))
-                    .with(Protocol::Tcp(0)),
+                    .with(Protocol::Tcp(DEFAULT_PORT)),
             ],
             bootstrap: Vec::new(),
-            mdns: true,
+            mdns: false,
             relay_server: false,
             relay_max_circuit_bytes: 0,
             relay_max_circuit_seconds: 24 * 3600,
@@ -1294,11 +1309,11 @@ mod tests {
     #[test]
     fn config_defaults_parse_and_check() {
         let config: NetworkConfig = toml::from_str(
-            "bootstrap = [\"/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]\nrequest_timeout = 1500\n",
+            "bootstrap = [\"/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]\nrequest_timeout_ms = 1500\n",
         )
         .expect("parses");
         assert_eq!(config.request_timeout, Duration::from_millis(1500));
-        assert!(config.mdns);
+        assert!(!config.mdns, "mDNS only when asked for");
         assert_eq!(config.max_gossip_bytes, wire::MAX_GOSSIP);
         config.check().expect("valid");
         assert!(toml::from_str::<NetworkConfig>("mdsn = false").is_err());

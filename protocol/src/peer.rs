@@ -84,11 +84,13 @@ pub struct Config {
     pub fanout: usize,
     /// Fixed neighbours (a topology); when set, every neighbour's version is pulled each round.
     pub neighbours: Option<Vec<MemberId>>,
-    /// A round closes at this time after the own version was announced, whatever was pulled.
-    #[serde(with = "millis")]
+    /// A round closes at this time after the own version was announced, whatever was pulled
+    /// (`round_timeout_ms` in TOML; the older `round_timeout` is read too).
+    #[serde(with = "millis", rename = "round_timeout_ms", alias = "round_timeout")]
     pub round_timeout: Duration,
-    /// A payload pull that has not answered by then is given up and another member is tried.
-    #[serde(with = "millis")]
+    /// A payload pull that has not answered by then is given up and another member is tried
+    /// (`fetch_timeout_ms` in TOML; the older `fetch_timeout` is read too).
+    #[serde(with = "millis", rename = "fetch_timeout_ms", alias = "fetch_timeout")]
     pub fetch_timeout: Duration,
     /// Stop after this many rounds (`None`: run until stopped); the merged model of the last
     /// round is then announced as the final version, numbered `max_rounds + 1`.

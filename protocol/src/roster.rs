@@ -405,6 +405,14 @@ impl SignedRoster {
         self.signatures.iter().map(|(signer, _)| *signer)
     }
 
+    /// The members of `electorate` whose signature over this body verifies, in id order (what
+    /// a tool shows before the chain counts them).
+    pub fn valid_signers(&self, electorate: &Roster) -> Vec<MemberId> {
+        tally(self, electorate, &self.roster.digest(), 0)
+            .map(|counted| counted.into_iter().map(|(id, _)| id).collect())
+            .unwrap_or_default()
+    }
+
     /// Restores the signer order and drops repeated signers (the first entry stays), in case this
     /// value was decoded from outside.
     fn normalize(&mut self) {
@@ -414,7 +422,7 @@ impl SignedRoster {
 }
 
 /// Counts the valid signatures of distinct members of `electorate` over `digest`, stopping as
-/// soon as `need` are found. Each signer's first entry is the only one verified, so the work is
+/// soon as `need` are found (0: counts them all). Each signer's first entry is the only one verified, so the work is
 /// bounded by the electorate whatever was sent. Returns the counted signatures, sorted by signer.
 fn tally(
     signed: &SignedRoster,
@@ -425,7 +433,7 @@ fn tally(
     let mut tried = BTreeSet::new();
     let mut counted = Vec::new();
     for (signer, signature) in &signed.signatures {
-        if counted.len() >= need {
+        if need > 0 && counted.len() >= need {
             break;
         }
         if !electorate.contains(signer) || !tried.insert(*signer) {

@@ -317,15 +317,22 @@ impl EventLoop {
         while let Some(action) = self.peer.poll_action() {
             self.handle_action(action).await?;
         }
-        if !self.ready
-            && (self.trainers_subscribed() >= self.min_peers
-                || Instant::now() >= self.start_deadline)
-        {
-            self.ready = true;
-            tracing::info!(
-                peers = self.subscribed.len(),
-                "mesh formed; starting rounds"
-            );
+        if !self.ready {
+            let trainers = self.trainers_subscribed();
+            let connected = self.swarm.connected_peers().count();
+            if trainers >= self.min_peers {
+                self.ready = true;
+                tracing::info!(trainers, connected, "mesh formed; starting rounds");
+            } else if Instant::now() >= self.start_deadline {
+                self.ready = true;
+                tracing::warn!(
+                    trainers,
+                    wanted = self.min_peers,
+                    connected,
+                    "start_timeout_ms passed before min_peers training members joined; starting \
+                     rounds with those there are (rounds close on their timeout until others join)"
+                );
+            }
         }
         if self.ready
             && let Some(trainer) = &self.trainer

@@ -69,8 +69,47 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Option<Outcome>> {
+    preflight(&config)?;
     let store = Store::open(&config.store)?;
     run_with_store(config, store, shutdown).await
+}
+
+/// The checks that need no store, made before the store file is created: the key reads, and
+/// for a new store the genesis roster is a genesis and, if this member trains or validates, its
+/// `[data]` loads. A mistake in the config then leaves nothing behind on disk.
+fn preflight(config: &NodeConfig) -> anyhow::Result<()> {
+    let key = keys::load(&config.key).context("`key` of the config")?;
+    if config.store.exists() {
+        return Ok(());
+    }
+    let genesis = read_genesis(config)?;
+    if let Some(member) = genesis.current().member(&key.id())
+        && (member.role.may_train() || member.role.may_validate())
+    {
+        check_site(config, genesis.current(), key.id())?;
+        load_site(config)?;
+    }
+    Ok(())
+}
+
+/// The config's genesis roster as a chain; a later roster version given as `genesis` gets a
+/// hint, since a node joining later still starts from the mesh's genesis.
+fn read_genesis(config: &NodeConfig) -> anyhow::Result<Chain> {
+    let genesis = read_roster(&config.genesis).context("`genesis` of the config")?;
+    let version = genesis.roster().version;
+    anyhow::ensure!(
+        version == 0,
+        "`genesis` = {} holds roster version {version}, not the mesh's genesis (version 0): \
+         point `genesis` at the founders' roster; the versions after it reach the node from the \
+         members (roster sync) or by `medmesh roster publish`",
+        config.genesis.display()
+    );
+    Chain::from_genesis(genesis).with_context(|| {
+        format!(
+            "the genesis roster {} is not valid",
+            config.genesis.display()
+        )
+    })
 }
 
 /// [`run`] on a store the caller opened (on another storage backend, say): the config's
@@ -230,8 +269,7 @@ fn check_site(
 fn open_chain(config: &NodeConfig, store: &Store) -> anyhow::Result<Chain> {
     let history = store.roster_history()?;
     if history.is_empty() {
-        let genesis = read_roster(&config.genesis)?;
-        Chain::from_genesis(genesis).context("the genesis roster is not valid")
+        read_genesis(config)
     } else {
         Chain::from_history(history).context("the stored roster chain does not verify")
     }
@@ -281,14 +319,30 @@ fn read_record(
 
 /// The config's dataset and this node's site in it.
 fn load_site(config: &NodeConfig) -> anyhow::Result<(Dataset, Site)> {
-    let dataset = Dataset::load(&config.data.schema)?;
+    let dataset =
+        Dataset::load(&config.data.schema).map_err(|e| anyhow::anyhow!("`[data] schema`: {e}"))?;
+    let names = || {
+        dataset
+            .sites
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    anyhow::ensure!(
+        !config.data.site.is_empty(),
+        "`[data] site` is not set: name this hospital's site in {} (one of: {})",
+        config.data.schema.display(),
+        names()
+    );
     let site = dataset
         .site(&config.data.site)
         .with_context(|| {
             format!(
-                "site {:?} is not in {}",
+                "`[data] site` = {:?} is not a site of {} (its sites: {})",
                 config.data.site,
-                config.data.schema.display()
+                config.data.schema.display(),
+                names()
             )
         })?
         .clone();
