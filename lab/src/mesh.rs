@@ -500,8 +500,9 @@ pub fn run(
     exe: &Path,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Report> {
-    let dataset = Dataset::load(&options.data)?;
-    let schema = std::fs::canonicalize(&options.data)?;
+    let data = medmesh_learning::data::find_shipped(&options.data).map_err(anyhow::Error::msg)?;
+    let dataset = Dataset::load(&data)?;
+    let schema = std::fs::canonicalize(&data)?;
     std::fs::create_dir_all(&options.dir)?;
     let dir = std::fs::canonicalize(&options.dir)?;
     let inputs = i64::try_from(dataset.features.len())?;

@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                     ..TrainConfig::default()
                 },
             };
+            let data = medmesh_learning::data::find_shipped(&data).map_err(anyhow::Error::msg)?;
             let report = baseline::run(&data, &settings, |line| eprintln!("{line}"))
                 .with_context(|| format!("baseline on {}", data.display()))?;
             print!("{}", report.to_text());

@@ -686,8 +686,9 @@ fn run_once(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(options.timeout);
     Topology::check_capabilities()?;
-    let dataset = Dataset::load(&options.data)?;
-    let schema = std::fs::canonicalize(&options.data)?;
+    let data = medmesh_learning::data::find_shipped(&options.data).map_err(anyhow::Error::msg)?;
+    let dataset = Dataset::load(&data)?;
+    let schema = std::fs::canonicalize(&data)?;
     if options.dir.exists() {
         std::fs::remove_dir_all(&options.dir)
             .with_context(|| format!("cannot empty {}", options.dir.display()))?;

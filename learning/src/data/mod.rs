@@ -185,6 +185,46 @@ pub struct Dataset {
     pub task: Task,
 }
 
+/// Finds a dataset file the project ships (`data/heart-disease/schema.toml`) wherever the
+/// program runs from: `path` itself if it exists (or is absolute), else `path` under each
+/// folder above the running executable (`target/release/…` sits in the checkout), else under
+/// the checkout the program was built from. An error names every place looked at.
+pub fn find_shipped(path: &Path) -> Result<std::path::PathBuf, String> {
+    if path.is_absolute() || path.exists() {
+        return Ok(path.to_owned());
+    }
+    let exe_dirs = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_owned))
+        .map(|dir| dir.ancestors().map(Path::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bases: Vec<std::path::PathBuf> = exe_dirs.into_iter().chain([built_in]).collect();
+    find_under(path, &bases)
+}
+
+/// `path` under the first of `bases` that has it, or an error naming every place looked at
+/// (`path` itself first).
+fn find_under(path: &Path, bases: &[std::path::PathBuf]) -> Result<std::path::PathBuf, String> {
+    let mut tried = vec![path.to_owned()];
+    for base in bases {
+        let candidate = base.join(path);
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+        tried.push(candidate);
+    }
+    Err(format!(
+        "cannot find {} (looked at {}); pass the dataset's schema file",
+        path.display(),
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 impl Dataset {
     /// Loads with the schema's own normalization.
     pub fn load(schema: &Path) -> Result<Dataset, Error> {
@@ -292,6 +332,26 @@ impl Schema {
 mod tests {
     use super::*;
     use crate::data::fixture::{column, heart};
+
+    #[test]
+    fn shipped_data_is_found_under_the_programs_folders_and_a_miss_names_where_it_looked() {
+        let checkout = tempfile::tempdir().expect("tempdir");
+        let schema = checkout.path().join("data/set/schema.toml");
+        std::fs::create_dir_all(schema.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&schema, "").expect("write");
+        let release = checkout.path().join("target/release");
+        let bases: Vec<std::path::PathBuf> =
+            release.ancestors().map(Path::to_owned).collect();
+        let relative = Path::new("data/set/schema.toml");
+        assert_eq!(find_under(relative, &bases), Ok(schema));
+        let error = find_under(Path::new("data/none.toml"), &bases).expect_err("missing");
+        assert!(
+            error.contains("data/none.toml") && error.contains("looked at"),
+            "{error}"
+        );
+        // From the checkout as built, wherever the test runs.
+        assert!(find_shipped(Path::new("data/heart-disease/schema.toml")).is_ok());
+    }
 
     #[test]
     fn heart_disease_matches_flamby_sizes_features_and_labels() {
