@@ -142,16 +142,18 @@ impl Attack {
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             (0.0..0.5).contains(&self.fraction),
-            "attack fraction must be in [0, 0.5)"
+            "`attack.fraction` = {} must be in [0, 0.5)",
+            self.fraction
         );
-        anyhow::ensure!(
-            self.scale.is_finite()
-                && self.std.is_finite()
-                && self.z.is_finite()
-                && self.boost.is_finite(),
-            "attack scale, std, z and boost must be finite"
-        );
-        anyhow::ensure!(self.lag >= 1, "replay lag must be at least 1 round");
+        for (key, value) in [
+            ("scale", self.scale),
+            ("std", self.std),
+            ("z", self.z),
+            ("boost", self.boost),
+        ] {
+            anyhow::ensure!(value.is_finite(), "`attack.{key}` = {value} must be finite");
+        }
+        anyhow::ensure!(self.lag >= 1, "`attack.lag` = 0 must be at least 1 round");
         Ok(())
     }
 

@@ -371,7 +371,12 @@ fn check(scenario: &Table, axes: &[Axis]) -> Result<(), String> {
         let mut at = Some(&written);
         let keys: Vec<&str> = axis.path.split('.').collect();
         for (i, key) in keys.iter().enumerate() {
-            let found = at.and_then(|t| t.get(*key));
+            // Deprecated names are read under their new ones.
+            let key = match *key {
+                "bandwidth_mbps" => "bandwidth_mb_s",
+                key => key,
+            };
+            let found = at.and_then(|t| t.get(key));
             at = match found {
                 Some(Value::Table(t)) => Some(t),
                 Some(_) if i + 1 == keys.len() => None,
@@ -474,6 +479,18 @@ pub fn run(
             .with_context(|| format!("combination {} ({})", c.index + 1, c.label()))?;
         planned.push((c, dir, scenario));
     }
+    // The base file's warnings (deprecated keys…) once, not once per combination.
+    let mut warned = std::collections::BTreeSet::new();
+    for (_, _, scenario) in &planned {
+        for warning in &scenario.warnings {
+            let message = warning
+                .split_once(": ")
+                .map_or(warning.as_str(), |(_, m)| m);
+            if warned.insert(message.to_owned()) {
+                progress(&format!("warning: {}: {message}", grid.base.display()));
+            }
+        }
+    }
     let base_name = planned
         .first()
         .map(|(_, _, s)| s.name.clone())
@@ -494,8 +511,20 @@ pub fn run(
     let mut outcomes = Vec::with_capacity(planned.len());
     let total = planned.len();
     for (c, dir, scenario) in planned {
-        let summary = scenario::run(&scenario, &dir, |_| {})
-            .with_context(|| format!("combination {} ({})", c.index + 1, c.label()))?;
+        let mut warnings = Vec::new();
+        let summary = scenario::run(&scenario, &dir, |line| {
+            // The scenario's own warnings were shown once above; failed merges and unreached
+            // rounds are this combination's.
+            if line.starts_with("warning: ")
+                && !scenario.warnings.iter().any(|w| line.ends_with(w.as_str()))
+            {
+                warnings.push(format!("[{}/{total}] {line}", c.index + 1));
+            }
+        })
+        .with_context(|| format!("combination {} ({})", c.index + 1, c.label()))?;
+        for warning in &warnings {
+            progress(warning);
+        }
         let rounds = plot::read_rounds(&dir.join("rounds.csv"))?;
         plot::write_run_plots(&dir, &format!("{} ({})", summary.name, c.label()), font)?;
         let outcome = outcome(c, &dir, &summary, &rounds, out);

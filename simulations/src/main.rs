@@ -16,9 +16,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a scenario file (see simulations/scenarios/) for each of its seeds; writes
-    /// OUT/rounds.csv (one row per round and seed), OUT/summary.json, and the plots
-    /// OUT/accuracy.png and OUT/consensus.png.
+    /// Run a scenario file (see simulations/scenarios/ and simulations/SCENARIOS.md) for each of
+    /// its seeds; writes OUT/scenario.toml (a copy of the file), OUT/rounds.csv (one row per
+    /// round and seed), OUT/summary.json, and the plots OUT/accuracy.png and OUT/consensus.png.
     Run {
         /// The scenario file.
         scenario: PathBuf,
@@ -66,10 +66,23 @@ fn main() -> anyhow::Result<()> {
             }
             let summary =
                 medmesh_simulations::scenario::run(&loaded, &out, |line| eprintln!("{line}"))?;
+            let consensus = summary.final_consensus.iter().sum::<f64>()
+                / summary.final_consensus.len().max(1) as f64;
+            let failed = if summary.failed_merges > 0 {
+                format!(", {} failed merges", summary.failed_merges)
+            } else {
+                String::new()
+            };
+            // Averaging-only runs measure no accuracy.
+            let accuracy = if summary.mean_accuracy.is_nan() {
+                String::new()
+            } else {
+                format!("mean accuracy {:.3}, ", summary.mean_accuracy)
+            };
             println!(
-                "{}: mean accuracy {:.3} over seeds {:?} ({} peers, {} attackers); {:.1} s, {:.0} peer-rounds/s",
+                "{}: {accuracy}final consensus distance {consensus:.2e} over seeds {:?} ({} peers, \
+                 {} attackers{failed}); {:.1} s, {:.0} peer-rounds/s",
                 summary.name,
-                summary.mean_accuracy,
                 summary.seeds,
                 summary.peers,
                 summary.attackers,
@@ -78,8 +91,7 @@ fn main() -> anyhow::Result<()> {
             );
             medmesh_simulations::plot::write_run_plots(&out, &summary.name, plot_font().as_ref())?;
             eprintln!(
-                "wrote {}/rounds.csv and {}/summary.json",
-                out.display(),
+                "wrote {0}/scenario.toml, {0}/rounds.csv and {0}/summary.json",
                 out.display()
             );
             eprintln!(

@@ -24,8 +24,11 @@ pub struct Network {
     pub latency_ms: f64,
     /// One-way latency, milliseconds: mean of the exponential jitter added to the minimum.
     pub jitter_ms: f64,
-    /// Link bandwidth for payload transfers, megabytes per second.
-    pub bandwidth_mbps: f64,
+    /// Link bandwidth for payload transfers, megabytes (not megabits) per second. In TOML
+    /// `bandwidth_mb_s`; the old name `bandwidth_mbps` is still read (with a deprecation warning
+    /// from [`crate::scenario::Scenario::load`]).
+    #[serde(rename = "bandwidth_mb_s", alias = "bandwidth_mbps")]
+    pub bandwidth_mb_s: f64,
     /// Probability that a gossip message to one peer is lost.
     pub loss: f64,
     /// Partitions that open and heal (`[[network.partition]]`).
@@ -40,7 +43,7 @@ pub struct Network {
     pub groups: Option<Groups>,
 }
 
-/// Groups of peers, as `[network.groups] size = 4, latency_ms = 1.0, bandwidth_mbps = 1000.0`:
+/// Groups of peers, as `[network.groups] size = 4, latency_ms = 1.0, bandwidth_mb_s = 1000.0`:
 /// peers `0..size` form group 0, the next `size` group 1, and so on (the last group may be
 /// smaller). Each group is a roster group (`group-0`, `group-1`, …), which two-level averaging
 /// merges inside first. Inside a group, messages travel with this latency and bandwidth.
@@ -55,9 +58,14 @@ pub struct Groups {
     /// Mean of the exponential jitter added inside a group, milliseconds.
     #[serde(default = "lan_jitter")]
     pub jitter_ms: f64,
-    /// Bandwidth inside a group, megabytes per second.
-    #[serde(default = "lan_bandwidth")]
-    pub bandwidth_mbps: f64,
+    /// Bandwidth inside a group, megabytes (not megabits) per second; in TOML `bandwidth_mb_s`
+    /// (the old name `bandwidth_mbps` is still read, with a deprecation warning).
+    #[serde(
+        default = "lan_bandwidth",
+        rename = "bandwidth_mb_s",
+        alias = "bandwidth_mbps"
+    )]
+    pub bandwidth_mb_s: f64,
 }
 
 fn lan_latency() -> f64 {
@@ -85,49 +93,116 @@ impl Groups {
 }
 
 impl Network {
-    /// Checks the ranges of the fault settings.
+    /// Checks every setting's range; each error names its key (`network.loss`,
+    /// `network.partition[0].heal`, `network.groups.bandwidth_mb_s`, …). What needs the number
+    /// of peers (partition groups, outage peers) is checked by [`Network::check_peers`].
     pub fn check(&self) -> anyhow::Result<()> {
-        for p in &self.partition {
+        anyhow::ensure!(
+            self.loss.is_finite() && (0.0..=1.0).contains(&self.loss),
+            "`network.loss` = {} must be a probability in [0, 1]",
+            self.loss
+        );
+        for (i, p) in self.partition.iter().enumerate() {
             anyhow::ensure!(
-                p.at >= 0.0 && p.heal > p.at && p.groups >= 2,
-                "a partition needs 0 <= at < heal and groups >= 2"
+                p.at.is_finite() && p.at >= 0.0,
+                "`network.partition[{i}].at` = {} must be finite and >= 0 (virtual seconds)",
+                p.at
+            );
+            anyhow::ensure!(
+                p.heal.is_finite() && p.heal > p.at,
+                "`network.partition[{i}].heal` = {} must be finite and after `at` = {}",
+                p.heal,
+                p.at
+            );
+            anyhow::ensure!(
+                p.groups >= 2,
+                "`network.partition[{i}].groups` = {} must be at least 2",
+                p.groups
             );
         }
         if let Some(churn) = &self.churn {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&churn.fraction),
-                "churn fraction must be in [0, 1]"
+                "`network.churn.fraction` = {} must be in [0, 1]",
+                churn.fraction
             );
             anyhow::ensure!(
-                churn.fraction == 0.0 || (churn.down > 0.0 && churn.every > churn.down),
-                "periodic churn needs every > down > 0"
+                churn.fraction == 0.0
+                    || (churn.down.is_finite()
+                        && churn.every.is_finite()
+                        && churn.down > 0.0
+                        && churn.every > churn.down),
+                "`network.churn.every` = {} and `network.churn.down` = {}: periodic churn needs \
+                 every > down > 0",
+                churn.every,
+                churn.down
             );
-            for o in &churn.outages {
+            for (i, o) in churn.outages.iter().enumerate() {
                 anyhow::ensure!(
-                    o.at >= 0.0 && o.down > 0.0,
-                    "an outage needs at >= 0 and down > 0"
+                    o.at.is_finite() && o.at >= 0.0 && o.down.is_finite() && o.down > 0.0,
+                    "`network.churn.outages[{i}]`: an outage needs at >= 0 and down > 0 (got at = \
+                     {}, down = {})",
+                    o.at,
+                    o.down
                 );
             }
         }
-        let links = [(self.latency_ms, self.jitter_ms, self.bandwidth_mbps, "")]
-            .into_iter()
-            .chain(
-                self.groups
-                    .as_ref()
-                    .map(|g| (g.latency_ms, g.jitter_ms, g.bandwidth_mbps, "groups: ")),
-            );
-        for (latency, jitter, bandwidth, what) in links {
+        let links = [(
+            self.latency_ms,
+            self.jitter_ms,
+            self.bandwidth_mb_s,
+            "network.",
+        )]
+        .into_iter()
+        .chain(self.groups.as_ref().map(|g| {
+            (
+                g.latency_ms,
+                g.jitter_ms,
+                g.bandwidth_mb_s,
+                "network.groups.",
+            )
+        }));
+        for (latency, jitter, bandwidth, table) in links {
             anyhow::ensure!(
-                latency.is_finite() && latency >= 0.0 && jitter.is_finite() && jitter >= 0.0,
-                "{what}latency_ms and jitter_ms must be finite and >= 0"
+                latency.is_finite() && latency >= 0.0,
+                "`{table}latency_ms` = {latency} must be finite and >= 0"
+            );
+            anyhow::ensure!(
+                jitter.is_finite() && jitter >= 0.0,
+                "`{table}jitter_ms` = {jitter} must be finite and >= 0"
             );
             anyhow::ensure!(
                 bandwidth.is_finite() && bandwidth > 0.0,
-                "{what}bandwidth_mbps must be finite and > 0"
+                "`{table}bandwidth_mb_s` = {bandwidth} must be finite and > 0 (megabytes per \
+                 second)"
             );
         }
         if let Some(g) = &self.groups {
-            anyhow::ensure!(g.size >= 1, "groups: size must be at least 1");
+            anyhow::ensure!(g.size >= 1, "`network.groups.size` = 0 must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Checks the settings that depend on the number of `peers`: a partition into more groups
+    /// than peers, an outage of a peer that does not exist.
+    pub fn check_peers(&self, peers: usize) -> anyhow::Result<()> {
+        for (i, p) in self.partition.iter().enumerate() {
+            anyhow::ensure!(
+                p.groups <= peers,
+                "`network.partition[{i}].groups` = {} is more than the {peers} peers (at most \
+                 {peers})",
+                p.groups
+            );
+        }
+        if let Some(churn) = &self.churn {
+            for (i, o) in churn.outages.iter().enumerate() {
+                anyhow::ensure!(
+                    o.peer < peers,
+                    "`network.churn.outages[{i}].peer` = {} is not a peer: peers are 0 to {}",
+                    o.peer,
+                    peers.saturating_sub(1)
+                );
+            }
         }
         Ok(())
     }
@@ -138,7 +213,7 @@ impl Default for Network {
         Self {
             latency_ms: 20.0,
             jitter_ms: 10.0,
-            bandwidth_mbps: 100.0,
+            bandwidth_mb_s: 100.0,
             loss: 0.0,
             partition: Vec::new(),
             churn: None,
@@ -220,8 +295,14 @@ impl Stragglers {
     /// Checks the ranges.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            (0.0..=1.0).contains(&self.fraction) && self.slowdown > 0.0,
-            "stragglers need fraction in [0, 1] and slowdown > 0"
+            (0.0..=1.0).contains(&self.fraction),
+            "`timing.stragglers.fraction` = {} must be in [0, 1]",
+            self.fraction
+        );
+        anyhow::ensure!(
+            self.slowdown.is_finite() && self.slowdown > 0.0,
+            "`timing.stragglers.slowdown` = {} must be finite and > 0",
+            self.slowdown
         );
         Ok(())
     }
@@ -333,11 +414,11 @@ impl Links {
     /// The (latency, jitter, bandwidth) of the link between peers `a` and `b`.
     fn link(&self, a: usize, b: usize) -> (f64, f64, f64) {
         match &self.network.groups {
-            Some(g) if g.of(a) == g.of(b) => (g.latency_ms, g.jitter_ms, g.bandwidth_mbps),
+            Some(g) if g.of(a) == g.of(b) => (g.latency_ms, g.jitter_ms, g.bandwidth_mb_s),
             _ => (
                 self.network.latency_ms,
                 self.network.jitter_ms,
-                self.network.bandwidth_mbps,
+                self.network.bandwidth_mb_s,
             ),
         }
     }

@@ -515,37 +515,64 @@ fn tick(v: f64, log: bool) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// The columns of a scenario run's `rounds.csv` that the charts use.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The columns of a scenario run's `rounds.csv` that the charts use, of a measured row.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Round {
     /// Seed of the run.
     pub seed: u64,
     /// Round every honest peer has completed.
     pub round: u64,
-    /// Mean honest accuracy.
+    /// Mean honest accuracy (NaN where not measured: averaging-only runs).
     pub mean_accuracy: f64,
-    /// Lowest honest accuracy.
+    /// Lowest honest accuracy (NaN where not measured).
     pub min_accuracy: f64,
     /// Mean distance of honest models to their average.
     pub consensus_distance: f64,
     /// Rejected messages so far.
     pub rejections: u64,
-    /// Bytes between groups so far (absent in runs written before it was counted).
-    #[serde(default)]
+    /// Bytes between groups so far (0 in runs written before it was counted).
     pub wan_bytes: u64,
 }
 
-/// Reads a scenario run's `rounds.csv`.
+/// A `rounds.csv` row as written: empty cells where nothing was measured.
+#[derive(Debug, Deserialize)]
+struct Row {
+    seed: u64,
+    round: u64,
+    mean_accuracy: Option<f64>,
+    min_accuracy: Option<f64>,
+    consensus_distance: Option<f64>,
+    rejections: Option<u64>,
+    wan_bytes: Option<u64>,
+}
+
+/// Reads a scenario run's `rounds.csv`: its measured rows (a round written without figures,
+/// because the slowest peer skipped it or never reached it, is left out); accuracy left empty
+/// (averaging-only runs) reads as NaN, which charts draw as a gap.
 pub fn read_rounds(path: &Path) -> Result<Vec<Round>, Error> {
     let fail = |source| Error::Rounds {
         path: path.to_owned(),
         source,
     };
     let mut reader = csv::Reader::from_path(path).map_err(fail)?;
-    reader
+    let rows = reader
         .deserialize()
-        .collect::<Result<Vec<Round>, _>>()
-        .map_err(fail)
+        .collect::<Result<Vec<Row>, _>>()
+        .map_err(fail)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Round {
+                seed: r.seed,
+                round: r.round,
+                mean_accuracy: r.mean_accuracy.unwrap_or(f64::NAN),
+                min_accuracy: r.min_accuracy.unwrap_or(f64::NAN),
+                consensus_distance: r.consensus_distance?,
+                rejections: r.rejections.unwrap_or(0),
+                wan_bytes: r.wan_bytes.unwrap_or(0),
+            })
+        })
+        .collect())
 }
 
 /// Writes `accuracy.png` (mean honest accuracy per round) and `consensus.png` (consensus

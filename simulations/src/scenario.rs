@@ -40,6 +40,9 @@
 //! every = 40.0
 //! # outages = [{ peer = 3, at = 10.0, down = 5.0 }]
 //!
+//! [topology]                            # optional: a fixed graph or Epidemic-Learning sampling
+//! kind = "ring"                         # see SCENARIOS.md; not with `two_level`
+//!
 //! [attack]                              # optional: Byzantine members (see the `attack` module)
 //! kind = "sign_flip"                    # "noise", "alie", "model_replacement", "stale_replay",
 //!                                       # "forged_signature", "equivocation" or "none"
@@ -47,6 +50,11 @@
 //! placement = "random"                  # or "first"
 //! scale = 10.0                          # sign flip: start - scale * honest update
 //! ```
+//!
+//! Every key, its type, unit, default and valid range is listed in `simulations/SCENARIOS.md`
+//! (a test fails when a key is missing there). Every setting is checked when the file is read
+//! ([`Scenario::load`]), and what depends on the number of peers before the first seed runs
+//! ([`run`]); an error names the file, the key and the reason.
 //!
 //! Everything random is derived from the seed; a run never reads the clock except to report its
 //! own wall time.
@@ -68,15 +76,25 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
+use toml::Value;
 
 pub use crate::attack::{Attack, AttackKind, Placement};
 use crate::attack::{Byzantine, Poisoned};
 use crate::native::{Local, Logistic};
+use crate::topology::Topology;
 #[cfg(feature = "torch")]
 use crate::torch::Torch;
 use crate::{
-    Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, grouped_genesis, keys, synthetic,
+    AveragingOnly, Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, grouped_genesis,
+    keys, synthetic,
 };
+
+/// Salt of the generator of a run's graph (`[topology]`), so that it shifts no other draw.
+const GRAPH_SALT: u64 = 0x7090_1097_0000_0005;
+/// Salt of the generator of averaging-only runs' initial models.
+const INIT_SALT: u64 = 0x1a17_0000_0000_0006;
+/// Rounds at the end of a run averaged into `last5_mean_accuracy`.
+const LAST_ROUNDS: usize = 5;
 
 /// A scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +124,29 @@ pub struct Scenario {
     /// Byzantine members, if any.
     #[serde(default)]
     pub attack: Attack,
+    /// Who averages with whom: a fixed graph (each peer pulls every neighbour's version each
+    /// round, with Metropolis–Hastings weights unless `protocol.rule` says otherwise) or
+    /// Epidemic-Learning sampling (`s` fresh random peers per round), e.g.
+    /// `topology = { kind = "ring" }`; absent: flat sampling of `protocol.fanout` peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+    /// The file this scenario was read from and its text, for the run's outputs
+    /// (`scenario.toml`, `summary.json`); `None` for a scenario built in code.
+    #[serde(skip)]
+    pub source: Option<Source>,
+    /// Warnings found while reading the file (deprecated keys, questionable combinations),
+    /// printed by [`run`] through its progress callback before the first seed.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// Where a scenario was read from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Source {
+    /// The file.
+    pub path: PathBuf,
+    /// Its text, exactly as read.
+    pub text: String,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -193,10 +234,25 @@ impl TimingSpec {
     }
 }
 
+/// What peers do between merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingKind {
+    /// Local SGD on each peer's rows (the native logistic regression, or `model`).
+    #[default]
+    LocalSgd,
+    /// No training: peers start from seeded random models (uniform in `[-1, 1)`, the native
+    /// model's size) and only average, which isolates consensus. Accuracy is not measured
+    /// (empty in `rounds.csv`, `null` in `summary.json`); the consensus distance is the metric.
+    AveragingOnly,
+}
+
 /// Local training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingSpec {
+    /// `local_sgd` (default) or `averaging_only` (no training; consensus studies).
+    pub kind: TrainingKind,
     /// SGD learning rate.
     pub lr: f32,
     /// Batch size.
@@ -217,6 +273,7 @@ pub struct TrainingSpec {
 impl Default for TrainingSpec {
     fn default() -> Self {
         Self {
+            kind: TrainingKind::LocalSgd,
             lr: 0.01,
             batch_size: 4,
             local_steps: 100,
@@ -262,7 +319,9 @@ impl Default for ProtocolSpec {
     }
 }
 
-/// One round of one seed, as a `rounds.csv` row.
+/// One round of one seed, as a `rounds.csv` row. Columns only ever get added at the end.
+/// Empty cells (`None`): accuracy in averaging-only runs, and every figure of a round that was
+/// not measured (see `note`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundRow {
     /// Seed of the run.
@@ -270,21 +329,46 @@ pub struct RoundRow {
     /// Round every honest peer has completed.
     pub round: u64,
     /// Virtual seconds.
-    pub virtual_seconds: f64,
+    pub virtual_seconds: Option<f64>,
     /// Mean over honest peers of their model's accuracy on their test rows.
-    pub mean_accuracy: f64,
+    pub mean_accuracy: Option<f64>,
     /// Lowest honest peer's accuracy.
-    pub min_accuracy: f64,
+    pub min_accuracy: Option<f64>,
     /// Mean distance of honest peers' models to their average.
-    pub consensus_distance: f64,
+    pub consensus_distance: Option<f64>,
     /// Gossip messages delivered so far.
-    pub messages: u64,
+    pub messages: Option<u64>,
     /// Gossip plus payload bytes so far.
-    pub bytes: u64,
+    pub bytes: Option<u64>,
     /// Of those, the bytes between groups (the WAN; 0 without `[network.groups]`).
-    pub wan_bytes: u64,
+    pub wan_bytes: Option<u64>,
     /// Rejected messages so far.
-    pub rejections: u64,
+    pub rejections: Option<u64>,
+    /// Merges so far whose rule refused its inputs, so that the peer kept its own model.
+    pub failed_merges: Option<u64>,
+    /// Why a row has no figures (the slowest peer skipped the round, or never reached it), or
+    /// that it is the state the run ended in; empty otherwise.
+    pub note: String,
+}
+
+impl RoundRow {
+    /// A row without figures.
+    fn unmeasured(seed: u64, round: u64, note: String) -> Self {
+        Self {
+            seed,
+            round,
+            virtual_seconds: None,
+            mean_accuracy: None,
+            min_accuracy: None,
+            consensus_distance: None,
+            messages: None,
+            bytes: None,
+            wan_bytes: None,
+            rejections: None,
+            failed_merges: None,
+            note,
+        }
+    }
 }
 
 /// What a scenario run ends with.
@@ -330,72 +414,444 @@ pub struct Summary {
     pub flagged_attackers: u64,
     /// (honest peer, honest author) pairs flagged: false alarms, summed over seeds.
     pub flagged_honest: u64,
+    /// Merges whose rule refused its inputs (the peer kept its own model), summed over seeds.
+    pub failed_merges: u64,
+    /// Failed merges per seed.
+    pub seed_failed_merges: Vec<u64>,
+    /// Consensus distance of the initial models per seed (0 when every peer starts from the
+    /// same model, as trained runs do).
+    pub initial_consensus: Vec<f64>,
+    /// Per seed, the mean honest accuracy averaged over its last 5 measured rounds (fewer if it
+    /// has fewer): steadier than the final round alone.
+    pub seed_last5_accuracy: Vec<f64>,
+    /// Mean over seeds of `seed_last5_accuracy`.
+    pub last5_mean_accuracy: f64,
+    /// Sample standard deviation over seeds (n − 1) of the final mean honest accuracy; `None`
+    /// with a single seed.
+    pub std_accuracy: Option<f64>,
+    /// With `[topology]`, the spectral gap of its mixing matrix on these peers
+    /// (`topology::Topology::spectral_gap`, for the first seed's graph; Epidemic-Learning
+    /// sampling: of the expected mixing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spectral_gap: Option<f64>,
+    /// The medmesh version that ran.
+    pub medmesh_version: String,
+    /// The scenario file's text as read (or, for a scenario built in code, as serialized).
+    pub scenario: String,
 }
 
 impl Scenario {
-    /// Reads a scenario file; relative data paths become relative to its folder.
+    /// Reads a scenario file; relative data paths become relative to its folder. Every setting
+    /// is checked (see [`Scenario::from_toml`]).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut scenario: Scenario = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid scenario", path.display()))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Reads a scenario from `text`, the contents of the file `path` (relative data paths
+    /// become relative to its folder; errors name it). Refuses any setting out of range with
+    /// the file, the key and the reason; collects warnings (deprecated keys) in
+    /// [`Scenario::warnings`]. With a fixed-graph `[topology]` and no `protocol.rule`, the rule
+    /// is Metropolis–Hastings (the weights whose spectral gap `topology` computes).
+    pub fn from_toml(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let file = path.display().to_string();
+        let raw: toml::Table =
+            toml::from_str(text).with_context(|| format!("{file} is not valid TOML"))?;
+        let mut scenario: Scenario =
+            toml::from_str(text).with_context(|| format!("{file} is not a valid scenario"))?;
         if let Some(schema) = &mut scenario.data.schema
             && schema.is_relative()
         {
             let base = path.parent().unwrap_or(Path::new("."));
             *schema = base.join(&*schema);
         }
-        anyhow::ensure!(
-            !scenario.seeds.is_empty(),
-            "{}: at least one seed",
-            path.display()
-        );
-        anyhow::ensure!(
-            scenario.rounds > 0,
-            "{}: rounds must be positive",
-            path.display()
-        );
-        scenario
-            .attack
-            .check()
-            .with_context(|| format!("{}: [attack]", path.display()))?;
-        if let Split::Synthetic(spec) = &scenario.data.split {
-            spec.check()
-                .with_context(|| format!("{}: [data] split", path.display()))?;
+        let has = |key: &str| lookup(&raw, key).is_some();
+        // Serde ignores extra keys next to a unit variant's tag (`{ kind = "ring", k = 2 }`):
+        // refuse every key the parsed value does not have.
+        let extra = |key: &str, parsed: Option<toml::Value>| -> anyhow::Result<()> {
+            if let (Some(Value::Table(given)), Some(Value::Table(known))) =
+                (lookup(&raw, key), parsed)
+                && let Some(unknown) = given.keys().find(|k| !known.contains_key(*k))
+            {
+                anyhow::bail!("{file}: `{key}.{unknown}` is not a setting of this `{key}` kind");
+            }
+            Ok(())
+        };
+        extra(
+            "topology",
+            scenario
+                .topology
+                .as_ref()
+                .and_then(|t| Value::try_from(t).ok()),
+        )?;
+        extra("data.split", Value::try_from(&scenario.data.split).ok())?;
+        let mut warnings = Vec::new();
+        for table in ["network", "network.groups"] {
+            if has(&format!("{table}.bandwidth_mbps")) {
+                warnings.push(format!(
+                    "{file}: `{table}.bandwidth_mbps` is deprecated: the value is megabytes (not \
+                     megabits) per second, so the key is now `{table}.bandwidth_mb_s` (same value)"
+                ));
+            }
         }
-        scenario
-            .network
-            .check()
-            .with_context(|| format!("{}: [network]", path.display()))?;
-        if let Some(stragglers) = &scenario.timing.stragglers {
-            stragglers
-                .check()
-                .with_context(|| format!("{}: [timing] stragglers", path.display()))?;
+        if let Some(topology) = &scenario.topology {
+            anyhow::ensure!(
+                scenario.protocol.two_level.is_none(),
+                "{file}: `topology` cannot be combined with `protocol.two_level`: two-level \
+                 averaging picks its partners from `[network.groups]`, a topology from its graph \
+                 (remove one of them)"
+            );
+            anyhow::ensure!(
+                !has("protocol.fanout"),
+                "{file}: `protocol.fanout` cannot be combined with `topology`: a fixed graph pulls \
+                 every neighbour's version each round, and `epidemic_sampling` pulls `s` peers (its \
+                 `s` is the fan-out)"
+            );
+            if topology.is_fixed() {
+                anyhow::ensure!(
+                    !has("protocol.gossip_reach"),
+                    "{file}: `protocol.gossip_reach` cannot be combined with a fixed-graph \
+                     `topology`: announcements travel along the graph's edges"
+                );
+                if !has("protocol.rule") {
+                    scenario.protocol.rule = Rule::MetropolisHastings;
+                } else if scenario.protocol.rule == Rule::Mean {
+                    warnings.push(format!(
+                        "{file}: `protocol.rule` = mean on a fixed-graph `topology` weighs \
+                         neighbours by their samples, not by Metropolis–Hastings weights: on an \
+                         irregular graph the average drifts toward well-connected peers, and the \
+                         reported `spectral_gap` (which assumes metropolis_hastings) does not \
+                         describe it"
+                    ));
+                }
+            }
         }
-        scenario
-            .protocol
-            .rule
-            .check()
-            .with_context(|| format!("{}: [protocol] rule", path.display()))?;
-        anyhow::ensure!(
-            scenario.protocol.two_level.is_none() || scenario.network.groups.is_some(),
-            "{}: [protocol] two_level needs [network.groups] (whom to average with first)",
-            path.display()
-        );
+        scenario.check(&file)?;
+        scenario.source = Some(Source {
+            path: path.to_owned(),
+            text: text.to_owned(),
+        });
+        scenario.warnings = warnings;
         Ok(scenario)
+    }
+
+    /// Where errors say the scenario comes from: its file, else its name.
+    fn origin(&self) -> String {
+        self.source.as_ref().map_or_else(
+            || format!("scenario {:?}", self.name),
+            |s| s.path.display().to_string(),
+        )
+    }
+
+    /// Checks every setting that does not depend on the number of peers; errors read
+    /// `FILE: `key` = value: reason`.
+    fn check(&self, file: &str) -> anyhow::Result<()> {
+        let within =
+            |result: anyhow::Result<()>| result.map_err(|e| anyhow::anyhow!("{file}: {e:#}"));
+        anyhow::ensure!(
+            !self.name.is_empty(),
+            "{file}: `name` must not be empty (it names the experiment and its outputs)"
+        );
+        anyhow::ensure!(
+            !self.seeds.is_empty(),
+            "{file}: `seeds` must list at least one seed"
+        );
+        anyhow::ensure!(self.rounds > 0, "{file}: `rounds` must be positive");
+        // [data]
+        match &self.data.split {
+            Split::Natural => {}
+            Split::Sites { per_site } => anyhow::ensure!(
+                *per_site >= 1,
+                "{file}: `data.split.per_site` = 0 must be at least 1"
+            ),
+            Split::Iid { peers } => anyhow::ensure!(
+                *peers >= 2,
+                "{file}: `data.split.peers` = {peers} must be at least 2"
+            ),
+            Split::Dirichlet { peers, alpha } => {
+                anyhow::ensure!(
+                    *peers >= 2,
+                    "{file}: `data.split.peers` = {peers} must be at least 2"
+                );
+                anyhow::ensure!(
+                    alpha.is_finite() && *alpha > 0.0,
+                    "{file}: `data.split.alpha` = {alpha} must be finite and > 0"
+                );
+            }
+            Split::Synthetic(spec) => spec
+                .check()
+                .map_err(|e| anyhow::anyhow!("{file}: `data.split` (synthetic): {e}"))?,
+        }
+        anyhow::ensure!(
+            matches!(self.data.split, Split::Synthetic(_)) || self.data.schema.is_some(),
+            "{file}: `data.schema` is needed unless `data.split` is synthetic"
+        );
+        // [training]
+        let training = &self.training;
+        anyhow::ensure!(
+            training.lr.is_finite() && training.lr >= 0.0,
+            "{file}: `training.lr` = {} must be finite and >= 0",
+            training.lr
+        );
+        anyhow::ensure!(
+            training.batch_size >= 1,
+            "{file}: `training.batch_size` = 0 must be at least 1"
+        );
+        anyhow::ensure!(
+            training.dp.is_none() || training.model.is_some(),
+            "{file}: `training.dp` needs `training.model` (DP-SGD runs in the libtorch trainer, \
+             not the native logistic regression)"
+        );
+        if let Some(dp) = &training.dp {
+            dp.check()
+                .map_err(|e| anyhow::anyhow!("{file}: `training.dp`: {e}"))?;
+        }
+        if training.kind == TrainingKind::AveragingOnly {
+            anyhow::ensure!(
+                training.model.is_none() && training.dp.is_none(),
+                "{file}: `training.model` and `training.dp` have no effect with `training.kind` = \
+                 \"averaging_only\" (nothing is trained): remove them"
+            );
+            anyhow::ensure!(
+                !self.attack.kind.poisons(),
+                "{file}: `attack.kind` = {:?} poisons trained parameters, and \
+                 `training.kind` = \"averaging_only\" trains nothing",
+                self.attack.kind
+            );
+        }
+        // [protocol]
+        let protocol = &self.protocol;
+        within(
+            protocol
+                .rule
+                .check()
+                .map_err(|e| anyhow::anyhow!("`protocol.rule`: {e}")),
+        )?;
+        anyhow::ensure!(
+            protocol.fanout >= 1,
+            "{file}: `protocol.fanout` = 0 must be at least 1"
+        );
+        if let Rule::TrimmedMean { trim } = protocol.rule
+            && self.topology.is_none()
+        {
+            anyhow::ensure!(
+                protocol.fanout + 1 > 2 * trim,
+                "{file}: `protocol.rule.trim` = {trim} is too large for `protocol.fanout` = {}: a \
+                 merge sees at most fanout + 1 = {} models and a trimmed mean needs more than \
+                 2 × trim = {} (use trim <= {} or fanout >= {})",
+                protocol.fanout,
+                protocol.fanout + 1,
+                2 * trim,
+                protocol.fanout / 2,
+                2 * trim
+            );
+        }
+        anyhow::ensure!(
+            protocol.round_timeout_ms >= 1,
+            "{file}: `protocol.round_timeout_ms` = 0 must be at least 1"
+        );
+        anyhow::ensure!(
+            protocol.gossip_reach != Some(0),
+            "{file}: `protocol.gossip_reach` = 0 must be at least 1 (leave it out for every peer)"
+        );
+        if let Some(o) = &protocol.outliers {
+            anyhow::ensure!(
+                o.factor.is_finite() && o.factor > 1.0,
+                "{file}: `protocol.outliers.factor` = {} must be finite and > 1",
+                o.factor
+            );
+            anyhow::ensure!(
+                o.rounds >= 1,
+                "{file}: `protocol.outliers.rounds` = 0 must be at least 1"
+            );
+        }
+        match protocol.two_level {
+            None => {}
+            Some(TwoLevel::Every { rounds: 0 }) => {
+                anyhow::bail!("{file}: `protocol.two_level.rounds` = 0 must be at least 1")
+            }
+            Some(TwoLevel::Fanout { groups: 0 }) => {
+                anyhow::bail!("{file}: `protocol.two_level.groups` = 0 must be at least 1")
+            }
+            Some(_) => anyhow::ensure!(
+                self.network.groups.is_some(),
+                "{file}: `protocol.two_level` needs `[network.groups]` (whom to average with first)"
+            ),
+        }
+        // [network], [timing]
+        within(self.network.check())?;
+        let timing = &self.timing;
+        anyhow::ensure!(
+            timing.min_ms.is_finite() && timing.min_ms >= 0.0,
+            "{file}: `timing.min_ms` = {} must be finite and >= 0",
+            timing.min_ms
+        );
+        anyhow::ensure!(
+            timing.max_ms.is_finite() && timing.max_ms >= timing.min_ms,
+            "{file}: `timing.max_ms` = {} must be finite and >= `timing.min_ms` = {}",
+            timing.max_ms,
+            timing.min_ms
+        );
+        if let Some(stragglers) = &timing.stragglers {
+            within(stragglers.check())?;
+        }
+        // [attack]
+        within(self.attack.check())?;
+        anyhow::ensure!(
+            self.attack.fraction == 0.0 || self.attack.kind != AttackKind::None,
+            "{file}: `attack.fraction` = {} has no `attack.kind`: say what the attackers do \
+             (e.g. kind = \"sign_flip\"), or set the fraction to 0",
+            self.attack.fraction
+        );
+        Ok(())
+    }
+
+    /// The dataset of `data.schema`.
+    fn dataset(&self) -> anyhow::Result<Dataset> {
+        let schema = self
+            .data
+            .schema
+            .as_deref()
+            .context("`data.schema` is needed unless `data.split` is synthetic")?;
+        Dataset::load(schema)
+            .with_context(|| format!("`data.schema`: cannot load {}", schema.display()))
+    }
+
+    /// The number of peers, after checking everything that depends on it (fan-out, reach,
+    /// graph, partitions, outages, groups, trim, rows per peer); run by [`run`] before the
+    /// first seed.
+    pub fn preflight(&self) -> anyhow::Result<usize> {
+        let file = self.origin();
+        let within =
+            |result: anyhow::Result<()>| result.map_err(|e| anyhow::anyhow!("{file}: {e:#}"));
+        let (peers, rows) = match &self.data.split {
+            Split::Synthetic(spec) => (spec.peers, None),
+            Split::Natural => {
+                let dataset = self
+                    .dataset()
+                    .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
+                for site in &dataset.sites {
+                    anyhow::ensure!(
+                        site.train.rows >= 1,
+                        "{file}: `data.split` natural: site {:?} has no train rows, so its peer \
+                         would have no data",
+                        site.name
+                    );
+                }
+                (dataset.sites.len(), None)
+            }
+            Split::Sites { per_site } => {
+                let dataset = self
+                    .dataset()
+                    .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
+                for site in &dataset.sites {
+                    anyhow::ensure!(
+                        site.train.rows >= *per_site,
+                        "{file}: `data.split.per_site` = {per_site} is more than site {:?}'s {} \
+                         train rows: some peers would have no data",
+                        site.name,
+                        site.train.rows
+                    );
+                }
+                (dataset.sites.len() * per_site, None)
+            }
+            Split::Iid { peers } | Split::Dirichlet { peers, .. } => {
+                let dataset = self
+                    .dataset()
+                    .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
+                (*peers, Some(dataset.pooled_train().rows))
+            }
+        };
+        if let Some(rows) = rows {
+            anyhow::ensure!(
+                peers <= rows,
+                "{file}: `data.split.peers` = {peers} is more than the {rows} train rows: some \
+                 peers would have no data (at most {rows})"
+            );
+        }
+        anyhow::ensure!(
+            peers >= 2,
+            "{file}: `data.split` gives {peers} peer(s); a scenario needs at least 2"
+        );
+        let protocol = &self.protocol;
+        let most = peers - 1;
+        match &self.topology {
+            None => {
+                anyhow::ensure!(
+                    (1..=most).contains(&protocol.fanout),
+                    "{file}: `protocol.fanout` = {} must be between 1 and the number of other \
+                     peers, {most} ({peers} peers)",
+                    protocol.fanout
+                );
+            }
+            Some(topology) => {
+                for &seed in &self.seeds {
+                    topology
+                        .neighbours(peers, seed ^ GRAPH_SALT)
+                        .map_err(|e| anyhow::anyhow!("{file}: `topology`: {e}"))?;
+                }
+            }
+        }
+        if let Some(reach) = protocol.gossip_reach {
+            anyhow::ensure!(
+                reach <= most,
+                "{file}: `protocol.gossip_reach` = {reach} is more than the other peers: at most \
+                 {most} ({peers} peers)"
+            );
+        }
+        within(self.network.check_peers(peers))?;
+        if let (Some(groups), Some(_)) = (&self.network.groups, protocol.two_level) {
+            anyhow::ensure!(
+                groups.size < peers,
+                "{file}: `network.groups.size` = {} puts all {peers} peers in one group, and \
+                 `protocol.two_level` needs at least 2 groups",
+                groups.size
+            );
+            anyhow::ensure!(
+                protocol.fanout < groups.size,
+                "{file}: `protocol.fanout` = {} must be below `network.groups.size` = {} under \
+                 `protocol.two_level` (it counts versions of the own group: at most {})",
+                protocol.fanout,
+                groups.size,
+                groups.size - 1
+            );
+        }
+        if let Rule::TrimmedMean { trim } = protocol.rule {
+            // The most models one merge sees (its own included).
+            let (inputs, what) = match (&self.topology, protocol.two_level, &self.network.groups) {
+                (Some(Topology::EpidemicSampling { s }), _, _) => (s + 1, "`topology.s` + 1"),
+                (Some(topology), _, _) => {
+                    let mut fewest = usize::MAX;
+                    for &seed in &self.seeds {
+                        if let Ok(Some(graph)) = topology.neighbours(peers, seed ^ GRAPH_SALT) {
+                            fewest = fewest.min(graph.iter().map(Vec::len).min().unwrap_or(0));
+                        }
+                    }
+                    (fewest.saturating_add(1), "the graph's lowest degree + 1")
+                }
+                (None, Some(_), Some(groups)) => (
+                    protocol.fanout.min(groups.size - 1) + 1,
+                    "a merge inside a group: `protocol.fanout` + 1",
+                ),
+                _ => (protocol.fanout + 1, "`protocol.fanout` + 1"),
+            };
+            anyhow::ensure!(
+                inputs > 2 * trim,
+                "{file}: `protocol.rule.trim` = {trim} is too large: a merge here sees at most \
+                 {inputs} models ({what}) and a trimmed mean needs more than 2 × trim = {} (use \
+                 trim <= {})",
+                2 * trim,
+                inputs.saturating_sub(1) / 2
+            );
+        }
+        Ok(peers)
     }
 
     /// Splits the data over peers: (train, test) per peer; peers that test on the same rows
     /// share one table.
     fn peers_data(&self, seed: u64) -> anyhow::Result<Vec<(Table, Arc<Table>)>> {
-        let dataset = || -> anyhow::Result<Dataset> {
-            let schema = self
-                .data
-                .schema
-                .as_deref()
-                .context("[data] schema is needed unless the split is synthetic")?;
-            Ok(Dataset::load(schema)?)
-        };
+        let dataset = || self.dataset();
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a);
         Ok(match &self.data.split {
             Split::Synthetic(spec) => {
@@ -496,6 +952,16 @@ impl Scenario {
     }
 }
 
+/// The value at dotted `key` of a TOML table, if any.
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
 fn select(table: &Table, rows: &[usize]) -> Table {
     let mut out = Table {
         x: Vec::with_capacity(rows.len() * table.cols),
@@ -512,26 +978,39 @@ fn select(table: &Table, rows: &[usize]) -> Table {
     out
 }
 
-/// Runs every seed, writing `rounds.csv` and `summary.json` into `out`; `progress` gets a line
-/// per finished seed.
+/// Runs every seed, writing `scenario.toml` (the file it was read from, see
+/// [`write_scenario`]), `rounds.csv` and `summary.json` into `out`; `progress` gets the
+/// scenario's warnings, a line per finished seed, and a warning per seed with failed merges or
+/// rounds not every peer reached. Everything that depends on the number of peers is checked
+/// first ([`Scenario::preflight`]), so a bad setting fails before any seed runs.
 pub fn run(
     scenario: &Scenario,
     out: &Path,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Summary> {
-    std::fs::create_dir_all(out)?;
+    scenario.preflight()?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for warning in &scenario.warnings {
+        progress(&format!("warning: {warning}"));
+    }
+    let scenario_text = write_scenario(scenario, out)?;
     let started = Instant::now();
     let mut csv = csv::Writer::from_path(out.join("rounds.csv"))?;
     let mut final_accuracy = Vec::new();
     let mut peer_accuracy = Vec::new();
     let mut final_consensus = Vec::new();
+    let mut initial_consensus = Vec::new();
     let mut seed_wan_bytes = Vec::new();
+    let mut seed_failed_merges = Vec::new();
+    let mut seed_last5_accuracy = Vec::new();
+    let mut spectral_gap = None;
     let mut peers = 0;
     let mut attackers = 0;
     let mut peer_rounds = 0u64;
     let mut gossip_messages = 0u64;
     let mut rejections = BTreeMap::<String, u64>::new();
     let (mut flagged_attackers, mut flagged_honest) = (0, 0);
+    let averaging = scenario.training.kind == TrainingKind::AveragingOnly;
     for &seed in &scenario.seeds {
         let data = scenario.peers_data(seed)?;
         peers = data.len();
@@ -539,8 +1018,11 @@ pub fn run(
         let is_attacker = scenario.attack.attackers(peers, seed);
         attackers = is_attacker.iter().filter(|a| **a).count();
         let samples: Vec<u64> = data.iter().map(|(t, _)| t.rows.max(1) as u64).collect();
+        // The native model's size: the features and a bias.
+        let native_dim = data.first().map_or(1, |(t, _)| t.cols + 1);
         let training = &scenario.training;
         let learner = match &training.model {
+            _ if averaging => Either::Averaging(AveragingOnly),
             None => {
                 anyhow::ensure!(
                     training.dp.is_none(),
@@ -578,11 +1060,22 @@ pub fn run(
             ),
         };
         // The shared initialization: zeros for the native logistic regression, libtorch's
-        // seeded initialization otherwise (a network started from zeros cannot break symmetry).
-        let init = match &learner {
-            Either::Native(native) => vec![0.0; native.dim()],
+        // seeded initialization otherwise (a network started from zeros cannot break symmetry);
+        // averaging-only runs start every peer from its own seeded random model.
+        let inits = match &learner {
+            Either::Averaging(_) => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ INIT_SALT);
+                (0..peers)
+                    .map(|_| {
+                        (0..native_dim)
+                            .map(|_| rng.random_range(-1.0f32..1.0))
+                            .collect()
+                    })
+                    .collect()
+            }
+            Either::Native(native) => vec![vec![0.0; native.dim()]; peers],
             #[cfg(feature = "torch")]
-            Either::Torch(torch) => torch.init().to_vec(),
+            Either::Torch(torch) => vec![torch.init().to_vec(); peers],
         };
         let k = keys(peers, seed);
         let groups = scenario
@@ -592,10 +1085,31 @@ pub fn run(
             .map(|g| g.names(peers))
             .unwrap_or_default();
         let chain = grouped_genesis(&k, &groups)?;
+        let (neighbours, fanout) = match &scenario.topology {
+            None => (None, scenario.protocol.fanout.min(peers - 1).max(1)),
+            Some(topology) => {
+                let graph = topology
+                    .neighbours(peers, seed ^ GRAPH_SALT)
+                    .map_err(|e| anyhow::anyhow!("{}: `topology`: {e}", scenario.origin()))?;
+                if spectral_gap.is_none() {
+                    spectral_gap = Some(match &graph {
+                        Some(graph) => crate::topology::spectral_gap(graph),
+                        None => topology
+                            .spectral_gap(peers, seed ^ GRAPH_SALT)
+                            .map_err(|e| anyhow::anyhow!("`topology`: {e}"))?,
+                    });
+                }
+                let fanout = match topology {
+                    Topology::EpidemicSampling { s } => *s,
+                    _ => scenario.protocol.fanout,
+                };
+                (graph, fanout)
+            }
+        };
         let config = Config {
             experiment: scenario.name.chars().take(64).collect(),
             rule: scenario.protocol.rule.clone(),
-            fanout: scenario.protocol.fanout.min(peers - 1).max(1),
+            fanout,
             max_rounds: Some(scenario.rounds),
             round_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms),
             fetch_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms / 2 + 1),
@@ -608,12 +1122,12 @@ pub fn run(
                 keys: &k,
                 chain: &chain,
                 config,
-                inits: vec![init; peers],
+                inits,
                 samples,
                 network: scenario.network.clone(),
                 training: scenario.timing.training(),
                 seed,
-                neighbours: None,
+                neighbours,
                 gossip_reach: scenario.protocol.gossip_reach,
             },
             Poisoned::new(learner, is_attacker.clone(), scenario.attack.clone(), seed),
@@ -629,14 +1143,31 @@ pub fn run(
                 seed,
             )));
         }
+        let start = measure(&sim, &is_attacker, seed, 0, false);
+        initial_consensus.push(start.consensus_distance.unwrap_or(f64::NAN));
+        // (round, mean accuracy) of every measured row, for the last rounds' mean.
+        let mut measured: Vec<(u64, f64)> = Vec::new();
         let mut shown = 0;
         let mut last = None;
         while !sim.all_finished() && sim.step()? {
             let done = sim.min_completed();
             if done > shown {
+                // The slowest peer went past several rounds at once (it caught up): those rounds
+                // were never the lowest everyone had completed, so nothing was measured there.
+                for skipped in shown + 1..done {
+                    csv.serialize(RoundRow::unmeasured(
+                        seed,
+                        skipped,
+                        format!(
+                            "not measured: the slowest peer went from round {shown} to {done} at \
+                             once"
+                        ),
+                    ))?;
+                }
                 shown = done;
-                let row = measure(&sim, &is_attacker, seed, done);
+                let row = measure(&sim, &is_attacker, seed, done, !averaging);
                 csv.serialize(&row)?;
+                measured.push((done, row.mean_accuracy.unwrap_or(f64::NAN)));
                 last = Some(row);
             }
         }
@@ -646,38 +1177,92 @@ pub fn run(
         {
             anyhow::bail!("{} seed {seed}: libtorch failed: {failure}", scenario.name);
         }
-        let row = measure(&sim, &is_attacker, seed, sim.min_completed());
-        final_accuracy.push(row.mean_accuracy);
+        let mut row = measure(&sim, &is_attacker, seed, sim.min_completed(), !averaging);
+        let accuracy = row.mean_accuracy.unwrap_or(f64::NAN);
+        final_accuracy.push(accuracy);
         peer_accuracy.push(
             (0..peers)
-                .map(|i| (!is_attacker[i]).then(|| sim.evaluate(i)))
+                .map(|i| (!is_attacker[i] && !averaging).then(|| sim.evaluate(i)))
                 .collect(),
         );
-        final_consensus.push(row.consensus_distance);
-        seed_wan_bytes.push(row.wan_bytes);
+        final_consensus.push(row.consensus_distance.unwrap_or(f64::NAN));
+        seed_wan_bytes.push(row.wan_bytes.unwrap_or(0));
         let stats = sim.stats();
         peer_rounds += stats.rounds;
         gossip_messages += stats.gossip_messages;
         for (reason, count) in &stats.rejections {
             *rejections.entry(reason.clone()).or_default() += count;
         }
+        seed_failed_merges.push(stats.failed_merges);
         let (of_attackers, of_honest) = crate::attack::flags(sim.peers(), &is_attacker);
         flagged_attackers += of_attackers;
         flagged_honest += of_honest;
+        let scored = if averaging {
+            String::new()
+        } else {
+            format!(", mean honest accuracy {accuracy:.3}")
+        };
         progress(&format!(
-            "{} seed {seed}: {} rounds, mean honest accuracy {:.3}, consensus distance {:.2e}",
-            scenario.name, row.round, row.mean_accuracy, row.consensus_distance
+            "{} seed {seed}: {} rounds{scored}, consensus distance {:.2e}",
+            scenario.name,
+            row.round,
+            row.consensus_distance.unwrap_or(f64::NAN)
         ));
+        if let Some((peer, round)) = stats.first_failed_merge {
+            progress(&format!(
+                "warning: {} seed {seed}: {} merges failed (the rule refused its inputs, e.g. a \
+                 trimmed mean over too few versions after losses or timeouts, and the peer kept \
+                 its own model), the first by peer {peer} in round {round}; see `failed_merges` \
+                 in rounds.csv",
+                scenario.name, stats.failed_merges
+            ));
+        }
+        let end = row.round;
         if last.as_ref() != Some(&row) {
+            if last.is_some() {
+                row.note = "the state the run ended in".into();
+            }
+            measured.retain(|(r, _)| *r != row.round);
+            measured.push((row.round, accuracy));
             csv.serialize(&row)?;
         }
+        if end < scenario.rounds {
+            progress(&format!(
+                "warning: {} seed {seed}: the run ended with every peer past round {end} only; \
+                 rounds {} to {} are written without figures",
+                scenario.name,
+                end + 1,
+                scenario.rounds
+            ));
+            for round in end + 1..=scenario.rounds {
+                csv.serialize(RoundRow::unmeasured(
+                    seed,
+                    round,
+                    format!("not reached: the run ended with every peer past round {end} only"),
+                ))?;
+            }
+        }
+        let tail = &measured[measured.len().saturating_sub(LAST_ROUNDS)..];
+        seed_last5_accuracy
+            .push(tail.iter().map(|(_, a)| a).sum::<f64>() / tail.len().max(1) as f64);
     }
     csv.flush()?;
     let wall_seconds = started.elapsed().as_secs_f64();
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
+    let mean_accuracy = mean(&final_accuracy);
+    let std_accuracy = (final_accuracy.len() >= 2).then(|| {
+        let n = final_accuracy.len() as f64;
+        (final_accuracy
+            .iter()
+            .map(|a| (a - mean_accuracy).powi(2))
+            .sum::<f64>()
+            / (n - 1.0))
+            .sqrt()
+    });
     let summary = Summary {
         name: scenario.name.clone(),
         seeds: scenario.seeds.clone(),
-        mean_accuracy: final_accuracy.iter().sum::<f64>() / final_accuracy.len().max(1) as f64,
+        mean_accuracy,
         final_accuracy,
         peer_accuracy,
         final_consensus,
@@ -705,16 +1290,69 @@ pub fn run(
         rejections,
         flagged_attackers,
         flagged_honest,
+        failed_merges: seed_failed_merges.iter().sum(),
+        seed_failed_merges,
+        initial_consensus,
+        last5_mean_accuracy: mean(&seed_last5_accuracy),
+        seed_last5_accuracy,
+        std_accuracy,
+        spectral_gap,
+        medmesh_version: env!("CARGO_PKG_VERSION").to_owned(),
+        scenario: scenario_text,
     };
     let mut file = std::fs::File::create(out.join("summary.json"))?;
     writeln!(file, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(summary)
 }
 
+/// Writes `out/scenario.toml` and returns the scenario's text (for `summary.json`): the file it
+/// was read from, byte for byte, when that replays from `out` as it is (no `data.schema`, or an
+/// absolute one); else the file with `data.schema` made absolute (its comments are lost), as
+/// `compare` writes each combination's; a scenario built in code is serialized.
+pub fn write_scenario(scenario: &Scenario, out: &Path) -> anyhow::Result<String> {
+    let path = out.join("scenario.toml");
+    let (text, copy) = match &scenario.source {
+        Some(source) => {
+            let mut table: toml::Table = toml::from_str(&source.text)
+                .with_context(|| format!("{} is not valid TOML", source.path.display()))?;
+            let relative = lookup(&table, "data.schema")
+                .and_then(Value::as_str)
+                .is_some_and(|s| Path::new(s).is_relative());
+            let copy = match (relative, &scenario.data.schema) {
+                (true, Some(schema)) => {
+                    if let Some(Value::Table(data)) = table.get_mut("data") {
+                        let schema = std::path::absolute(schema).unwrap_or_else(|_| schema.clone());
+                        data.insert(
+                            "schema".into(),
+                            Value::String(schema.to_string_lossy().into_owned()),
+                        );
+                    }
+                    format!(
+                        "# {} with `data.schema` made absolute\n{}",
+                        source.path.display(),
+                        toml::to_string(&table)
+                            .with_context(|| { format!("cannot write {}", path.display()) })?
+                    )
+                }
+                _ => source.text.clone(),
+            };
+            (source.text.clone(), copy)
+        }
+        None => {
+            let text = toml::to_string(scenario)
+                .with_context(|| format!("scenario {:?} cannot be written", scenario.name))?;
+            (text.clone(), text)
+        }
+    };
+    std::fs::write(&path, copy).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(text)
+}
+
 /// The learner a scenario asked for.
 #[derive(Debug)]
 enum Either {
     Native(Logistic),
+    Averaging(AveragingOnly),
     #[cfg(feature = "torch")]
     Torch(Torch),
 }
@@ -723,6 +1361,7 @@ impl Learner for Either {
     fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
         match self {
             Either::Native(l) => l.train(peer, round, params),
+            Either::Averaging(l) => l.train(peer, round, params),
             #[cfg(feature = "torch")]
             Either::Torch(l) => l.train(peer, round, params),
         }
@@ -733,34 +1372,44 @@ impl Evaluate for Either {
     fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
         match self {
             Either::Native(l) => l.accuracy(peer, params),
+            Either::Averaging(l) => l.accuracy(peer, params),
             #[cfg(feature = "torch")]
             Either::Torch(l) => l.accuracy(peer, params),
         }
     }
 }
 
-/// Honest peers' accuracy on their own test rows and their consensus distance.
+/// Honest peers' accuracy on their own test rows (unless not `score`d: averaging-only runs)
+/// and their consensus distance.
 fn measure<L: Learner + Evaluate>(
     sim: &Sim<L>,
     attacker: &[bool],
     seed: u64,
     round: u64,
+    score: bool,
 ) -> RoundRow {
     let honest: Vec<usize> = (0..attacker.len()).filter(|&i| !attacker[i]).collect();
     let models: Vec<Vec<f32>> = honest.iter().map(|&i| sim.models()[i].clone()).collect();
-    let accuracies: Vec<f64> = honest.iter().map(|&i| sim.evaluate(i)).collect();
+    let accuracies: Vec<f64> = if score {
+        honest.iter().map(|&i| sim.evaluate(i)).collect()
+    } else {
+        Vec::new()
+    };
     let stats = sim.stats();
     RoundRow {
         seed,
         round,
-        virtual_seconds: sim.now().as_secs_f64(),
-        mean_accuracy: accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64,
-        min_accuracy: accuracies.iter().copied().fold(f64::INFINITY, f64::min),
-        consensus_distance: crate::consensus_distance(&models),
-        messages: stats.gossip_messages,
-        bytes: stats.gossip_bytes + stats.payload_bytes,
-        wan_bytes: stats.wan_bytes,
-        rejections: stats.rejections.values().sum(),
+        virtual_seconds: Some(sim.now().as_secs_f64()),
+        mean_accuracy: score
+            .then(|| accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64),
+        min_accuracy: score.then(|| accuracies.iter().copied().fold(f64::INFINITY, f64::min)),
+        consensus_distance: Some(crate::consensus_distance(&models)),
+        messages: Some(stats.gossip_messages),
+        bytes: Some(stats.gossip_bytes + stats.payload_bytes),
+        wan_bytes: Some(stats.wan_bytes),
+        rejections: Some(stats.rejections.values().sum()),
+        failed_merges: Some(stats.failed_merges),
+        note: String::new(),
     }
 }
 
@@ -896,6 +1545,359 @@ mod tests {
             toml::from_str(&text.replace("heal = 2.0", "heal = 0.5")).expect("parses");
         assert!(bad.network.check().is_err(), "heal after at");
         assert!(toml::from_str::<Scenario>(&text.replace("slowdown", "slow")).is_err());
+    }
+
+    /// A valid scenario of 8 synthetic peers, to break one setting at a time by appending.
+    const GOOD: &str = r#"
+        name = "good"
+        rounds = 2
+        [data]
+        split = { kind = "synthetic", peers = 8, samples = 10, test_samples = 20 }
+    "#;
+
+    fn from(text: &str) -> anyhow::Result<Scenario> {
+        Scenario::from_toml(text, Path::new("dir/bad.toml"))
+    }
+
+    /// `extra` appended to [`GOOD`] is refused, by the loader or before the run, with an error
+    /// naming the file and `key`.
+    fn refused(extra: &str, key: &str) -> String {
+        let text = format!("{GOOD}\n{extra}");
+        let error = match from(&text) {
+            Err(e) => e,
+            Ok(s) => s
+                .preflight()
+                .expect_err(&format!("{key} is refused: {extra}")),
+        };
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("dir/bad.toml") && message.contains(&format!("`{key}`")),
+            "{key}: {message}"
+        );
+        message
+    }
+
+    #[test]
+    fn the_good_scenario_loads() {
+        let s = from(GOOD).expect("loads");
+        assert_eq!(s.preflight().expect("preflight"), 8);
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_network_settings_name_their_key() {
+        refused("[network]\nloss = 1.5", "network.loss");
+        refused("[network]\nloss = -0.1", "network.loss");
+        refused("[network]\nloss = nan", "network.loss");
+        refused("[network]\nbandwidth_mb_s = 0.0", "network.bandwidth_mb_s");
+        refused("[network]\nbandwidth_mb_s = -5.0", "network.bandwidth_mb_s");
+        refused("[network]\nbandwidth_mb_s = inf", "network.bandwidth_mb_s");
+        refused("[network]\nbandwidth_mbps = nan", "network.bandwidth_mb_s");
+        refused("[network]\nlatency_ms = -1.0", "network.latency_ms");
+        refused("[network]\njitter_ms = -1.0", "network.jitter_ms");
+        refused(
+            "[network.groups]\nsize = 4\nbandwidth_mb_s = 0.0",
+            "network.groups.bandwidth_mb_s",
+        );
+        refused(
+            "[network.groups]\nsize = 4\nlatency_ms = -2.0",
+            "network.groups.latency_ms",
+        );
+        refused("[network.groups]\nsize = 0", "network.groups.size");
+        refused(
+            "[[network.partition]]\nat = 2.0\nheal = 1.0",
+            "network.partition[0].heal",
+        );
+        refused("[network.churn]\nfraction = 1.5", "network.churn.fraction");
+    }
+
+    #[test]
+    fn bad_timing_training_protocol_and_attack_settings_name_their_key() {
+        refused("[timing]\nmin_ms = 100.0\nmax_ms = 50.0", "timing.max_ms");
+        refused("[timing]\nmin_ms = -1.0", "timing.min_ms");
+        refused(
+            "[timing]\nstragglers = { fraction = 2.0, slowdown = 2.0 }",
+            "timing.stragglers.fraction",
+        );
+        refused("[training]\nbatch_size = 0", "training.batch_size");
+        refused("[training]\nlr = nan", "training.lr");
+        refused(
+            "[training]\ndp = { noise_multiplier = 1.0, max_grad_norm = 1.0, delta = 1e-5 }",
+            "training.dp",
+        );
+        refused(
+            "[training]\nkind = \"averaging_only\"\nmodel = { kind = \"logistic\", inputs = 13 }",
+            "training.model",
+        );
+        refused("[protocol]\nfanout = 0", "protocol.fanout");
+        refused(
+            "[protocol]\nround_timeout_ms = 0",
+            "protocol.round_timeout_ms",
+        );
+        refused("[protocol]\ngossip_reach = 0", "protocol.gossip_reach");
+        refused(
+            "[protocol]\noutliers = { factor = 0.5, rounds = 3 }",
+            "protocol.outliers.factor",
+        );
+        refused(
+            "[protocol]\ntwo_level = { across = \"every\", rounds = 2 }",
+            "protocol.two_level",
+        );
+        let trim = refused(
+            "[protocol]\nfanout = 3\nrule = { rule = \"trimmed_mean\", trim = 2 }",
+            "protocol.rule.trim",
+        );
+        assert!(trim.contains("more than 2 × trim = 4"), "{trim}");
+        refused("[attack]\nfraction = 0.25", "attack.fraction");
+        refused(
+            "[attack]\nkind = \"noise\"\nfraction = 0.6",
+            "attack.fraction",
+        );
+    }
+
+    #[test]
+    fn settings_that_depend_on_the_number_of_peers_are_refused_before_any_run() {
+        let fanout = refused("[protocol]\nfanout = 8", "protocol.fanout");
+        assert!(fanout.contains("7"), "names the most: {fanout}");
+        refused("[protocol]\ngossip_reach = 8", "protocol.gossip_reach");
+        refused(
+            "[[network.partition]]\nat = 1.0\nheal = 2.0\ngroups = 9",
+            "network.partition[0].groups",
+        );
+        refused(
+            "[network.churn]\noutages = [{ peer = 8, at = 1.0, down = 1.0 }]",
+            "network.churn.outages[0].peer",
+        );
+        refused(
+            "[topology]\nkind = \"epidemic_sampling\"\ns = 8",
+            "topology",
+        );
+        refused(
+            "[topology]\nkind = \"random_regular\"\ndegree = 9",
+            "topology",
+        );
+        refused(
+            "[protocol]\nrule = { rule = \"trimmed_mean\", trim = 2 }\n[topology]\nkind = \"ring\"",
+            "protocol.rule.trim",
+        );
+        refused(
+            "[protocol]\nfanout = 4\ntwo_level = { across = \"every\", rounds = 2 }\n\
+             [network.groups]\nsize = 4",
+            "protocol.fanout",
+        );
+        // More peers than train rows: some would have no data.
+        let schema = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/heart-disease/schema.toml"
+        );
+        let text = format!(
+            "name = \"rows\"\nrounds = 1\n[data]\nschema = \"{}\"\nsplit = {{ kind = \"iid\", \
+             peers = 100000 }}",
+            schema.replace('\\', "/")
+        );
+        let error = from(&text)
+            .expect("loads")
+            .preflight()
+            .expect_err("too many peers");
+        assert!(
+            format!("{error:#}").contains("`data.split.peers`"),
+            "{error:#}"
+        );
+
+        // `run` checks before writing anything.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = from(&format!("{GOOD}\n[protocol]\nfanout = 8")).expect("loads");
+        assert!(run(&s, dir.path(), |_| {}).is_err());
+        assert!(!dir.path().join("rounds.csv").exists());
+    }
+
+    #[test]
+    fn topology_sets_neighbours_or_fanout_and_refuses_what_it_overrides() {
+        let ring = from(&format!("{GOOD}\n[topology]\nkind = \"ring\"")).expect("loads");
+        assert_eq!(ring.topology, Some(Topology::Ring));
+        assert_eq!(
+            ring.protocol.rule,
+            Rule::MetropolisHastings,
+            "fixed graph: MH"
+        );
+        let mean = from(&format!(
+            "{GOOD}\n[protocol]\nrule = {{ rule = \"mean\" }}\n[topology]\nkind = \"torus\""
+        ))
+        .expect("an explicit mean is kept");
+        assert_eq!(mean.protocol.rule, Rule::Mean);
+        assert_eq!(mean.warnings.len(), 1, "{:?}", mean.warnings);
+        let el = from(&format!(
+            "{GOOD}\n[topology]\nkind = \"epidemic_sampling\"\ns = 3"
+        ))
+        .expect("loads");
+        assert_eq!(el.protocol.rule, Rule::Mean, "sampling keeps the mean");
+        refused(
+            "[protocol]\nfanout = 2\n[topology]\nkind = \"ring\"",
+            "protocol.fanout",
+        );
+        refused(
+            "[protocol]\ngossip_reach = 2\n[topology]\nkind = \"ring\"",
+            "protocol.gossip_reach",
+        );
+        refused(
+            "[protocol]\ntwo_level = { across = \"every\", rounds = 2 }\n[network.groups]\nsize = 4\n\
+             [topology]\nkind = \"ring\"",
+            "protocol.two_level",
+        );
+        assert!(from(&format!("{GOOD}\n[topology]\nkind = \"ring\"\nk = 2")).is_err());
+
+        // A ring run: every peer merges exactly its two neighbours.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = run(&ring, dir.path(), |_| {}).expect("runs");
+        let gap = Topology::Ring.spectral_gap(8, 0).expect("gap");
+        assert_eq!(summary.spectral_gap, Some(gap));
+        assert_eq!(summary.failed_merges, 0);
+    }
+
+    #[test]
+    fn bandwidth_mbps_still_reads_with_one_deprecation_warning() {
+        let old = from(&format!(
+            "{GOOD}\n[network]\nbandwidth_mbps = 5.0\n[network.groups]\nsize = 4\nbandwidth_mbps = 50.0"
+        ))
+        .expect("loads");
+        assert_eq!(old.network.bandwidth_mb_s, 5.0);
+        assert_eq!(
+            old.network.groups.as_ref().map(|g| g.bandwidth_mb_s),
+            Some(50.0)
+        );
+        assert_eq!(old.warnings.len(), 2, "{:?}", old.warnings);
+        assert!(old.warnings[0].contains("`network.bandwidth_mb_s`"));
+        let new = from(&format!("{GOOD}\n[network]\nbandwidth_mb_s = 5.0")).expect("loads");
+        assert_eq!(
+            new.network,
+            Network {
+                bandwidth_mb_s: 5.0,
+                ..Network::default()
+            }
+        );
+        assert!(new.warnings.is_empty());
+        // Both at once is ambiguous.
+        assert!(
+            from(&format!(
+                "{GOOD}\n[network]\nbandwidth_mb_s = 5.0\nbandwidth_mbps = 5.0"
+            ))
+            .is_err()
+        );
+        // The warning is printed once per run, through progress.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lines = Vec::new();
+        run(&old, dir.path(), |l| lines.push(l.to_owned())).expect("runs");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("deprecated")).count(),
+            2,
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn every_round_of_every_seed_has_a_row_and_the_summary_has_spread_and_provenance() {
+        let mut s = Scenario::load(&Path::new(SCENARIOS).join("faults.toml")).expect("loads");
+        s.seeds = vec![42, 43];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = run(&s, dir.path(), |_| {}).expect("runs");
+        let csv = std::fs::read_to_string(dir.path().join("rounds.csv")).expect("csv");
+        let header = csv.lines().next().unwrap_or_default();
+        assert_eq!(
+            header,
+            "seed,round,virtual_seconds,mean_accuracy,min_accuracy,consensus_distance,messages,\
+             bytes,wan_bytes,rejections,failed_merges,note"
+        );
+        let mut skipped = 0;
+        for seed in [42u64, 43] {
+            let rounds: Vec<u64> = csv
+                .lines()
+                .skip(1)
+                .filter(|l| l.starts_with(&format!("{seed},")))
+                .map(|l| {
+                    l.split(',')
+                        .nth(1)
+                        .and_then(|r| r.parse().ok())
+                        .expect("round")
+                })
+                .collect();
+            let mut distinct = rounds.clone();
+            distinct.dedup();
+            assert_eq!(
+                distinct,
+                (1..=20).collect::<Vec<u64>>(),
+                "seed {seed}: {csv}"
+            );
+        }
+        for line in csv.lines().filter(|l| l.contains("not measured")) {
+            skipped += 1;
+            let cells: Vec<&str> = line.split(',').collect();
+            assert!(cells[2..11].iter().all(|c| c.is_empty()), "{line}");
+        }
+        assert!(skipped > 0, "the faults scenario skips rounds: {csv}");
+        assert_eq!(summary.seed_last5_accuracy.len(), 2);
+        let mean = summary.seed_last5_accuracy.iter().sum::<f64>() / 2.0;
+        assert!((summary.last5_mean_accuracy - mean).abs() < 1e-12);
+        let spread = summary.std_accuracy.expect("two seeds");
+        let (a, b) = (summary.final_accuracy[0], summary.final_accuracy[1]);
+        assert!(
+            (spread - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12,
+            "{spread}"
+        );
+        assert_eq!(summary.medmesh_version, env!("CARGO_PKG_VERSION"));
+        let text = std::fs::read_to_string(Path::new(SCENARIOS).join("faults.toml")).expect("toml");
+        assert_eq!(summary.scenario, text);
+        let json = std::fs::read_to_string(dir.path().join("summary.json")).expect("json");
+        for key in [
+            "\"last5_mean_accuracy\"",
+            "\"std_accuracy\"",
+            "\"scenario\"",
+            "\"medmesh_version\"",
+            "\"failed_merges\"",
+        ] {
+            assert!(json.contains(key), "{key}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("scenario.toml")).expect("copied"),
+            text,
+            "copied byte for byte"
+        );
+        // A scenario with a relative data schema is copied with the schema made absolute, and
+        // replays from the output folder.
+        let heart =
+            Scenario::load(&Path::new(SCENARIOS).join("heart-disease.toml")).expect("loads");
+        write_scenario(&heart, dir.path()).expect("writes");
+        let copy = Scenario::load(&dir.path().join("scenario.toml")).expect("replays");
+        assert_eq!(copy.data, heart.data);
+    }
+
+    #[test]
+    fn merges_that_fail_at_run_time_are_counted_and_warned_about() {
+        // A trim of 1 needs 3 models; with most announcements lost and short rounds, many
+        // merges see only one other version and the rule refuses them.
+        let text = format!(
+            "{GOOD}\n[protocol]\nrule = {{ rule = \"trimmed_mean\", trim = 1 }}\nfanout = 3\n\
+             round_timeout_ms = 300\n[network]\nloss = 0.8"
+        );
+        let s = from(&text).expect("loads");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lines = Vec::new();
+        let summary = run(&s, dir.path(), |l| lines.push(l.to_owned())).expect("runs");
+        assert!(summary.failed_merges > 0, "{summary:?}");
+        assert_eq!(summary.seed_failed_merges, vec![summary.failed_merges]);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("warning: good seed 42:") && l.contains("merges failed")),
+            "{lines:?}"
+        );
+        let csv = std::fs::read_to_string(dir.path().join("rounds.csv")).expect("csv");
+        let last = csv.lines().last().unwrap_or_default();
+        assert!(
+            last.split(',')
+                .nth(10)
+                .is_some_and(|c| c.parse::<u64>().is_ok_and(|n| n > 0)),
+            "{csv}"
+        );
     }
 
     #[test]

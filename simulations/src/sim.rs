@@ -67,6 +67,14 @@ impl Learner for AveragingOnly {
     }
 }
 
+impl Evaluate for AveragingOnly {
+    /// Nothing is learnt, so nothing is scored: always NaN (scenario outputs leave accuracy
+    /// empty for averaging-only runs).
+    fn accuracy(&self, _: usize, _: &[f32]) -> f64 {
+        f64::NAN
+    }
+}
+
 /// Byzantine behaviour on the wire: sees every message a controlled peer broadcasts and decides
 /// what goes out instead (altered, duplicated, replayed or withheld). Peers it does not control
 /// are never touched.
@@ -236,6 +244,13 @@ pub struct Stats {
     pub rounds: u64,
     /// Gossip messages and payload pulls dropped by a partition or an offline peer.
     pub faults: u64,
+    /// Rounds whose merge failed: the rule refused the inputs (e.g. a trimmed mean over too few
+    /// versions) and the peer kept its own model for them, which the protocol does without
+    /// failing the round. Seen from outside as an [`Event::RoundCompleted`] whose
+    /// `summary.inputs` is below its number of contributors.
+    pub failed_merges: u64,
+    /// The first failed merge: (peer, round).
+    pub first_failed_merge: Option<(usize, u64)>,
 }
 
 /// Everything a simulation starts from.
@@ -669,8 +684,17 @@ impl<L: Learner> Sim<L> {
                     .or_default() += 1;
             }
             Event::RoundCompleted {
-                round, timed_out, ..
+                round,
+                timed_out,
+                contributors,
+                summary,
             } => {
+                // A merged version that the rule's summary does not count was left out: the
+                // merge failed and the peer kept its own model (`apply_or_keep` in the protocol).
+                if summary.inputs < contributors.len() {
+                    self.stats.failed_merges += 1;
+                    self.stats.first_failed_merge.get_or_insert((i, *round));
+                }
                 self.complete(i, *round);
                 self.stats.timeouts += u64::from(*timed_out);
                 self.stats.rounds += 1;

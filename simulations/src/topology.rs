@@ -66,7 +66,7 @@ const START_SEED: u64 = 0x0067_6170;
 /// Internally tagged: in TOML, `topology = { kind = "random_regular", degree = 8 }` or
 /// `topology = { kind = "ring" }`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Topology {
     /// Every peer linked to every other (`n ≥ 2`).
     FullyConnected,
@@ -253,6 +253,11 @@ impl Topology {
         Ok(self
             .neighbours(n, seed)?
             .map_or(1.0, |graph| spectral_gap(&graph)))
+    }
+
+    /// Whether the topology is a fixed graph (every kind but Epidemic-Learning sampling).
+    pub fn is_fixed(&self) -> bool {
+        !matches!(self, Self::EpidemicSampling { .. })
     }
 
     /// The topology's name, for errors.
@@ -1378,6 +1383,10 @@ mod tests {
             Topology::EpidemicSampling { s: 7 }
         );
         assert!(read(r#"topology = "ring""#).is_err());
+        assert!(
+            read(r#"topology = { kind = "random_regular", degree = 4, p = 0.5 }"#).is_err(),
+            "unknown field"
+        );
     }
 
     #[test]
