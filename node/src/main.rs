@@ -73,6 +73,18 @@ enum Command {
         #[arg(long, env = "MEDMESH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print a login link to the node's read-only dashboard (at its admin address): round
+    /// progress, the roster and connections, consensus, rejections, certification, lineage.
+    /// The link works once, for two minutes.
+    Dashboard {
+        /// The node's admin address, e.g. 127.0.0.1:9100 (default: `admin` of `--config`); its token is
+        /// the config's `admin_token`, or the file `MEDMESH_ADMIN_TOKEN` names.
+        #[arg(long, env = "MEDMESH_ADMIN")]
+        admin: Option<SocketAddr>,
+        /// Take the admin address from this node config.
+        #[arg(long, env = "MEDMESH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Block members on a running node: their connections are closed and refused until
     /// `medmesh unblock`, whatever the roster says (quarantine a member while the vote to remove
     /// it gathers signatures, or cut links in a drill). Prints every member blocked afterwards.
@@ -763,6 +775,27 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let page = runtime.block_on(admin::get(&endpoint, "/metrics"))?;
             print!("{}", String::from_utf8_lossy(&page));
+        }
+        Command::Dashboard { admin, config } => {
+            let endpoint = admin_endpoint(admin, config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let answer = runtime.block_on(admin::post(
+                &endpoint,
+                "/session",
+                bytes::Bytes::from_static(b"{}"),
+            ))?;
+            let session: serde_json::Value = serde_json::from_slice(&answer)
+                .context("the node's answer to POST /session is not JSON")?;
+            let code = session["code"]
+                .as_str()
+                .context("the node's answer to POST /session has no code")?;
+            println!("http://{}/dashboard/login?code={code}", endpoint.addr);
+            eprintln!(
+                "open this link in a browser on this machine within two minutes; it works once \
+                 and logs in for twelve hours (the dashboard is read-only)"
+            );
         }
         Command::Block(args) => block_command(args, true)?,
         Command::Unblock(args) => block_command(args, false)?,

@@ -398,6 +398,18 @@ impl Nat {
         self.nat = status;
     }
 
+    /// `direct` when this node holds a direct connection to `peer`, else `relayed` when it holds
+    /// a relayed one; none when not connected.
+    pub fn connection_kind(&self, peer: &PeerId) -> Option<&'static str> {
+        if self.has_direct(peer) {
+            Some("direct")
+        } else if self.connections.values().any(|(p, _)| p == peer) {
+            Some("relayed")
+        } else {
+            None
+        }
+    }
+
     fn has_direct(&self, peer: &PeerId) -> bool {
         self.connections.values().any(|(p, r)| p == peer && !r)
     }

@@ -30,8 +30,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat,
-    connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, relay, request_response, tcp,
-    yamux,
+    connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, request_response,
+    tcp, yamux,
 };
 use medmesh_protocol::identity::{ContentId, Digest, Keypair, MemberId};
 use medmesh_protocol::peer::Verdict;
@@ -302,6 +302,8 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// Learns whether this peer is reachable from outside (AutoNAT v1).
     pub autonat: autonat::Behaviour,
+    /// Measures each connection's round-trip time (every 15 s), for the dashboard.
+    pub ping: ping::Behaviour,
 }
 
 /// A payload pull as request-response sees it.
@@ -366,6 +368,8 @@ pub enum Event {
     Dcutr(dcutr::Event),
     /// NAT status changes and probes.
     Autonat(autonat::Event),
+    /// A round-trip time measured, or a ping that failed.
+    Ping(ping::Event),
 }
 
 macro_rules! event_from {
@@ -388,6 +392,7 @@ event_from!(
     RelayServer(relay::Event),
     Dcutr(dcutr::Event),
     Autonat(autonat::Event),
+    Ping(ping::Event),
 );
 
 impl From<identify::Event> for Event {
@@ -963,6 +968,7 @@ impl Parts {
             relay_server: self.relay_server,
             dcutr: self.dcutr,
             autonat: self.autonat,
+            ping: ping::Behaviour::default(),
         }
     }
 }

@@ -452,6 +452,10 @@ pub enum Event {
         summary: aggregate::Summary,
         /// Whether it closed on its timeout rather than on completed pulls.
         timed_out: bool,
+        /// How far apart the merged versions were: the mean L2 distance of the merge's inputs
+        /// (the own model included) to its result, over the result's norm. This peer's view of
+        /// the mesh's consensus distance; `None` when it merged nothing or adopted finals.
+        spread: Option<f64>,
     },
     /// The roster advanced.
     RosterChanged {
@@ -1540,6 +1544,18 @@ impl Peer {
         out.clear();
         out.resize(self.dim, 0.0);
         let summary = self.merge(own.degree, &mut out);
+        let spread = (!self.fetched.is_empty()).then(|| {
+            let norm = out
+                .iter()
+                .map(|x| f64::from(*x).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let total: f64 = std::iter::once(self.params.as_slice())
+                .chain(self.fetched.iter().map(|(_, p)| p.as_slice()))
+                .map(|p| aggregate::distance(p, &out))
+                .sum();
+            total / (self.fetched.len() + 1) as f64 / norm.max(1e-12)
+        });
         let mut contributors = vec![self.id];
         self.parents = vec![own.id()];
         let mut rounds = Vec::with_capacity(self.fetched.len());
@@ -1560,6 +1576,7 @@ impl Peer {
             contributors,
             summary,
             timed_out,
+            spread,
         });
         // A peer that merged versions of a later round (it was behind: restarted, or newly
         // admitted) joins that round instead of skipping past it: the others are gathering
@@ -1753,6 +1770,7 @@ impl Peer {
             contributors,
             summary,
             timed_out,
+            spread: None,
         });
         self.round = m + 1;
         self.fetching.clear();

@@ -162,6 +162,11 @@ pub struct Certification {
     pub validators: Vec<MemberId>,
     /// Their countries, per the roster.
     pub countries: Vec<String>,
+    /// Why it is not certified (empty when it is): each report that does not qualify and why
+    /// ("validator Basel tested 68 patients, below min_samples 100"), then what is short
+    /// ("1 country of 2 required").
+    #[serde(default)]
+    pub reasons: Vec<String>,
 }
 
 impl Policy {
@@ -176,29 +181,67 @@ impl Policy {
     ) -> Certification {
         let mut validators = BTreeSet::new();
         let mut countries = BTreeSet::new();
-        for report in reports {
+        let mut refused = Vec::new();
+        for report in reports.iter().filter(|r| r.model == *model) {
             let signer = report.signer();
             let Some(member) = roster.member(&signer) else {
+                refused.push(format!("{} is not a member", signer.short()));
                 continue;
             };
-            let qualifies = report.model == *model
-                && member.role.may_validate()
-                && report.check(signer).is_ok()
-                && report.samples >= self.min_samples
-                && report
-                    .metrics
-                    .get(&self.metric)
-                    .is_some_and(|m| m.value >= self.min);
-            if qualifies {
-                validators.insert(signer);
-                countries.insert(member.country.clone());
+            let name = &member.name;
+            let why = if !member.role.may_validate() {
+                Some(format!("{name}'s role may not validate"))
+            } else if let Err(e) = report.check(signer) {
+                Some(format!("{name}'s report is invalid: {e}"))
+            } else if report.samples < self.min_samples {
+                Some(format!(
+                    "validator {name} tested {} patients, below min_samples {}",
+                    report.samples, self.min_samples
+                ))
+            } else {
+                match report.metrics.get(&self.metric) {
+                    None => Some(format!("validator {name} reported no {}", self.metric)),
+                    Some(m) if m.value < self.min => Some(format!(
+                        "validator {name} measured {} {:.3}, below {}",
+                        self.metric, m.value, self.min
+                    )),
+                    Some(_) => None,
+                }
+            };
+            match why {
+                Some(why) => refused.push(why),
+                None => {
+                    validators.insert(signer);
+                    countries.insert(member.country.clone());
+                }
+            }
+        }
+        let certified = validators.len() >= self.validators && countries.len() >= self.countries;
+        let mut reasons = Vec::new();
+        if !certified {
+            reasons = refused;
+            reasons.dedup();
+            if validators.len() < self.validators {
+                reasons.push(format!(
+                    "{} qualifying validator(s) of {} required",
+                    validators.len(),
+                    self.validators
+                ));
+            }
+            if countries.len() < self.countries {
+                reasons.push(format!(
+                    "{} country(ies) of {} required",
+                    countries.len(),
+                    self.countries
+                ));
             }
         }
         Certification {
             model: *model,
-            certified: validators.len() >= self.validators && countries.len() >= self.countries,
+            certified,
             validators: validators.into_iter().collect(),
             countries: countries.into_iter().collect(),
+            reasons,
         }
     }
 }
@@ -341,10 +384,24 @@ mod tests {
         let verdict = policy.judge(&roster, &model, &all);
         assert!(!verdict.certified, "{verdict:?}");
         assert_eq!(verdict.countries, ["DE"]);
+        // It says why, report by report, then what is short.
+        let says = |text: &str| verdict.reasons.iter().any(|r| r.contains(text));
+        assert!(
+            says("tested 99 patients, below min_samples 100"),
+            "{verdict:?}"
+        );
+        assert!(says("measured auc 0.790, below 0.8"), "{verdict:?}");
+        assert!(says("role may not validate"), "{verdict:?}");
+        assert!(says("is not a member"), "{verdict:?}");
+        assert_eq!(
+            verdict.reasons.last().map(String::as_str),
+            Some("1 country(ies) of 2 required")
+        );
         // A qualifying report from the Netherlands certifies it.
         all.push(signed(&keys[3], 0.81, 100));
         let verdict = policy.judge(&roster, &model, &all);
         assert!(verdict.certified);
+        assert!(verdict.reasons.is_empty(), "{verdict:?}");
         assert_eq!(verdict.countries, ["DE", "NL"]);
         assert_eq!(verdict.validators.len(), 3);
     }

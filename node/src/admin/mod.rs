@@ -28,6 +28,7 @@
 //! the server's tests drive it through the client).
 
 mod client;
+mod dashboard;
 mod metrics;
 mod server;
 mod status;
@@ -40,7 +41,9 @@ use serde::{Deserialize, Serialize};
 pub use self::client::{Endpoint, block, fetch_status, get, post, publish_roster, validate};
 pub use self::metrics::{Metrics, gauge};
 pub use self::server::{Command, Reporter, Server};
-pub use self::status::{Peers, Phase, RoundSummary, Status, Test, Training};
+pub use self::status::{
+    HISTORY, MemberView, Peers, Phase, RoundPoint, RoundSummary, Status, Test, Training,
+};
 
 /// The client gives up on the whole exchange after this long (here rather than in `client`
 /// because [`Error::Timeout`] names it).

@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::dashboard::{self, Sessions};
 use super::metrics::{Metrics, gauge};
 use super::status::Status;
 use super::{COMMAND_TIMEOUT, Error, Members, VALIDATE_TIMEOUT, ValidateRequest};
@@ -152,6 +153,7 @@ impl Reporter {
                 metrics: self.metrics.clone(),
                 started: self.started,
                 commands: self.commands.clone(),
+                sessions: Arc::new(Sessions::default()),
             },
         )
         .await
@@ -165,6 +167,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     started: Instant,
     commands: mpsc::Sender<Command>,
+    sessions: Arc<Sessions>,
 }
 
 /// A running admin endpoint. Dropping it stops the server too (without waiting).
@@ -204,6 +207,10 @@ async fn serve(addr: SocketAddr, token: AdminToken, shared: Shared) -> Result<Se
         .route("/validate", routing::post(validate_handler))
         .route("/block", routing::post(block_handler))
         .route("/unblock", routing::post(unblock_handler))
+        .route("/session", routing::post(session_handler))
+        .route("/dashboard", routing::get(dashboard_page))
+        .route("/dashboard/login", routing::get(dashboard_login))
+        .route("/dashboard/data", routing::get(dashboard_data))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(Guard { token, addr: local }),
@@ -265,6 +272,11 @@ async fn guard(
         )
             .into_response();
     }
+    // The dashboard's routes take a session cookie instead of the token (a browser cannot send
+    // the header); each checks it and answers the login page or 401 without one.
+    if request.uri().path() == "/dashboard" || request.uri().path().starts_with("/dashboard/") {
+        return next.run(request).await;
+    }
     let admitted = headers
         .get(header::AUTHORIZATION)
         .is_some_and(|a| guard.token.admits(a.as_bytes()));
@@ -294,9 +306,41 @@ async fn guard(
 }
 
 async fn status_handler(State(shared): State<Shared>) -> axum::Json<Status> {
+    axum::Json(snapshot(&shared))
+}
+
+/// The newest status, with its uptime.
+fn snapshot(shared: &Shared) -> Status {
     let mut status = shared.status.borrow().clone();
     status.uptime_seconds = shared.started.elapsed().as_secs_f64();
-    axum::Json(status)
+    status
+}
+
+/// `POST /session` (the token, JSON `{}`): a one-time login code for the dashboard.
+async fn session_handler(State(shared): State<Shared>) -> Response {
+    match shared.sessions.code() {
+        Ok(code) => axum::Json(serde_json::json!({ "code": code })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the operating system's random source failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn dashboard_page(State(shared): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    dashboard::page(&shared.sessions, &headers)
+}
+
+async fn dashboard_login(
+    State(shared): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    dashboard::login(&shared.sessions, &query)
+}
+
+async fn dashboard_data(State(shared): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    dashboard::data(&shared.sessions, &headers, || snapshot(&shared))
 }
 
 async fn metrics_handler(State(shared): State<Shared>) -> Response {
@@ -523,6 +567,95 @@ mod tests {
         (code, body)
     }
 
+    /// Sends `request` to `addr`; the whole answer (status line, headers, body).
+    async fn raw_answer(addr: SocketAddr, request: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        stream.write_all(request.as_bytes()).await.expect("sends");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("reads");
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_needs_a_session_from_a_one_time_code_and_takes_no_writes() {
+        let (reporter, _commands) = Reporter::new(fake_status(), Instant::now());
+        let (server, endpoint) = serving(&reporter).await;
+        let addr = endpoint.addr;
+        let get = |path: &str, cookie: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{cookie}\r\n")
+        };
+        // Without a session: the login page or a 401, and none of the node's data.
+        for path in [
+            "/dashboard",
+            "/dashboard/data",
+            "/dashboard/login?code=0123",
+        ] {
+            let (code, body) = raw(addr, get(path, "")).await;
+            assert_eq!(code, 401, "{path}");
+            assert!(
+                !body.contains("cleveland") && !body.contains("national"),
+                "{path}: {body}"
+            );
+        }
+        let (code, body) = raw(addr, get("/dashboard", "")).await;
+        assert_eq!(code, 401);
+        assert!(body.contains("medmesh dashboard --config"), "{body}");
+        // A login code needs the token.
+        let session = |auth: &str| {
+            format!(
+                "POST /session HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            )
+        };
+        let (code, _) = raw(addr, session("")).await;
+        assert_eq!(code, 401);
+        let (code, body) = raw(
+            addr,
+            session(&format!("Authorization: {}\r\n", endpoint.token.bearer())),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let code_value: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let login = format!(
+            "/dashboard/login?code={}",
+            code_value["code"].as_str().expect("code")
+        );
+        let answer = raw_answer(addr, get(&login, "")).await;
+        assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+        let cookie = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .expect("a session cookie");
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let session_cookie = cookie.split(';').next().expect("name=value");
+        // The code worked once.
+        let (code, _) = raw(addr, get(&login, "")).await;
+        assert_eq!(code, 401);
+        let with = format!("Cookie: {session_cookie}\r\n");
+        let (code, page) = raw(addr, get("/dashboard", &with)).await;
+        assert_eq!(code, 200);
+        assert!(page.contains("/dashboard/data"), "the page polls its data");
+        let (code, data) = raw(addr, get("/dashboard/data", &with)).await;
+        assert_eq!(code, 200);
+        assert!(data.contains("\"site\":\"cleveland\""), "{data}");
+        // No dashboard route takes a write, with a session or without.
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            for path in ["/dashboard", "/dashboard/data", "/dashboard/login"] {
+                let request = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{with}\
+                     Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+                );
+                let (code, _) = raw(addr, request).await;
+                assert_eq!(code, 405, "{method} {path}");
+            }
+        }
+        server.stop().await;
+    }
+
     #[tokio::test]
     async fn every_request_needs_the_token_json_and_our_host_and_names_no_file() {
         let (reporter, mut commands) = Reporter::new(fake_status(), Instant::now());
@@ -656,6 +789,9 @@ mod tests {
             rounds_timed_out: 1,
             certified: Vec::new(),
             blocked: vec!["hungarian".into()],
+            members: Vec::new(),
+            history: Vec::new(),
+            verdicts: Vec::new(),
             uptime_seconds: 0.0,
         }
     }

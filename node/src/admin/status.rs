@@ -72,6 +72,55 @@ pub struct Test {
     pub auc: Option<f64>,
 }
 
+/// A member of the roster, as the dashboard lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Its member id.
+    pub id: MemberId,
+    /// Its roster name.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// Its country code.
+    pub country: String,
+    /// `hospital`, `validator`, `observer` or `relay`.
+    pub role: String,
+    /// Its group (two-level averaging), empty for none.
+    pub group: String,
+    /// This node itself.
+    pub this: bool,
+    /// `direct` or `relayed` while connected; none when not connected.
+    pub connection: Option<String>,
+    /// The last round-trip time measured to it, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Blocked by this node's operator.
+    pub blocked: bool,
+}
+
+/// One closed round, for the dashboard's charts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundPoint {
+    /// The round.
+    pub round: u64,
+    /// Training loss this node reported for the round, if any.
+    pub loss: Option<f64>,
+    /// DP ε spent after the round's training, if training is differentially private.
+    pub epsilon: Option<f64>,
+    /// Versions merged (this node's included).
+    pub merged: usize,
+    /// How far apart they were (relative L2 to the merge; the protocol's `spread`).
+    pub spread: Option<f64>,
+    /// Whether the round closed on its timeout.
+    pub timed_out: bool,
+    /// Messages refused so far, all reasons.
+    pub rejections: u64,
+    /// Seconds since the node started.
+    pub at_seconds: f64,
+}
+
+/// Rounds the dashboard's history keeps (the newest).
+pub const HISTORY: usize = 1000;
+
 /// A snapshot of a node, as `GET /status` returns it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -118,6 +167,16 @@ pub struct Status {
     /// Members this node's operator blocked (`medmesh block`), by name.
     #[serde(default)]
     pub blocked: Vec<String>,
+    /// The roster's members, with this node's connection to each.
+    #[serde(default)]
+    pub members: Vec<MemberView>,
+    /// The closed rounds, oldest first (the newest [`HISTORY`]).
+    #[serde(default)]
+    pub history: Vec<RoundPoint>,
+    /// Certification verdicts on the versions this node holds reports on, each with why it is
+    /// not certified if it is not.
+    #[serde(default)]
+    pub verdicts: Vec<medmesh_protocol::validation::Certification>,
     /// Seconds since the node started (filled in when served).
     pub uptime_seconds: f64,
 }

@@ -154,6 +154,8 @@ pub(super) struct EventLoop {
     arrived: Vec<(Validation, Verified<Version>, Option<Bytes>)>,
     subscribed: HashSet<PeerId>,
     blocked: HashSet<PeerId>,
+    /// The last round-trip time measured to each connected peer.
+    rtt: HashMap<PeerId, Duration>,
     redial: network::Redial,
     /// Relays, reservations, direct and relayed connections.
     nat: Nat,
@@ -254,6 +256,7 @@ impl EventLoop {
             arrived: Vec::new(),
             subscribed,
             blocked,
+            rtt: HashMap::new(),
             redial,
             certifier,
             rounds,
@@ -473,6 +476,7 @@ impl EventLoop {
 
     fn certifications_changed(&mut self) -> anyhow::Result<()> {
         self.status.certified = self.certifier.certified();
+        self.status.verdicts = self.certifier.verdicts();
         if let Some(outcome) = &mut self.outcome {
             outcome.certifications = self.certifier.verdicts();
             write_outcome(&self.config, outcome)?;
@@ -494,8 +498,29 @@ impl EventLoop {
                 round,
                 contributors,
                 timed_out,
+                spread,
                 ..
             } => {
+                let trained = self
+                    .status
+                    .training
+                    .as_ref()
+                    .filter(|t| t.round == *round)
+                    .map(|t| &t.metrics);
+                let history = &mut self.status.history;
+                if history.len() >= admin::HISTORY {
+                    history.remove(0);
+                }
+                history.push(admin::RoundPoint {
+                    round: *round,
+                    loss: trained.and_then(|m| m.get("loss").copied()),
+                    epsilon: trained.and_then(|m| m.get("epsilon").copied()),
+                    merged: contributors.len(),
+                    spread: *spread,
+                    timed_out: *timed_out,
+                    rejections: self.status.rejections.values().sum(),
+                    at_seconds: self.started.elapsed().as_secs_f64(),
+                });
                 self.status.rounds_timed_out += u64::from(*timed_out);
                 self.telemetry.rounds_completed.inc();
                 if *timed_out {
@@ -1020,6 +1045,30 @@ impl EventLoop {
         t.hole_punch_successes
             .set(admin::gauge(reachability.hole_punch_successes));
         status.reachability = reachability;
+        let roster = self.peer.chain().current();
+        status.members = roster
+            .members
+            .iter()
+            .map(|m| {
+                let peer = network::peer_id(&m.id).ok();
+                admin::MemberView {
+                    id: m.id,
+                    name: m.name.clone(),
+                    site: m.site.clone(),
+                    country: m.country.clone(),
+                    role: format!("{:?}", m.role).to_lowercase(),
+                    group: m.group.clone(),
+                    this: m.id == self.me,
+                    connection: peer
+                        .and_then(|p| self.nat.connection_kind(&p))
+                        .map(str::to_owned),
+                    rtt_ms: peer
+                        .and_then(|p| self.rtt.get(&p))
+                        .map(|d| d.as_secs_f64() * 1e3),
+                    blocked: peer.is_some_and(|p| self.blocked.contains(&p)),
+                }
+            })
+            .collect();
         self.reporter.publish(status);
     }
 
@@ -1055,6 +1104,13 @@ impl EventLoop {
                 tracing::debug!(?event, "relay server");
             }
             SwarmEvent::Behaviour(network::Event::Dcutr(event)) => self.nat.hole_punched(&event),
+            SwarmEvent::Behaviour(network::Event::Ping(libp2p::ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtt.insert(peer, rtt);
+            }
             SwarmEvent::Behaviour(network::Event::Autonat(autonat::Event::StatusChanged {
                 new,
                 ..
@@ -1091,6 +1147,7 @@ impl EventLoop {
                     .connection_closed(peer_id, connection_id, num_established);
                 if num_established == 0 {
                     self.redial.disconnected(peer_id, Instant::now());
+                    self.rtt.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { error, peer_id, .. } => {
