@@ -69,7 +69,15 @@ impl Lan {
             ip(&["-n", &lan.switch, "link", "set", &outside, "master", "br0"]);
             ip(&["-n", &lan.switch, "link", "set", &outside, "up"]);
             ip(&["-n", ns, "link", "set", &inside, "name", "eth0"]);
-            ip(&["-n", ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -80,7 +88,15 @@ impl Lan {
     fn shell(&self, i: usize, dir: &Path, script: &str, env: &[(String, String)]) -> Command {
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", &self.namespaces[i], "bash", "-euo", "pipefail", "-c"])
+            .args([
+                "netns",
+                "exec",
+                &self.namespaces[i],
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+            ])
             .arg(script)
             .current_dir(dir)
             .envs(env.iter().map(|(k, v)| (k, v)));
@@ -215,7 +231,10 @@ fn three_hospitals_set_up_by_the_readme_train_together() {
             .lines()
             .find(|l| l.contains("final model on the local test split"))
             .unwrap_or_else(|| panic!("{site} logged no final accuracy: {log}"));
-        assert!(!line.contains('\u{1b}'), "colour codes in a log file: {line}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in a log file: {line}"
+        );
         let accuracy: f64 = after(&line.replace(' ', "\n"), "accuracy=")
             .parse()
             .expect("a number");

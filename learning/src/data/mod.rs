@@ -340,8 +340,7 @@ mod tests {
         std::fs::create_dir_all(schema.parent().expect("parent")).expect("mkdir");
         std::fs::write(&schema, "").expect("write");
         let release = checkout.path().join("target/release");
-        let bases: Vec<std::path::PathBuf> =
-            release.ancestors().map(Path::to_owned).collect();
+        let bases: Vec<std::path::PathBuf> = release.ancestors().map(Path::to_owned).collect();
         let relative = Path::new("data/set/schema.toml");
         assert_eq!(find_under(relative, &bases), Ok(schema));
         let error = find_under(Path::new("data/none.toml"), &bases).expect_err("missing");
