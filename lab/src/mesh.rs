@@ -109,6 +109,8 @@ pub struct Hospital {
     pub final_version: Option<ContentId>,
     /// Whether that version is certified (as this hospital judged it); `None` if not judged.
     pub certified: Option<bool>,
+    /// Why it is not certified, if it is not ("1 country(ies) of 2 required", ...).
+    pub not_certified_because: Vec<String>,
 }
 
 /// The validator's line.
@@ -716,13 +718,11 @@ fn compare_alone(
         for other in &dataset.sites {
             generalization += accuracy(&other.test)? / dataset.sites.len() as f64;
         }
-        let certified = outcome.final_version.and_then(|f| {
-            outcome
-                .certifications
-                .iter()
-                .find(|c| c.model == f)
-                .map(|c| c.certified)
-        });
+        let verdict = outcome
+            .final_version
+            .and_then(|f| outcome.certifications.iter().find(|c| c.model == f));
+        let certified = verdict.map(|c| c.certified);
+        let not_certified_because = verdict.map(|c| c.reasons.clone()).unwrap_or_default();
         hospitals.push(Hospital {
             site: site.name.clone(),
             accuracy: outcome.test.accuracy,
@@ -732,6 +732,7 @@ fn compare_alone(
             rejected: outcome.rejections.values().sum(),
             final_version: outcome.final_version,
             certified,
+            not_certified_because,
         });
     }
     Ok(hospitals)
@@ -805,9 +806,10 @@ impl Report {
                     h.site,
                     h.final_version.map_or("-".into(), |f| f.short()),
                     match h.certified {
-                        Some(true) => "certified",
-                        Some(false) => "not certified",
-                        None => "not judged",
+                        Some(true) => "certified".to_owned(),
+                        Some(false) =>
+                            format!("not certified: {}", h.not_certified_because.join("; ")),
+                        None => "not judged".to_owned(),
                     }
                 ));
             }

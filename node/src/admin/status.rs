@@ -276,6 +276,18 @@ impl Status {
                 test.accuracy, test.samples
             );
         }
+        for verdict in &self.verdicts {
+            let _ = writeln!(
+                out,
+                "version {}: {}",
+                verdict.model.short(),
+                if verdict.certified {
+                    "certified".to_owned()
+                } else {
+                    format!("not certified: {}", verdict.reasons.join("; "))
+                }
+            );
+        }
         let rejected: Vec<String> = self
             .rejections
             .iter()
