@@ -4,8 +4,10 @@
 //! merge like everyone else, and sign with their own keys. The simulator lets them lie in one of
 //! two places:
 //! - **in their parameters** ([`Poisoned`], a [`Learner`] wrapper): sign flip, noise, "a little
-//!   is enough" and model replacement announce a correctly signed version of poisoned
-//!   parameters, which only the merge rule can hold back;
+//!   is enough", inner-product manipulation and model replacement announce a correctly signed
+//!   version of poisoned parameters, which only the merge rule can hold back; label flipping
+//!   poisons the attackers' training data instead ([`flip_labels`]), and they train honestly on
+//!   it;
 //! - **on the wire** ([`Byzantine`], an [`Adversary`]): stale replays of old announcements,
 //!   announcements with forged signatures, and equivocation (two signed versions for one round).
 //!   These reach honest peers as bytes and go through exactly the checks a hospital's node runs,
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use medmesh_learning::data::Table;
 use medmesh_protocol::identity::{Keypair, MemberId, Signed};
 use medmesh_protocol::peer::Peer;
 use medmesh_protocol::update::{self, Version};
@@ -29,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::{Adversary, Evaluate, Learner, Outbox};
+use crate::{Adversary, Evaluate, Learner, Outbox, Score};
 
 /// Most recent honest updates an ALIE attacker estimates the honest mean and spread from.
 const ALIE_WINDOW: usize = 256;
@@ -66,6 +69,9 @@ pub struct Attack {
     /// Stale replay: with each new announcement the attacker re-sends its own announcement of
     /// `lag` rounds earlier.
     pub lag: u64,
+    /// Inner-product manipulation: the attacker sends its start minus `epsilon` × the mean of
+    /// the honest updates of the round (small: the robust rules' blind spot; large: a flip).
+    pub epsilon: f32,
 }
 
 impl Default for Attack {
@@ -79,6 +85,7 @@ impl Default for Attack {
             z: 1.0,
             boost: 10.0,
             lag: 2,
+            epsilon: 0.5,
         }
     }
 }
@@ -99,6 +106,13 @@ pub enum AttackKind {
     /// Model replacement (Bagdasaryan et al., 2020): a boosted step toward the attacker's own
     /// target model.
     ModelReplacement,
+    /// Inner-product manipulation (Xie et al., 2019): the start minus `epsilon` × the mean of
+    /// the honest updates of the round, so that the merged update's inner product with the
+    /// honest one shrinks (and turns negative once the attackers' weight outgrows it).
+    Ipm,
+    /// Label flipping: the attacker trains honestly, on its own train rows with every label
+    /// flipped (y ↦ 1 − y): data poisoning, which signs and announces like honest training.
+    LabelFlip,
     /// Re-announces its own version of `lag` rounds earlier with every new one.
     StaleReplay,
     /// With every announcement, a forged one in an honest member's name (its signature does
@@ -113,8 +127,18 @@ impl AttackKind {
     pub fn poisons(self) -> bool {
         matches!(
             self,
-            Self::SignFlip | Self::Noise | Self::Alie | Self::ModelReplacement
+            Self::SignFlip
+                | Self::Noise
+                | Self::Alie
+                | Self::ModelReplacement
+                | Self::Ipm
+                | Self::LabelFlip
         )
+    }
+
+    /// Whether the attackers train on flipped labels ([`flip_labels`] on their train rows).
+    pub fn flips_labels(self) -> bool {
+        self == Self::LabelFlip
     }
 
     /// Whether the attack works through the messages the attacker sends.
@@ -153,6 +177,11 @@ impl Attack {
         ] {
             anyhow::ensure!(value.is_finite(), "`attack.{key}` = {value} must be finite");
         }
+        anyhow::ensure!(
+            self.epsilon.is_finite() && self.epsilon > 0.0,
+            "`attack.epsilon` = {} must be finite and > 0",
+            self.epsilon
+        );
         anyhow::ensure!(self.lag >= 1, "`attack.lag` = 0 must be at least 1 round");
         Ok(())
     }
@@ -178,6 +207,16 @@ impl Attack {
     }
 }
 
+/// Flips every label of `table` (y ↦ 1 − y): the train rows of a label-flipping attacker.
+pub fn flip_labels(table: &mut Table) {
+    for y in &mut table.y {
+        *y = 1.0 - *y;
+    }
+}
+
+/// Rounds of honest updates an IPM attacker keeps summed (the current one and a few before).
+const IPM_ROUNDS: u64 = 3;
+
 /// A learner whose attackers announce poisoned parameters; honest peers train as `inner` does.
 #[derive(Debug)]
 pub struct Poisoned<L> {
@@ -187,6 +226,8 @@ pub struct Poisoned<L> {
     rng: ChaCha8Rng,
     /// Recent honest updates, oldest first (only kept for ALIE).
     honest: VecDeque<Vec<f32>>,
+    /// Per round, the sum and count of the honest updates trained so far (only kept for IPM).
+    rounds: BTreeMap<u64, (Vec<f64>, usize)>,
 }
 
 impl<L> Poisoned<L> {
@@ -198,6 +239,7 @@ impl<L> Poisoned<L> {
             attack,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xbad),
             honest: VecDeque::new(),
+            rounds: BTreeMap::new(),
         }
     }
 
@@ -225,6 +267,45 @@ impl<L> Poisoned<L> {
     }
 }
 
+impl<L> Poisoned<L> {
+    /// Adds an honest update of `round` to its round's sum (IPM).
+    fn observe(&mut self, round: u64, start: &[f32], params: &[f32]) {
+        let (sum, count) = self
+            .rounds
+            .entry(round)
+            .or_insert_with(|| (vec![0.0; params.len()], 0));
+        if sum.len() != params.len() {
+            return;
+        }
+        for (a, (p, s)) in sum.iter_mut().zip(params.iter().zip(start)) {
+            *a += f64::from(p - s);
+        }
+        *count += 1;
+        // Only the latest rounds matter.
+        let newest = self.rounds.keys().next_back().copied().unwrap_or(round);
+        self.rounds.retain(|r, _| *r + IPM_ROUNDS > newest);
+    }
+
+    /// IPM: `start − epsilon × mean` of the honest updates of `round` seen so far, else of the
+    /// latest earlier round with any; with none yet (the attacker trained first), it looks
+    /// honest.
+    fn ipm(&self, round: u64, start: &[f32], params: &mut [f32]) {
+        let Some((sum, count)) = self
+            .rounds
+            .range(..=round)
+            .rev()
+            .map(|(_, v)| v)
+            .find(|(sum, count)| *count > 0 && sum.len() == params.len())
+        else {
+            return;
+        };
+        let epsilon = f64::from(self.attack.epsilon);
+        for ((p, s), a) in params.iter_mut().zip(start).zip(sum) {
+            *p = (f64::from(*s) - epsilon * a / *count as f64) as f32;
+        }
+    }
+}
+
 impl<L: Learner> Learner for Poisoned<L> {
     fn train(&mut self, peer: usize, round: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
         let kind = self.attack.kind;
@@ -235,6 +316,9 @@ impl<L: Learner> Learner for Poisoned<L> {
         let metrics = self.inner.train(peer, round, params);
         let attacker = self.attackers.get(peer).copied().unwrap_or(false);
         if !attacker {
+            if kind == AttackKind::Ipm {
+                self.observe(round, &start, params);
+            }
             if kind == AttackKind::Alie {
                 if self.honest.len() == ALIE_WINDOW {
                     self.honest.pop_front();
@@ -257,6 +341,9 @@ impl<L: Learner> Learner for Poisoned<L> {
                 }
             }
             AttackKind::Alie => self.alie(&start, params),
+            AttackKind::Ipm => self.ipm(round, &start, params),
+            // Its data is poisoned, not its training: the update stands as trained.
+            AttackKind::LabelFlip => {}
             AttackKind::ModelReplacement => {
                 for (p, s) in params.iter_mut().zip(&start) {
                     let target = -*p;
@@ -275,6 +362,10 @@ impl<L: Learner> Learner for Poisoned<L> {
 impl<L: Evaluate> Evaluate for Poisoned<L> {
     fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
         self.inner.accuracy(peer, params)
+    }
+
+    fn score(&self, peer: usize, params: &[f32]) -> Score {
+        self.inner.score(peer, params)
     }
 }
 
@@ -497,5 +588,93 @@ mod tests {
         poisoned.train(2, 1, &mut q);
         // mean 2, sample std sqrt(2): start + 2 + 1.414.
         assert!((q[0] - (12.0 + 2f32.sqrt())).abs() < 1e-5, "{q:?}");
+    }
+
+    #[test]
+    fn ipm_sends_minus_epsilon_times_the_rounds_honest_mean() {
+        struct Step;
+        impl Learner for Step {
+            fn train(
+                &mut self,
+                peer: usize,
+                round: u64,
+                params: &mut [f32],
+            ) -> BTreeMap<String, f64> {
+                // Honest updates 1 and 3 in round 1, 10 in round 2.
+                let step = match (round, peer) {
+                    (1, 0) => 1.0,
+                    (1, _) => 3.0,
+                    _ => 10.0,
+                };
+                params.iter_mut().for_each(|p| *p += step);
+                BTreeMap::new()
+            }
+        }
+        let attack = Attack {
+            kind: AttackKind::Ipm,
+            fraction: 0.2,
+            epsilon: 0.5,
+            ..Attack::default()
+        };
+        let mut poisoned = Poisoned::new(Step, vec![false, false, true], attack, 0);
+        // Before any honest update: the attacker looks honest (its own update, 3).
+        let mut first = [5.0f32; 2];
+        poisoned.train(2, 1, &mut first);
+        assert_eq!(first, [8.0; 2]);
+        let mut p = [0.0f32; 2];
+        poisoned.train(0, 1, &mut p);
+        poisoned.train(1, 1, &mut p);
+        let mut q = [10.0f32; 2];
+        poisoned.train(2, 1, &mut q);
+        // Honest mean 2: 10 − 0.5 × 2.
+        assert_eq!(q, [9.0; 2]);
+        // Round 2 with no honest update yet: round 1's mean still stands.
+        let mut r = [10.0f32; 2];
+        poisoned.train(2, 2, &mut r);
+        assert_eq!(r, [9.0; 2]);
+        poisoned.train(0, 2, &mut p);
+        let mut r = [10.0f32; 2];
+        poisoned.train(2, 2, &mut r);
+        assert_eq!(r, [5.0; 2], "round 2's own mean, 10");
+        // Bad epsilons are refused, naming the key.
+        for epsilon in [0.0, -1.0, f32::NAN] {
+            let bad = Attack {
+                epsilon,
+                ..Attack::default()
+            };
+            let error = bad.check().expect_err("refused");
+            assert!(error.to_string().contains("`attack.epsilon`"), "{error}");
+        }
+    }
+
+    #[test]
+    fn label_flip_flips_train_labels_and_leaves_the_update_as_trained() {
+        let mut table = Table {
+            x: vec![0.0; 3],
+            rows: 3,
+            cols: 1,
+            y: vec![0.0, 1.0, 1.0],
+            time: vec![],
+            event: vec![],
+        };
+        flip_labels(&mut table);
+        assert_eq!(table.y, [1.0, 0.0, 0.0]);
+        struct Step;
+        impl Learner for Step {
+            fn train(&mut self, _: usize, _: u64, params: &mut [f32]) -> BTreeMap<String, f64> {
+                params.iter_mut().for_each(|p| *p += 1.0);
+                BTreeMap::new()
+            }
+        }
+        let attack = Attack {
+            kind: AttackKind::LabelFlip,
+            fraction: 0.2,
+            ..Attack::default()
+        };
+        let mut poisoned = Poisoned::new(Step, vec![true], attack, 0);
+        let mut p = [1.0f32; 2];
+        poisoned.train(0, 1, &mut p);
+        assert_eq!(p, [2.0; 2]);
+        assert!(AttackKind::LabelFlip.poisons() && AttackKind::LabelFlip.flips_labels());
     }
 }

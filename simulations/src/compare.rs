@@ -28,8 +28,10 @@
 //! file; relative paths given as grid values are relative to the grid file.
 //!
 //! Writes `DIR/compare.csv` and `DIR/compare.md` (one row per combination, rewritten after each,
-//! so an interrupted grid keeps what finished), `DIR/compare.png` (mean honest accuracy per round,
-//! one line per combination), and per combination `DIR/runs/NN-LABEL/` with the exact
+//! so an interrupted grid keeps what finished: the final and the last-5 mean honest accuracy as
+//! mean ± standard deviation over seeds, the worst seed, the worst honest peer, consensus,
+//! rejections and wall time, columns named in [`METRIC_COLUMNS`]), `DIR/compare.png` (mean honest
+//! accuracy per round, one line per combination), and per combination `DIR/runs/NN-LABEL/` with the exact
 //! `scenario.toml` that ran (replayable with `medmesh-sim run`) and that run's usual outputs.
 
 use std::fmt::Write as _;
@@ -39,7 +41,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
-use crate::plot::{self, Chart, Font, Series};
+use crate::plot::{self, AccuracyAxis, Chart, Font, Series};
 use crate::scenario::{self, Scenario};
 
 /// Errors in a grid file, found before anything runs.
@@ -439,8 +441,18 @@ pub struct Outcome {
     pub run: String,
     /// Final mean honest accuracy, mean over seeds.
     pub mean_accuracy: f64,
-    /// Final lowest honest accuracy, lowest over seeds.
-    pub min_accuracy: f64,
+    /// Sample standard deviation over seeds of the final mean honest accuracy; `None` with one
+    /// seed.
+    pub std_accuracy: Option<f64>,
+    /// Mean honest accuracy averaged over each seed's last 5 measured rounds, mean over seeds
+    /// (`summary.json`'s `last5_mean_accuracy`).
+    pub last5_accuracy: f64,
+    /// Sample standard deviation over seeds of that last-5 mean; `None` with one seed.
+    pub std_last5_accuracy: Option<f64>,
+    /// Lowest over seeds of the final mean honest accuracy: the worst seed.
+    pub worst_seed_accuracy: f64,
+    /// Lowest final accuracy of any honest peer in any seed: the worst-served hospital.
+    pub worst_peer_accuracy: f64,
     /// Final consensus distance, mean over seeds.
     pub consensus_distance: f64,
     /// Rejected messages per run, mean over seeds.
@@ -451,12 +463,34 @@ pub struct Outcome {
     pub curve: Vec<(f64, f64)>,
 }
 
+/// Sample standard deviation (n − 1) of `values`; `None` for fewer than two.
+fn sample_std(values: &[f64]) -> Option<f64> {
+    (values.len() >= 2).then(|| {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    })
+}
+
 /// Runs every combination of `grid` into `out`; `progress` gets a line per combination (and
-/// warnings). Every combination is checked by [`Scenario::load`] before the first runs.
+/// warnings). Every combination is checked by [`Scenario::load`] before the first runs. Plots'
+/// accuracy axes are as each scenario's `[output] accuracy_axis` says (`compare.png`: the first
+/// combination's); see [`run_with`] to override them.
 pub fn run(
     grid: &Grid,
     out: &Path,
     font: Option<&Font>,
+    progress: impl FnMut(&str),
+) -> anyhow::Result<Vec<Outcome>> {
+    run_with(grid, out, font, None, progress)
+}
+
+/// [`run`], with every plot's accuracy axis set to `axis` when given (`--accuracy-axis`).
+pub fn run_with(
+    grid: &Grid,
+    out: &Path,
+    font: Option<&Font>,
+    axis: Option<AccuracyAxis>,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Vec<Outcome>> {
     let combinations = grid.expand()?;
@@ -495,6 +529,12 @@ pub fn run(
         .first()
         .map(|(_, _, s)| s.name.clone())
         .unwrap_or_default();
+    let chart_axis = axis.unwrap_or_else(|| {
+        planned
+            .first()
+            .map(|(_, _, s)| s.output.accuracy_axis)
+            .unwrap_or_default()
+    });
     let names: Vec<String> = grid
         .axis_names()?
         .into_iter()
@@ -526,14 +566,21 @@ pub fn run(
             progress(warning);
         }
         let rounds = plot::read_rounds(&dir.join("rounds.csv"))?;
-        plot::write_run_plots(&dir, &format!("{} ({})", summary.name, c.label()), font)?;
+        plot::write_run_plots(
+            &dir,
+            &format!("{} ({})", summary.name, c.label()),
+            font,
+            axis.unwrap_or(scenario.output.accuracy_axis),
+        )?;
         let outcome = outcome(c, &dir, &summary, &rounds, out);
         progress(&format!(
-            "[{}/{total}] {}: mean accuracy {:.3} (min {:.3}), consensus distance {:.2e}, {:.0} rejections, {:.1} s",
+            "[{}/{total}] {}: final mean accuracy {}, last-5 {}, worst peer {:.3}, consensus \
+             distance {:.2e}, {:.0} rejections, {:.1} s",
             c.index + 1,
             outcome.label,
-            outcome.mean_accuracy,
-            outcome.min_accuracy,
+            plus_minus(outcome.mean_accuracy, outcome.std_accuracy),
+            plus_minus(outcome.last5_accuracy, outcome.std_last5_accuracy),
+            outcome.worst_peer_accuracy,
             outcome.consensus_distance,
             outcome.rejections,
             outcome.wall_seconds
@@ -546,7 +593,6 @@ pub fn run(
         "round",
         "mean honest accuracy",
     );
-    chart.y_range = Some((0.0, 1.0));
     chart.series = outcomes
         .iter()
         .map(|o| Series {
@@ -554,6 +600,7 @@ pub fn run(
             points: o.curve.clone(),
         })
         .collect();
+    chart.y_range = plot::accuracy_range(chart_axis, &chart.series);
     chart.draw(&out.join("compare.png"), font)?;
     Ok(outcomes)
 }
@@ -584,7 +631,15 @@ fn outcome(
             .to_string_lossy()
             .into_owned(),
         mean_accuracy: summary.mean_accuracy,
-        min_accuracy: finals
+        std_accuracy: summary.std_accuracy,
+        last5_accuracy: summary.last5_mean_accuracy,
+        std_last5_accuracy: sample_std(&summary.seed_last5_accuracy),
+        worst_seed_accuracy: summary
+            .final_accuracy
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min),
+        worst_peer_accuracy: finals
             .iter()
             .map(|r| r.min_accuracy)
             .fold(f64::INFINITY, f64::min),
@@ -594,6 +649,43 @@ fn outcome(
         curve: plot::mean_over_seeds(rounds, |r| r.mean_accuracy),
     }
 }
+
+/// `mean ± std` to 3 decimals; the mean alone without a std (one seed).
+fn plus_minus(mean: f64, std: Option<f64>) -> String {
+    match std {
+        Some(std) => format!("{mean:.3} ± {std:.3}"),
+        None => format!("{mean:.3}"),
+    }
+}
+
+/// The `compare.csv` columns after the axes, each named for what it holds (see
+/// [`COLUMN_MEANINGS`]).
+pub const METRIC_COLUMNS: [&str; 9] = [
+    "final_accuracy_mean",
+    "final_accuracy_std",
+    "last5_accuracy_mean",
+    "last5_accuracy_std",
+    "final_accuracy_worst_seed",
+    "final_accuracy_worst_peer",
+    "consensus_distance",
+    "rejections",
+    "wall_seconds",
+];
+
+/// What each column of `compare.md` holds, written under its table.
+const COLUMN_MEANINGS: &str = "\
+- **final accuracy**: the final round's mean accuracy over honest peers (each on its own test \
+rows), mean ± sample standard deviation over seeds (`final_accuracy_mean`, `final_accuracy_std` \
+in compare.csv; no ± with one seed).
+- **last-5 accuracy**: that mean honest accuracy averaged over each seed's last 5 measured \
+rounds, mean ± standard deviation over seeds (`last5_accuracy_mean`, `last5_accuracy_std`).
+- **worst seed**: the lowest over seeds of the final mean honest accuracy \
+(`final_accuracy_worst_seed`).
+- **worst peer**: the lowest final accuracy of any single honest peer in any seed \
+(`final_accuracy_worst_peer`).
+- **consensus distance**: the final mean distance of honest models to their average, mean over \
+seeds; **rejections**: messages refused per run, mean over seeds; **wall time**: all seeds.
+";
 
 /// (Re)writes `compare.csv` and `compare.md` with the outcomes so far.
 fn write_tables(
@@ -607,25 +699,23 @@ fn write_tables(
     let path = out.join("compare.csv");
     let mut csv = csv::Writer::from_path(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let metrics = [
-        "mean_accuracy",
-        "min_accuracy",
-        "consensus_distance",
-        "rejections",
-        "wall_seconds",
-    ];
     let header = ["combination"]
         .into_iter()
         .chain(names.iter().map(String::as_str))
-        .chain(metrics)
+        .chain(METRIC_COLUMNS)
         .chain(["run"]);
     csv.write_record(header)?;
+    let optional = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
     for (i, o) in outcomes.iter().enumerate() {
         let mut record = vec![(i + 1).to_string()];
         record.extend(o.choices.iter().map(|(_, label)| label.clone()));
         record.extend([
             o.mean_accuracy.to_string(),
-            o.min_accuracy.to_string(),
+            optional(o.std_accuracy),
+            o.last5_accuracy.to_string(),
+            optional(o.std_last5_accuracy),
+            o.worst_seed_accuracy.to_string(),
+            o.worst_peer_accuracy.to_string(),
             o.consensus_distance.to_string(),
             o.rejections.to_string(),
             format!("{:.3}", o.wall_seconds),
@@ -654,11 +744,12 @@ fn write_tables(
     }
     writeln!(
         md,
-        ". Final round; accuracy is over honest peers, averaged over seeds.\n"
+        ". Accuracy is over honest peers, each on its own test rows; ± is the sample standard \
+         deviation over seeds.\n"
     )?;
     writeln!(
         md,
-        "| # | {} | mean accuracy | min accuracy | consensus distance | rejections | wall time (s) |",
+        "| # | {} | final accuracy | last-5 accuracy | worst seed | worst peer | consensus distance | rejections | wall time (s) |",
         names
             .iter()
             .map(|n| cell(n))
@@ -667,26 +758,29 @@ fn write_tables(
     )?;
     writeln!(
         md,
-        "|---:|{}---:|---:|---:|---:|---:|",
+        "|---:|{}---:|---:|---:|---:|---:|---:|---:|",
         "---|".repeat(names.len())
     )?;
     for (i, o) in outcomes.iter().enumerate() {
         writeln!(
             md,
-            "| {} | {} | {:.3} | {:.3} | {:.2e} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.2e} | {:.0} | {:.1} |",
             i + 1,
             o.choices
                 .iter()
                 .map(|(_, l)| cell(l))
                 .collect::<Vec<_>>()
                 .join(" | "),
-            o.mean_accuracy,
-            o.min_accuracy,
+            plus_minus(o.mean_accuracy, o.std_accuracy),
+            plus_minus(o.last5_accuracy, o.std_last5_accuracy),
+            o.worst_seed_accuracy,
+            o.worst_peer_accuracy,
             o.consensus_distance,
             o.rejections,
             o.wall_seconds
         )?;
     }
+    writeln!(md, "\n{COLUMN_MEANINGS}")?;
     let path = out.join("compare.md");
     std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

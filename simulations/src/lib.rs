@@ -38,6 +38,6 @@ mod sim;
 
 pub use network::{Churn, Groups, Network, Outage, Partition, Stragglers};
 pub use sim::{
-    Adversary, AveragingOnly, Evaluate, Learner, Outbox, Setup, Sim, Stats, Training,
+    Adversary, AveragingOnly, Evaluate, Learner, Outbox, Score, Setup, Sim, Stats, Training,
     consensus_distance, genesis, grouped_genesis, keys,
 };

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medmesh_simulations::plot::AccuracyAxis;
 
 /// Network simulations of medmesh: many real protocol peers over a simulated network,
 /// deterministic from a seed.
@@ -18,7 +19,8 @@ struct Cli {
 enum Command {
     /// Run a scenario file (see simulations/scenarios/ and simulations/SCENARIOS.md) for each of
     /// its seeds; writes OUT/scenario.toml (a copy of the file), OUT/rounds.csv (one row per
-    /// round and seed), OUT/summary.json, and the plots OUT/accuracy.png and OUT/consensus.png.
+    /// round and seed), OUT/summary.json, the plots OUT/accuracy.png and OUT/consensus.png, and
+    /// with --per-peer OUT/peers.csv.
     Run {
         /// The scenario file.
         scenario: PathBuf,
@@ -28,6 +30,14 @@ enum Command {
         /// Run only these seeds instead of the scenario's (comma-separated).
         #[arg(long, value_delimiter = ',')]
         seeds: Option<Vec<u64>>,
+        /// Also write OUT/peers.csv, a row per peer and measured round (as `[output] per_peer =
+        /// true` in the scenario).
+        #[arg(long)]
+        per_peer: bool,
+        /// The y axis of accuracy.png: `fit` (to the data) or `full` (0 to 1); default: the
+        /// scenario's `[output] accuracy_axis`, else `fit`.
+        #[arg(long, value_enum)]
+        accuracy_axis: Option<AccuracyAxis>,
     },
     /// Run every combination of a grid of scenario variants (see simulations/README.md);
     /// writes OUT/compare.csv, OUT/compare.md, OUT/compare.png and each run under OUT/runs/.
@@ -37,6 +47,10 @@ enum Command {
         /// Output folder.
         #[arg(long, default_value = "target/compare")]
         out: PathBuf,
+        /// The y axis of every accuracy chart: `fit` (to the data) or `full` (0 to 1); default:
+        /// each scenario's `[output] accuracy_axis` (compare.png: the first's), else `fit`.
+        #[arg(long, value_enum)]
+        accuracy_axis: Option<AccuracyAxis>,
     },
     /// Draw mean honest accuracy against the bytes sent between groups (the WAN) for runs of
     /// scenarios with `[network.groups]`, one line each (e.g. two-level against flat).
@@ -59,10 +73,16 @@ fn main() -> anyhow::Result<()> {
             scenario,
             out,
             seeds,
+            per_peer,
+            accuracy_axis,
         } => {
             let mut loaded = medmesh_simulations::scenario::Scenario::load(&scenario)?;
             if let Some(seeds) = seeds {
                 loaded.seeds = seeds;
+            }
+            loaded.output.per_peer |= per_peer;
+            if let Some(axis) = accuracy_axis {
+                loaded.output.accuracy_axis = axis;
             }
             let summary =
                 medmesh_simulations::scenario::run(&loaded, &out, |line| eprintln!("{line}"))?;
@@ -89,10 +109,20 @@ fn main() -> anyhow::Result<()> {
                 summary.wall_seconds,
                 summary.peer_rounds_per_second
             );
-            medmesh_simulations::plot::write_run_plots(&out, &summary.name, plot_font().as_ref())?;
+            medmesh_simulations::plot::write_run_plots(
+                &out,
+                &summary.name,
+                plot_font().as_ref(),
+                loaded.output.accuracy_axis,
+            )?;
             eprintln!(
-                "wrote {0}/scenario.toml, {0}/rounds.csv and {0}/summary.json",
-                out.display()
+                "wrote {0}/scenario.toml, {0}/rounds.csv{1} and {0}/summary.json",
+                out.display(),
+                if loaded.output.per_peer {
+                    format!(", {}/peers.csv", out.display())
+                } else {
+                    String::new()
+                }
             );
             eprintln!(
                 "wrote {}/accuracy.png and {}/consensus.png",
@@ -156,12 +186,20 @@ fn main() -> anyhow::Result<()> {
             medmesh_simulations::plot::write_wan_plot(&runs, &out, plot_font().as_ref())?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Compare { grid, out } => {
+        Command::Compare {
+            grid,
+            out,
+            accuracy_axis,
+        } => {
             let grid = medmesh_simulations::compare::Grid::load(&grid)?;
             let font = plot_font();
-            let outcomes = medmesh_simulations::compare::run(&grid, &out, font.as_ref(), |line| {
-                eprintln!("{line}")
-            })?;
+            let outcomes = medmesh_simulations::compare::run_with(
+                &grid,
+                &out,
+                font.as_ref(),
+                accuracy_axis,
+                |line| eprintln!("{line}"),
+            )?;
             println!(
                 "{} combinations; wrote {}/compare.md, compare.csv and compare.png",
                 outcomes.len(),

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use medmesh_learning::data::Table;
+use medmesh_learning::metrics;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::{Evaluate, Learner};
+use crate::{Evaluate, Learner, Score};
 
 /// One peer's local data and training state.
 #[derive(Debug, Clone)]
@@ -150,11 +151,46 @@ impl Learner for Logistic {
     }
 }
 
+/// Accuracy (as [`accuracy`]), loss and AUC of `params` on `table`: the loss and AUC are
+/// `medmesh_learning::metrics::binary`'s `log_loss` and `auc` of the predicted probabilities,
+/// as the node's libtorch learner reports them (`None` when the model's outputs are not finite,
+/// and the AUC when the table holds one class only).
+pub fn score(params: &[f32], table: &Table) -> Score {
+    let accuracy = accuracy(params, table);
+    if table.rows == 0 {
+        return Score {
+            accuracy,
+            loss: None,
+            auc: None,
+        };
+    }
+    let probs: Vec<f32> = (0..table.rows)
+        .map(|i| sigmoid(logit(params, table.row(i))))
+        .collect();
+    let scored = metrics::binary(&probs, &table.y, 0.5).ok();
+    Score {
+        accuracy,
+        loss: scored.map(|b| b.log_loss),
+        auc: scored.and_then(|b| b.auc),
+    }
+}
+
 impl Evaluate for Logistic {
     fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
         self.peers
             .get(peer)
             .map_or(0.0, |local| accuracy(params, &local.test))
+    }
+
+    fn score(&self, peer: usize, params: &[f32]) -> Score {
+        self.peers.get(peer).map_or(
+            Score {
+                accuracy: 0.0,
+                loss: None,
+                auc: None,
+            },
+            |local| score(params, &local.test),
+        )
     }
 }
 
@@ -195,5 +231,30 @@ mod tests {
         assert!(acc > 0.95, "accuracy {acc}");
         assert_eq!(run().1, params, "same seed, same model");
         assert!(params[1] > 0.0 && params[2] > 0.0);
+    }
+
+    #[test]
+    fn the_score_agrees_with_accuracy_and_ranks_a_learnt_model_above_chance() {
+        let test = table(200);
+        let local = Local::new(table(400), test.clone(), 3);
+        let mut learner = Logistic::new(vec![local], 0.5, 16, 200);
+        let untrained = learner.score(0, &[0.0, 0.0, 0.0]);
+        // All probabilities 0.5: loss ln 2, every score tied (AUC 0.5).
+        assert!((untrained.loss.expect("loss") - 2f64.ln()).abs() < 1e-6);
+        assert_eq!(untrained.auc, Some(0.5));
+        let mut params = vec![0.0; learner.dim()];
+        learner.train(0, 1, &mut params);
+        let trained = learner.score(0, &params);
+        assert_eq!(trained.accuracy, accuracy(&params, &test));
+        assert!(trained.loss.expect("loss") < 2f64.ln(), "{trained:?}");
+        assert!(trained.auc.expect("auc") > 0.95, "{trained:?}");
+        // A model whose outputs are not finite has no loss or AUC, and no panic.
+        let broken = score(&[f32::NAN, 1.0, 1.0], &test);
+        assert_eq!((broken.loss, broken.auc), (None, None));
+        // One class only: no AUC, a loss still.
+        let mut ones = test.clone();
+        ones.y.iter_mut().for_each(|y| *y = 1.0);
+        let one_class = score(&params, &ones);
+        assert!(one_class.loss.is_some() && one_class.auc.is_none());
     }
 }

@@ -31,6 +31,11 @@ pub struct Network {
     pub bandwidth_mb_s: f64,
     /// Probability that a gossip message to one peer is lost.
     pub loss: f64,
+    /// Probability that the answer to a payload pull is lost on its way: the pull fails (after
+    /// the round trip it would have taken) and the puller retries as the protocol does (each
+    /// author once more per round). Drawn from a generator of its own, so that 0 changes no
+    /// other draw of the run.
+    pub payload_loss: f64,
     /// Partitions that open and heal (`[[network.partition]]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partition: Vec<Partition>,
@@ -101,6 +106,11 @@ impl Network {
             self.loss.is_finite() && (0.0..=1.0).contains(&self.loss),
             "`network.loss` = {} must be a probability in [0, 1]",
             self.loss
+        );
+        anyhow::ensure!(
+            self.payload_loss.is_finite() && (0.0..=1.0).contains(&self.payload_loss),
+            "`network.payload_loss` = {} must be a probability in [0, 1]",
+            self.payload_loss
         );
         for (i, p) in self.partition.iter().enumerate() {
             anyhow::ensure!(
@@ -215,6 +225,7 @@ impl Default for Network {
             jitter_ms: 10.0,
             bandwidth_mb_s: 100.0,
             loss: 0.0,
+            payload_loss: 0.0,
             partition: Vec::new(),
             churn: None,
             groups: None,
@@ -330,6 +341,9 @@ fn pick(n: usize, fraction: f64, seed: u64, salt: u64) -> (Vec<bool>, ChaCha8Rng
     (chosen, rng)
 }
 
+/// Salt of the generator of payload losses.
+const PAYLOAD_LOSS_SALT: u64 = 0x9a71_0a55_0000_0007;
+
 /// The network of one run between its `peers`: the settings, who gossips to whom, and each
 /// peer's outages drawn from the run's seed.
 #[derive(Debug)]
@@ -344,6 +358,8 @@ pub(crate) struct Links {
     churn_phase: Vec<Option<u64>>,
     /// Explicit outages per peer: (start, end) in nanoseconds of virtual time.
     outages: Vec<Vec<(u64, u64)>>,
+    /// The generator of payload losses (`payload_loss`), of its own.
+    payload_rng: ChaCha8Rng,
 }
 
 impl Links {
@@ -378,6 +394,7 @@ impl Links {
             gossip_reach,
             churn_phase,
             outages,
+            payload_rng: ChaCha8Rng::seed_from_u64(seed ^ PAYLOAD_LOSS_SALT),
         })
     }
 
@@ -400,6 +417,12 @@ impl Links {
     /// Whether one gossip message is lost on its way.
     pub(crate) fn lost(&self, rng: &mut impl Rng) -> bool {
         self.network.loss > 0.0 && rng.random_bool(self.network.loss)
+    }
+
+    /// Whether the answer to one payload pull is lost on its way (`payload_loss`); draws only
+    /// when the probability is positive.
+    pub(crate) fn payload_lost(&mut self) -> bool {
+        self.network.payload_loss > 0.0 && self.payload_rng.random_bool(self.network.payload_loss)
     }
 
     /// Whether peers `a` and `b` are in different [`Groups`] (never without groups): what

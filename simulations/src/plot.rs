@@ -18,7 +18,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, BoldPoints, Ranged, ValueFormatter};
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Plotting errors.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +237,89 @@ pub enum Scale {
     Log,
 }
 
+/// The y axis of an accuracy chart (`[output] accuracy_axis`, `--accuracy-axis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AccuracyAxis {
+    /// Fitted to the data (at least [`MIN_ACCURACY_SPAN`] tall, within 0 to 1), so that small
+    /// differences between lines show.
+    #[default]
+    Fit,
+    /// Always 0 to 1, so that charts compare at a glance.
+    Full,
+}
+
+/// The shortest accuracy range a fitted axis shows (a flat line is not blown up to noise).
+pub const MIN_ACCURACY_SPAN: f64 = 0.05;
+
+/// The y range of an accuracy chart of `series` (before the chart's 5 % padding): 0 to 1 with
+/// [`AccuracyAxis::Full`]; with [`AccuracyAxis::Fit`], the finite values' range widened to at
+/// least [`MIN_ACCURACY_SPAN`] and kept within 0 to 1, or `None` (the chart's default) when
+/// there is no value.
+pub fn accuracy_range(axis: AccuracyAxis, series: &[Series]) -> Option<(f64, f64)> {
+    if axis == AccuracyAxis::Full {
+        return Some((0.0, 1.0));
+    }
+    let (lo, hi) = bounds(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .filter(|y| y.is_finite()),
+    )?;
+    let missing = (MIN_ACCURACY_SPAN - (hi - lo)).max(0.0);
+    let (mut lo, mut hi) = (lo - missing / 2.0, hi + missing / 2.0);
+    // Shift a widened range back inside [0, 1] (accuracies never leave it).
+    if lo < 0.0 {
+        (lo, hi) = (0.0, hi - lo);
+    }
+    if hi > 1.0 {
+        (lo, hi) = ((lo - (hi - 1.0)).max(0.0), 1.0);
+    }
+    Some((lo, hi))
+}
+
+/// Why a series draws nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Empty {
+    /// It has no finite point.
+    NoValues,
+    /// On a log axis: finite points, none positive; `all_zero` when every one is exactly 0
+    /// (a consensus distance of exactly 0: the peers hold the same model).
+    NoPositive {
+        /// Every finite value is exactly 0.
+        all_zero: bool,
+    },
+}
+
+impl Empty {
+    /// Why `points` draw nothing on a `scale` axis; `None` if they draw something.
+    pub fn of(points: &[(f64, f64)], scale: Scale) -> Option<Empty> {
+        let finite: Vec<f64> = points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|p| p.1)
+            .collect();
+        if finite.is_empty() {
+            return Some(Empty::NoValues);
+        }
+        if scale == Scale::Log && finite.iter().all(|y| *y <= 0.0) {
+            return Some(Empty::NoPositive {
+                all_zero: finite.iter().all(|y| *y == 0.0),
+            });
+        }
+        None
+    }
+
+    /// A short reason, for a legend entry.
+    pub fn short(self) -> &'static str {
+        match self {
+            Empty::NoValues => "no values",
+            Empty::NoPositive { all_zero: true } => "all exactly 0",
+            Empty::NoPositive { all_zero: false } => "no positive values",
+        }
+    }
+}
+
 /// A line chart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chart {
@@ -250,10 +333,13 @@ pub struct Chart {
     pub y_scale: Scale,
     /// Fixed y range; `None` fits the data.
     pub y_range: Option<(f64, f64)>,
-    /// Image size in pixels (width, height).
+    /// Image size in pixels (width, height); a legend of many entries adds rows below.
     pub size: (u32, u32),
     /// The lines, one legend entry each.
     pub series: Vec<Series>,
+    /// The note drawn in the empty plot when every value is exactly 0 on a log axis (e.g.
+    /// "no positive values: consensus reached exactly"); `None`: a generic one.
+    pub zero_note: Option<String>,
 }
 
 /// Line colours, cycled: distinguishable, and readable on white.
@@ -270,15 +356,19 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Dash patterns (length and gap in pixels; `None` is solid), cycled after the colours.
+const DASHES: [Option<(i32, i32)>; 4] = [None, Some((10, 6)), Some((3, 4)), Some((20, 5))];
+
+/// How many lines get a colour and dash of their own ([`line_style`]); later ones repeat.
+pub const DISTINCT_LINES: usize = COLORS.len() * DASHES.len();
+
 /// Colour and dash (length and gap in pixels; `None` is solid) of the `i`th line: the colours
-/// first, then again dashed, then dotted.
-fn line_style(i: usize) -> (RGBColor, Option<(i32, i32)>) {
-    let dash = match (i / COLORS.len()) % 3 {
-        0 => None,
-        1 => Some((10, 6)),
-        _ => Some((3, 4)),
-    };
-    (COLORS[i % COLORS.len()], dash)
+/// solid, then dashed, dotted and long-dashed; the first [`DISTINCT_LINES`] all differ.
+pub fn line_style(i: usize) -> (RGBColor, Option<(i32, i32)>) {
+    (
+        COLORS[i % COLORS.len()],
+        DASHES[(i / COLORS.len()) % DASHES.len()],
+    )
 }
 
 /// Most ticks (and bold grid lines) per axis.
@@ -288,6 +378,97 @@ const TITLE_PX: f32 = 22.0;
 const DESC_PX: f32 = 16.0;
 const TICK_PX: f32 = 14.0;
 const LEGEND_PX: f32 = 15.0;
+/// Legend text size below the plot (many entries).
+const LEGEND_SMALL_PX: f32 = 13.0;
+/// Up to this many entries the legend is one column beside the plot; more go below it.
+pub const SIDE_LEGEND_MAX: usize = 12;
+/// Most legend columns below the plot.
+const LEGEND_COLUMNS_MAX: usize = 4;
+/// Space of a legend entry besides its text: the line sample and gaps, pixels.
+const LEGEND_SAMPLE: u32 = 48;
+
+/// Where and how the legend goes (see [`legend_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LegendLayout {
+    /// Below the plot (many entries) rather than beside it.
+    pub below: bool,
+    /// Columns of entries (filled top to bottom, then left to right).
+    pub columns: usize,
+    /// Rows of entries.
+    pub rows: usize,
+    /// Width of a column, pixels (its text is cut to fit with "…").
+    pub column_width: u32,
+    /// Height of a row, pixels.
+    pub row_height: u32,
+    /// Text size, pixels.
+    pub text_px: f32,
+    /// Width taken from the plot on its right (beside), pixels.
+    pub side_width: u32,
+    /// Height added below the chart (below), pixels.
+    pub extra_height: u32,
+}
+
+impl LegendLayout {
+    /// The top left corner of entry `k`'s cell in an image `width` wide whose chart is
+    /// `height` tall, beside or below a plot whose top is `plot_top`.
+    pub fn cell(&self, k: usize, (width, height): (u32, u32), plot_top: i32) -> (i32, i32) {
+        let (column, row) = (k / self.rows.max(1), k % self.rows.max(1));
+        if self.below {
+            (
+                LEGEND_MARGIN as i32 + (column as u32 * self.column_width) as i32,
+                height as i32 + 8 + (row as u32 * self.row_height) as i32,
+            )
+        } else {
+            (
+                (width - self.side_width) as i32,
+                plot_top + (row as u32 * self.row_height) as i32,
+            )
+        }
+    }
+}
+
+/// Margin of a legend below the plot, pixels.
+const LEGEND_MARGIN: u32 = 20;
+
+/// The legend of `entries` lines whose widest label is `widest` pixels at the side legend's
+/// text size, for a chart of `size`: up to [`SIDE_LEGEND_MAX`] entries, one column beside the
+/// plot (at most 2/5 of the width) as before; more, in up to 4 columns below the plot, the
+/// image growing by their rows, so that every entry keeps a readable row of its own.
+pub fn legend_layout(entries: usize, widest: f32, size: (u32, u32)) -> LegendLayout {
+    let (width, _) = size;
+    if entries <= SIDE_LEGEND_MAX {
+        let side_width = if entries == 0 {
+            0
+        } else {
+            (widest.ceil().max(0.0) as u32 + 56).min(width * 2 / 5)
+        };
+        return LegendLayout {
+            below: false,
+            columns: usize::from(entries > 0),
+            rows: entries,
+            column_width: side_width,
+            row_height: 24,
+            text_px: LEGEND_PX,
+            side_width,
+            extra_height: 0,
+        };
+    }
+    let usable = width.saturating_sub(2 * LEGEND_MARGIN).max(1);
+    let text = (widest * LEGEND_SMALL_PX / LEGEND_PX).ceil().max(0.0) as u32;
+    let columns = ((usable / (text + LEGEND_SAMPLE).max(1)) as usize).clamp(1, LEGEND_COLUMNS_MAX);
+    let rows = entries.div_ceil(columns);
+    let row_height = 20;
+    LegendLayout {
+        below: true,
+        columns,
+        rows,
+        column_width: usable / columns as u32,
+        row_height,
+        text_px: LEGEND_SMALL_PX,
+        side_width: 0,
+        extra_height: rows as u32 * row_height + 16,
+    }
+}
 
 impl Chart {
     /// An empty linear chart of 960 × 560 pixels.
@@ -304,10 +485,68 @@ impl Chart {
             y_range: None,
             size: (960, 560),
             series: Vec::new(),
+            zero_note: None,
         }
     }
 
-    /// Writes the chart as a PNG file; without a font, the chart has no text.
+    /// The note drawn in the plot when no series draws anything, `None` when one does: with
+    /// values all exactly 0 on a log axis, [`Chart::zero_note`] (or a generic one); else why.
+    pub fn note(&self) -> Option<String> {
+        let reasons: Vec<Option<Empty>> = self
+            .series
+            .iter()
+            .map(|s| Empty::of(&s.points, self.y_scale))
+            .collect();
+        if reasons.iter().any(Option::is_none) {
+            return None;
+        }
+        let reasons: Vec<Empty> = reasons.into_iter().flatten().collect();
+        let zero = Empty::NoPositive { all_zero: true };
+        if !reasons.is_empty()
+            && reasons.iter().all(|r| *r == zero || *r == Empty::NoValues)
+            && reasons.contains(&zero)
+        {
+            return Some(self.zero_note.clone().unwrap_or_else(|| {
+                "no positive values: every value is exactly 0 (not drawn on a log axis)".into()
+            }));
+        }
+        if reasons
+            .iter()
+            .any(|r| matches!(r, Empty::NoPositive { .. }))
+        {
+            return Some("no positive values to draw on a log axis".into());
+        }
+        Some("no values to draw".into())
+    }
+
+    /// The legend entry of series `i`: its name, and why it draws nothing when it does not
+    /// (while others do; an empty chart says so in [`Chart::note`]).
+    pub fn legend_label(&self, i: usize) -> String {
+        let Some(series) = self.series.get(i) else {
+            return String::new();
+        };
+        match Empty::of(&series.points, self.y_scale) {
+            Some(reason) if self.note().is_none() => {
+                format!("{} (not drawn: {})", series.name, reason.short())
+            }
+            _ => series.name.clone(),
+        }
+    }
+
+    /// The legend's layout with `font` (none without a font: no text, no legend).
+    fn legend(&self, font: Option<&Font>) -> LegendLayout {
+        let widest = match font {
+            Some(font) => (0..self.series.len())
+                .map(|i| font.width(&self.legend_label(i), LEGEND_PX))
+                .fold(0.0, f32::max),
+            None => 0.0,
+        };
+        let entries = if font.is_some() { self.series.len() } else { 0 };
+        legend_layout(entries, widest, self.size)
+    }
+
+    /// Writes the chart as a PNG file; without a font, the chart has no text (and no legend).
+    /// A legend of more than [`SIDE_LEGEND_MAX`] entries makes the image taller.
     pub fn draw(&self, path: &Path, font: Option<&Font>) -> Result<(), Error> {
         let fail = |e: &dyn Display| Error::Draw {
             path: path.to_owned(),
@@ -333,7 +572,9 @@ impl Chart {
         let ys = self
             .y_range
             .or_else(|| bounds(series.iter().flatten().map(|p| p.1)));
-        let root = BitMapBackend::new(path, self.size).into_drawing_area();
+        let legend = self.legend(font);
+        let size = (self.size.0, self.size.1 + legend.extra_height);
+        let root = BitMapBackend::new(path, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(&e))?;
         if log {
             let (lo, hi) = ys
@@ -342,11 +583,11 @@ impl Chart {
             // Whole decades, a hair wider so that rounding keeps both end ticks.
             let lo = 10f64.powf(lo.log10().floor()) * (1.0 - 1e-9);
             let hi = 10f64.powf(hi.log10().ceil()).max(lo * 10.0) * (1.0 + 1e-9);
-            self.render(&root, &series, font, x_range, (lo..hi).log_scale())
+            self.render(&root, &series, font, &legend, x_range, (lo..hi).log_scale())
                 .map_err(|e| fail(&e))?;
         } else {
             let (lo, hi) = pad(ys.unwrap_or((0.0, 1.0)), 0.05);
-            self.render(&root, &series, font, x_range, lo..hi)
+            self.render(&root, &series, font, &legend, x_range, lo..hi)
                 .map_err(|e| fail(&e))?;
         }
         root.present().map_err(|e| fail(&e))
@@ -357,6 +598,7 @@ impl Chart {
         root: &DrawingArea<BitMapBackend<'a>, Shift>,
         series: &[Vec<(f64, f64)>],
         font: Option<&Font>,
+        legend: &LegendLayout,
         (x0, x1): (f64, f64),
         y: Y,
     ) -> Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>>
@@ -364,19 +606,9 @@ impl Chart {
         Y: AsRangedCoord<Value = f64>,
         Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
     {
-        let (width, _) = self.size;
-        let legend_width = match font {
-            Some(font) if !self.series.is_empty() => {
-                let widest = self
-                    .series
-                    .iter()
-                    .map(|s| font.width(&s.name, LEGEND_PX))
-                    .fold(0.0, f32::max);
-                (widest.ceil() as u32 + 56).min(width * 2 / 5)
-            }
-            _ => 0,
-        };
-        let (plot_area, _) = root.split_horizontally(width - legend_width);
+        let (width, height) = self.size;
+        let (chart_area, _) = root.split_vertically(height);
+        let (plot_area, _) = chart_area.split_horizontally(width - legend.side_width);
         let mut builder = ChartBuilder::on(&plot_area);
         if font.is_some() {
             builder
@@ -464,10 +696,14 @@ impl Chart {
             false,
         )?;
         font.draw(root, &self.y_label, DESC_PX, (14, mid_y), (0.5, 0.0), true)?;
-        let left = (width - legend_width) as i32;
-        for (i, s) in self.series.iter().enumerate() {
+        if let Some(note) = self.note() {
+            let note = fit(font, &note, DESC_PX, (px.end - px.start - 16).max(0) as f32);
+            font.draw(root, &note, DESC_PX, (mid_x, mid_y), (0.5, 0.5), false)?;
+        }
+        for i in 0..self.series.len() {
             let (color, dash) = line_style(i);
-            let y = py.start + 10 + 24 * i as i32;
+            let (left, top) = legend.cell(i, self.size, py.start);
+            let y = top + legend.row_height as i32 / 2;
             let sample = [(left + 6, y), (left + 34, y)];
             match dash {
                 None => root.draw(&PathElement::new(sample, color.stroke_width(3)))?,
@@ -478,10 +714,35 @@ impl Chart {
                     color.stroke_width(3),
                 ))?,
             }
-            font.draw(root, &s.name, LEGEND_PX, (left + 42, y), (0.0, 0.5), false)?;
+            let room = legend.column_width.saturating_sub(LEGEND_SAMPLE) as f32;
+            let label = fit(font, &self.legend_label(i), legend.text_px, room);
+            font.draw(
+                root,
+                &label,
+                legend.text_px,
+                (left + 42, y),
+                (0.0, 0.5),
+                false,
+            )?;
         }
         Ok(())
     }
+}
+
+/// `text`, cut with "…" to fit `room` pixels at `size` (whole if it fits).
+fn fit(font: &Font, text: &str, size: f32, room: f32) -> String {
+    if font.width(text, size) <= room {
+        return text.to_owned();
+    }
+    let mut chars: Vec<char> = text.chars().collect();
+    while !chars.is_empty() {
+        chars.pop();
+        let cut: String = chars.iter().collect::<String>() + "…";
+        if font.width(&cut, size) <= room {
+            return cut;
+        }
+    }
+    String::new()
 }
 
 /// Smallest and largest of the values, if any.
@@ -575,10 +836,16 @@ pub fn read_rounds(path: &Path) -> Result<Vec<Round>, Error> {
         .collect())
 }
 
-/// Writes `accuracy.png` (mean honest accuracy per round) and `consensus.png` (consensus
-/// distance per round, log scale) into `out` from its `rounds.csv`, one line per seed; returns
-/// the files written.
-pub fn write_run_plots(out: &Path, name: &str, font: Option<&Font>) -> Result<[PathBuf; 2], Error> {
+/// Writes `accuracy.png` (mean honest accuracy per round, its y axis as `axis` says) and
+/// `consensus.png` (consensus distance per round, log scale; a note in place of the lines when
+/// every distance is exactly 0) into `out` from its `rounds.csv`, one line per seed; returns the
+/// files written.
+pub fn write_run_plots(
+    out: &Path,
+    name: &str,
+    font: Option<&Font>,
+    axis: AccuracyAxis,
+) -> Result<[PathBuf; 2], Error> {
     let rounds = read_rounds(&out.join("rounds.csv"))?;
     let mut by_seed: BTreeMap<u64, Vec<&Round>> = BTreeMap::new();
     for r in &rounds {
@@ -598,14 +865,15 @@ pub fn write_run_plots(out: &Path, name: &str, font: Option<&Font>) -> Result<[P
         "round",
         "mean honest accuracy",
     );
-    accuracy.y_range = Some((0.0, 1.0));
     accuracy.series = lines(|r| r.mean_accuracy);
+    accuracy.y_range = accuracy_range(axis, &accuracy.series);
     let mut consensus = Chart::new(
         format!("{name}: consensus distance"),
         "round",
         "consensus distance (log)",
     );
     consensus.y_scale = Scale::Log;
+    consensus.zero_note = Some("no positive values: consensus reached exactly".into());
     consensus.series = lines(|r| r.consensus_distance);
     let paths = [out.join("accuracy.png"), out.join("consensus.png")];
     accuracy.draw(&paths[0], font)?;
@@ -683,11 +951,146 @@ mod tests {
     }
 
     #[test]
-    fn the_first_thirty_lines_look_different() {
-        let styles: Vec<_> = (0..30).map(line_style).collect();
+    fn the_first_forty_lines_look_different() {
+        assert!(DISTINCT_LINES >= 40);
+        let styles: Vec<_> = (0..DISTINCT_LINES).map(line_style).collect();
         for (i, a) in styles.iter().enumerate() {
             assert!(styles[..i].iter().all(|b| b != a), "line {i} repeats");
         }
+        // Neighbours in the legend never share a colour.
+        for i in 1..DISTINCT_LINES {
+            assert_ne!(
+                line_style(i).0,
+                line_style(i - 1).0,
+                "lines {i} and {}",
+                i - 1
+            );
+        }
+    }
+
+    /// Every entry of `layout` gets its own cell inside an image of `size` (plus the layout's
+    /// extra height), and cells do not overlap.
+    fn cells_fit(layout: &LegendLayout, entries: usize, size: (u32, u32)) {
+        let total = (size.0, size.1 + layout.extra_height);
+        let cells: Vec<(i32, i32)> = (0..entries).map(|k| layout.cell(k, size, 48)).collect();
+        for (k, &(x, y)) in cells.iter().enumerate() {
+            assert!(x >= 0 && y >= 0, "entry {k} at {x},{y}");
+            assert!(
+                x as u32 + layout.column_width <= total.0
+                    && y as u32 + layout.row_height <= total.1,
+                "entry {k} at {x},{y} leaves the {total:?} image: {layout:?}"
+            );
+            for (j, &(a, b)) in cells[..k].iter().enumerate() {
+                let apart = (x - a).unsigned_abs() >= layout.column_width
+                    || (y - b).unsigned_abs() >= layout.row_height;
+                assert!(apart, "entries {j} and {k} overlap: {layout:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_few_entries_stay_beside_the_plot_and_many_wrap_into_columns_below() {
+        let size = (960, 560);
+        let few = legend_layout(4, 120.0, size);
+        assert!(!few.below && few.columns == 1 && few.rows == 4, "{few:?}");
+        assert_eq!(few.extra_height, 0);
+        assert_eq!(few.side_width, 176);
+        cells_fit(&few, 4, size);
+        // A long label takes at most 2/5 of the width beside the plot.
+        assert_eq!(legend_layout(3, 2000.0, size).side_width, 384);
+        assert_eq!(legend_layout(0, 0.0, size).side_width, 0);
+
+        for entries in [13, 24, 30, 48] {
+            let many = legend_layout(entries, 180.0, size);
+            assert!(many.below, "{entries}: {many:?}");
+            assert!(many.columns > 1, "{entries} entries wrap: {many:?}");
+            assert!(many.columns * many.rows >= entries);
+            assert!(many.rows <= entries.div_ceil(many.columns));
+            assert!(many.extra_height >= many.rows as u32 * many.row_height);
+            cells_fit(&many, entries, size);
+        }
+        // Labels too wide for two columns get one, and still a row each.
+        let wide = legend_layout(20, 5000.0, size);
+        assert_eq!((wide.columns, wide.rows), (1, 20));
+        cells_fit(&wide, 20, size);
+    }
+
+    fn series(points: Vec<(f64, f64)>) -> Series {
+        Series {
+            name: "s".into(),
+            points,
+        }
+    }
+
+    #[test]
+    fn an_empty_chart_says_why_and_empty_series_are_marked_in_the_legend() {
+        let mut chart = Chart::new("t", "x", "y");
+        chart.y_scale = Scale::Log;
+        chart.zero_note = Some("no positive values: consensus reached exactly".into());
+        chart.series = vec![series(vec![(1.0, 0.0), (2.0, 0.0)]); 2];
+        assert_eq!(
+            chart.note().as_deref(),
+            Some("no positive values: consensus reached exactly")
+        );
+        assert_eq!(chart.legend_label(0), "s", "the note explains it");
+        // One seed converges exactly, the other does not: its entry says why it is missing.
+        chart.series[1] = series(vec![(1.0, 1e-3), (2.0, 1e-5)]);
+        assert_eq!(chart.note(), None);
+        assert_eq!(chart.legend_label(0), "s (not drawn: all exactly 0)");
+        assert_eq!(chart.legend_label(1), "s");
+        // Negative values are not "exactly 0".
+        chart.series = vec![series(vec![(1.0, -1.0), (2.0, 0.0)])];
+        assert_eq!(
+            chart.note().as_deref(),
+            Some("no positive values to draw on a log axis")
+        );
+        // Nothing finite at all (an averaging-only run's accuracy), on either scale.
+        chart.series = vec![series(vec![(1.0, f64::NAN)])];
+        assert_eq!(chart.note().as_deref(), Some("no values to draw"));
+        chart.y_scale = Scale::Linear;
+        assert_eq!(chart.note().as_deref(), Some("no values to draw"));
+        // Zeros draw on a linear axis.
+        chart.series = vec![series(vec![(1.0, 0.0)])];
+        assert_eq!(chart.note(), None);
+        assert_eq!(
+            Chart::new("t", "x", "y").note().as_deref(),
+            Some("no values to draw")
+        );
+    }
+
+    #[test]
+    fn a_fitted_accuracy_axis_follows_the_data_within_zero_and_one() {
+        let lines = |ys: &[f64]| vec![series(ys.iter().map(|y| (1.0, *y)).collect())];
+        assert_eq!(
+            accuracy_range(AccuracyAxis::Full, &lines(&[0.7, 0.72])),
+            Some((0.0, 1.0))
+        );
+        assert_eq!(
+            accuracy_range(AccuracyAxis::Fit, &lines(&[0.6, 0.8, f64::NAN])),
+            Some((0.6, 0.8))
+        );
+        // A flat line gets the minimum span around it; near the ends, inside [0, 1].
+        let (lo, hi) = accuracy_range(AccuracyAxis::Fit, &lines(&[0.75])).expect("range");
+        assert!(
+            (lo - 0.725).abs() < 1e-12 && (hi - 0.775).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        let near = |range: Option<(f64, f64)>, want: (f64, f64)| {
+            let (lo, hi) = range.expect("a range");
+            assert!(
+                (lo - want.0).abs() < 1e-12 && (hi - want.1).abs() < 1e-12,
+                "{lo}..{hi} vs {want:?}"
+            );
+        };
+        near(
+            accuracy_range(AccuracyAxis::Fit, &lines(&[1.0, 0.99])),
+            (0.95, 1.0),
+        );
+        near(
+            accuracy_range(AccuracyAxis::Fit, &lines(&[0.0])),
+            (0.0, MIN_ACCURACY_SPAN),
+        );
+        assert_eq!(accuracy_range(AccuracyAxis::Fit, &lines(&[f64::NAN])), None);
     }
 
     #[test]

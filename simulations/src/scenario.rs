@@ -1,6 +1,7 @@
 //! Scenario files: a whole experiment in one TOML file — data and how it is split over peers,
 //! the model and local training, the protocol's rule and fan-out, the simulated network, and
-//! attackers — run for one or more seeds into `rounds.csv` and `summary.json`.
+//! attackers — run for one or more seeds into `rounds.csv` and `summary.json` (and, with
+//! `[output] per_peer`, `peers.csv`).
 //!
 //! ```toml
 //! name = "heart-disease"
@@ -29,6 +30,9 @@
 //! max_ms = 500.0
 //! stragglers = { fraction = 0.2, slowdown = 5.0 }   # optional: a seeded 20 % train 5x slower
 //!
+//! [network]
+//! payload_loss = 0.1                    # optional: a tenth of payload answers lost (retried)
+//!
 //! [[network.partition]]                 # optional, repeatable: two halves cut from 30 s to 60 s
 //! at = 30.0
 //! heal = 60.0
@@ -44,11 +48,17 @@
 //! kind = "ring"                         # see SCENARIOS.md; not with `two_level`
 //!
 //! [attack]                              # optional: Byzantine members (see the `attack` module)
-//! kind = "sign_flip"                    # "noise", "alie", "model_replacement", "stale_replay",
-//!                                       # "forged_signature", "equivocation" or "none"
+//! kind = "sign_flip"                    # "noise", "alie", "model_replacement", "ipm",
+//!                                       # "label_flip", "stale_replay", "forged_signature",
+//!                                       # "equivocation" or "none"
 //! fraction = 0.2
 //! placement = "random"                  # or "first"
 //! scale = 10.0                          # sign flip: start - scale * honest update
+//! # epsilon = 0.5                       # ipm: start - epsilon * mean honest update
+//!
+//! [output]                              # optional
+//! per_peer = true                       # also write peers.csv (a row per peer and round)
+//! accuracy_axis = "full"                # accuracy.png from 0 to 1 (default "fit": to the data)
 //! ```
 //!
 //! Every key, its type, unit, default and valid range is listed in `simulations/SCENARIOS.md`
@@ -81,12 +91,13 @@ use toml::Value;
 pub use crate::attack::{Attack, AttackKind, Placement};
 use crate::attack::{Byzantine, Poisoned};
 use crate::native::{Local, Logistic};
+pub use crate::plot::AccuracyAxis;
 use crate::topology::Topology;
 #[cfg(feature = "torch")]
 use crate::torch::Torch;
 use crate::{
-    AveragingOnly, Evaluate, Learner, Network, Setup, Sim, Stragglers, Training, grouped_genesis,
-    keys, synthetic,
+    AveragingOnly, Evaluate, Learner, Network, Score, Setup, Sim, Stragglers, Training,
+    grouped_genesis, keys, synthetic,
 };
 
 /// Salt of the generator of a run's graph (`[topology]`), so that it shifts no other draw.
@@ -130,6 +141,10 @@ pub struct Scenario {
     /// `topology = { kind = "ring" }`; absent: flat sampling of `protocol.fanout` peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<Topology>,
+    /// What a run writes besides `rounds.csv` and `summary.json`, and how it draws its plots
+    /// (`[output] per_peer = true`, `accuracy_axis = "full"`).
+    #[serde(default)]
+    pub output: OutputSpec,
     /// The file this scenario was read from and its text, for the run's outputs
     /// (`scenario.toml`, `summary.json`); `None` for a scenario built in code.
     #[serde(skip)]
@@ -319,6 +334,40 @@ impl Default for ProtocolSpec {
     }
 }
 
+/// What a run writes besides `rounds.csv` and `summary.json` (`[output]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Also write `peers.csv`: a row per peer for every measured round of every seed (see
+    /// [`PeerRow`]); off by default (10,000 peers × 100 rounds is a million rows).
+    pub per_peer: bool,
+    /// The y axis of `accuracy.png`: fitted to the data (`fit`, the default) or 0 to 1 (`full`).
+    pub accuracy_axis: AccuracyAxis,
+}
+
+/// One peer in one measured round of one seed, as a `peers.csv` row (with
+/// `[output] per_peer = true`). Columns only ever get added at the end.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerRow {
+    /// Seed of the run.
+    pub seed: u64,
+    /// The round of the `rounds.csv` row measured with it (the lowest round every peer has
+    /// completed). The state a run ended in repeats the last round, as in `rounds.csv`.
+    pub round: u64,
+    /// The peer's index.
+    pub peer: usize,
+    /// Whether the peer is an attacker.
+    pub attacker: bool,
+    /// Its latest model's accuracy on its own test rows (empty in averaging-only runs).
+    pub accuracy: Option<f64>,
+    /// Its binary cross-entropy on those rows (empty where the learner cannot tell).
+    pub loss: Option<f64>,
+    /// L2 distance of its model to the mean of the honest peers' models.
+    pub consensus_distance: Option<f64>,
+    /// Its ROC AUC on those rows (empty with one class, or where the learner cannot tell).
+    pub auc: Option<f64>,
+}
+
 /// One round of one seed, as a `rounds.csv` row. Columns only ever get added at the end.
 /// Empty cells (`None`): accuracy in averaging-only runs, and every figure of a round that was
 /// not measured (see `note`).
@@ -349,6 +398,14 @@ pub struct RoundRow {
     /// Why a row has no figures (the slowest peer skipped the round, or never reached it), or
     /// that it is the state the run ended in; empty otherwise.
     pub note: String,
+    /// Highest honest peer's accuracy.
+    pub max_accuracy: Option<f64>,
+    /// Mean over honest peers of their model's binary cross-entropy on their test rows
+    /// (over those whose learner reports one: every peer with the native or libtorch learner).
+    pub loss: Option<f64>,
+    /// Mean over honest peers of their model's ROC AUC on their test rows (over those whose
+    /// rows hold both classes).
+    pub auc: Option<f64>,
 }
 
 impl RoundRow {
@@ -367,6 +424,9 @@ impl RoundRow {
             rejections: None,
             failed_merges: None,
             note,
+            max_accuracy: None,
+            loss: None,
+            auc: None,
         }
     }
 }
@@ -418,6 +478,11 @@ pub struct Summary {
     pub failed_merges: u64,
     /// Failed merges per seed.
     pub seed_failed_merges: Vec<u64>,
+    /// Gossip messages and payload pulls dropped by partitions, offline peers and lost payload
+    /// answers, summed over seeds.
+    pub faults: u64,
+    /// Of those, payload answers lost on their way (`network.payload_loss`), summed over seeds.
+    pub payloads_lost: u64,
     /// Consensus distance of the initial models per seed (0 when every peer starts from the
     /// same model, as trained runs do).
     pub initial_consensus: Vec<f64>,
@@ -996,12 +1061,25 @@ pub fn run(
     let scenario_text = write_scenario(scenario, out)?;
     let started = Instant::now();
     let mut csv = csv::Writer::from_path(out.join("rounds.csv"))?;
+    let per_peer = scenario.output.per_peer;
+    let mut peers_csv = if per_peer {
+        let path = out.join("peers.csv");
+        Some(
+            csv::Writer::from_path(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    // A row per peer of the row being measured (with `[output] per_peer`).
+    let mut peer_rows: Vec<PeerRow> = Vec::new();
     let mut final_accuracy = Vec::new();
     let mut peer_accuracy = Vec::new();
     let mut final_consensus = Vec::new();
     let mut initial_consensus = Vec::new();
     let mut seed_wan_bytes = Vec::new();
     let mut seed_failed_merges = Vec::new();
+    let (mut faults, mut payloads_lost) = (0u64, 0u64);
     let mut seed_last5_accuracy = Vec::new();
     let mut spectral_gap = None;
     let mut peers = 0;
@@ -1012,11 +1090,18 @@ pub fn run(
     let (mut flagged_attackers, mut flagged_honest) = (0, 0);
     let averaging = scenario.training.kind == TrainingKind::AveragingOnly;
     for &seed in &scenario.seeds {
-        let data = scenario.peers_data(seed)?;
+        let mut data = scenario.peers_data(seed)?;
         peers = data.len();
         anyhow::ensure!(peers >= 2, "a scenario needs at least 2 peers");
         let is_attacker = scenario.attack.attackers(peers, seed);
         attackers = is_attacker.iter().filter(|a| **a).count();
+        if scenario.attack.kind.flips_labels() {
+            // Label flippers train on their own rows with every label flipped (their test rows
+            // stay true: `peers.csv` scores them as any peer).
+            for ((train, _), _) in data.iter_mut().zip(&is_attacker).filter(|(_, a)| **a) {
+                crate::attack::flip_labels(train);
+            }
+        }
         let samples: Vec<u64> = data.iter().map(|(t, _)| t.rows.max(1) as u64).collect();
         // The native model's size: the features and a bias.
         let native_dim = data.first().map_or(1, |(t, _)| t.cols + 1);
@@ -1143,7 +1228,7 @@ pub fn run(
                 seed,
             )));
         }
-        let start = measure(&sim, &is_attacker, seed, 0, false);
+        let start = measure(&sim, &is_attacker, seed, 0, false, None);
         initial_consensus.push(start.consensus_distance.unwrap_or(f64::NAN));
         // (round, mean accuracy) of every measured row, for the last rounds' mean.
         let mut measured: Vec<(u64, f64)> = Vec::new();
@@ -1165,8 +1250,21 @@ pub fn run(
                     ))?;
                 }
                 shown = done;
-                let row = measure(&sim, &is_attacker, seed, done, !averaging);
+                peer_rows.clear();
+                let row = measure(
+                    &sim,
+                    &is_attacker,
+                    seed,
+                    done,
+                    !averaging,
+                    per_peer.then_some(&mut peer_rows),
+                );
                 csv.serialize(&row)?;
+                if let Some(peers_csv) = &mut peers_csv {
+                    for p in &peer_rows {
+                        peers_csv.serialize(p)?;
+                    }
+                }
                 measured.push((done, row.mean_accuracy.unwrap_or(f64::NAN)));
                 last = Some(row);
             }
@@ -1177,7 +1275,15 @@ pub fn run(
         {
             anyhow::bail!("{} seed {seed}: libtorch failed: {failure}", scenario.name);
         }
-        let mut row = measure(&sim, &is_attacker, seed, sim.min_completed(), !averaging);
+        peer_rows.clear();
+        let mut row = measure(
+            &sim,
+            &is_attacker,
+            seed,
+            sim.min_completed(),
+            !averaging,
+            per_peer.then_some(&mut peer_rows),
+        );
         let accuracy = row.mean_accuracy.unwrap_or(f64::NAN);
         final_accuracy.push(accuracy);
         peer_accuracy.push(
@@ -1194,6 +1300,8 @@ pub fn run(
             *rejections.entry(reason.clone()).or_default() += count;
         }
         seed_failed_merges.push(stats.failed_merges);
+        faults += stats.faults;
+        payloads_lost += stats.payloads_lost;
         let (of_attackers, of_honest) = crate::attack::flags(sim.peers(), &is_attacker);
         flagged_attackers += of_attackers;
         flagged_honest += of_honest;
@@ -1225,6 +1333,11 @@ pub fn run(
             measured.retain(|(r, _)| *r != row.round);
             measured.push((row.round, accuracy));
             csv.serialize(&row)?;
+            if let Some(peers_csv) = &mut peers_csv {
+                for p in &peer_rows {
+                    peers_csv.serialize(p)?;
+                }
+            }
         }
         if end < scenario.rounds {
             progress(&format!(
@@ -1247,6 +1360,9 @@ pub fn run(
             .push(tail.iter().map(|(_, a)| a).sum::<f64>() / tail.len().max(1) as f64);
     }
     csv.flush()?;
+    if let Some(peers_csv) = &mut peers_csv {
+        peers_csv.flush()?;
+    }
     let wall_seconds = started.elapsed().as_secs_f64();
     let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
     let mean_accuracy = mean(&final_accuracy);
@@ -1292,6 +1408,8 @@ pub fn run(
         flagged_honest,
         failed_merges: seed_failed_merges.iter().sum(),
         seed_failed_merges,
+        faults,
+        payloads_lost,
         initial_consensus,
         last5_mean_accuracy: mean(&seed_last5_accuracy),
         seed_last5_accuracy,
@@ -1377,24 +1495,51 @@ impl Evaluate for Either {
             Either::Torch(l) => l.accuracy(peer, params),
         }
     }
+
+    fn score(&self, peer: usize, params: &[f32]) -> Score {
+        match self {
+            Either::Native(l) => l.score(peer, params),
+            Either::Averaging(l) => l.score(peer, params),
+            #[cfg(feature = "torch")]
+            Either::Torch(l) => l.score(peer, params),
+        }
+    }
 }
 
-/// Honest peers' accuracy on their own test rows (unless not `score`d: averaging-only runs)
-/// and their consensus distance.
+/// Honest peers' accuracy, loss and AUC on their own test rows (unless not `score`d:
+/// averaging-only runs) and their consensus distance; with `peers`, a [`PeerRow`] for every
+/// peer, attackers included.
 fn measure<L: Learner + Evaluate>(
     sim: &Sim<L>,
     attacker: &[bool],
     seed: u64,
     round: u64,
     score: bool,
+    peers: Option<&mut Vec<PeerRow>>,
 ) -> RoundRow {
     let honest: Vec<usize> = (0..attacker.len()).filter(|&i| !attacker[i]).collect();
     let models: Vec<Vec<f32>> = honest.iter().map(|&i| sim.models()[i].clone()).collect();
-    let accuracies: Vec<f64> = if score {
-        honest.iter().map(|&i| sim.evaluate(i)).collect()
-    } else {
-        Vec::new()
+    let scores: Vec<Option<Score>> = (0..attacker.len())
+        .map(|i| (score && (!attacker[i] || peers.is_some())).then(|| sim.score(i)))
+        .collect();
+    let honest_scores: Vec<Score> = honest.iter().filter_map(|&i| scores[i]).collect();
+    let accuracies: Vec<f64> = honest_scores.iter().map(|s| s.accuracy).collect();
+    let mean_of = |values: Vec<f64>| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
+    if let Some(peers) = peers {
+        let centre = mean_model(&models);
+        peers.extend(scores.iter().enumerate().map(|(i, s)| PeerRow {
+            seed,
+            round,
+            peer: i,
+            attacker: attacker[i],
+            accuracy: s.map(|s| s.accuracy),
+            loss: s.and_then(|s| s.loss),
+            consensus_distance: distance(&sim.models()[i], centre.as_deref()),
+            auc: s.and_then(|s| s.auc),
+        }));
+    }
     let stats = sim.stats();
     RoundRow {
         seed,
@@ -1410,7 +1555,36 @@ fn measure<L: Learner + Evaluate>(
         rejections: Some(stats.rejections.values().sum()),
         failed_merges: Some(stats.failed_merges),
         note: String::new(),
+        max_accuracy: score.then(|| accuracies.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+        loss: mean_of(honest_scores.iter().filter_map(|s| s.loss).collect()),
+        auc: mean_of(honest_scores.iter().filter_map(|s| s.auc).collect()),
     }
+}
+
+/// The coordinate-wise mean of the non-empty `models` (`None` if there are none).
+fn mean_model(models: &[Vec<f32>]) -> Option<Vec<f64>> {
+    let models: Vec<&Vec<f32>> = models.iter().filter(|m| !m.is_empty()).collect();
+    let n = models.len() as f64;
+    let mut mean = vec![0.0f64; models.first()?.len()];
+    for m in &models {
+        for (a, x) in mean.iter_mut().zip(m.iter()) {
+            *a += f64::from(*x) / n;
+        }
+    }
+    Some(mean)
+}
+
+/// L2 distance of `model` to `centre`; `None` without a centre or a model of another size.
+fn distance(model: &[f32], centre: Option<&[f64]>) -> Option<f64> {
+    let centre = centre.filter(|c| c.len() == model.len())?;
+    Some(
+        model
+            .iter()
+            .zip(centre)
+            .map(|(x, c)| (f64::from(*x) - c).powi(2))
+            .sum::<f64>()
+            .sqrt(),
+    )
 }
 
 #[cfg(test)]
@@ -1805,7 +1979,7 @@ mod tests {
         assert_eq!(
             header,
             "seed,round,virtual_seconds,mean_accuracy,min_accuracy,consensus_distance,messages,\
-             bytes,wan_bytes,rejections,failed_merges,note"
+             bytes,wan_bytes,rejections,failed_merges,note,max_accuracy,loss,auc"
         );
         let mut skipped = 0;
         for seed in [42u64, 43] {
@@ -1832,6 +2006,7 @@ mod tests {
             skipped += 1;
             let cells: Vec<&str> = line.split(',').collect();
             assert!(cells[2..11].iter().all(|c| c.is_empty()), "{line}");
+            assert!(cells[12..].iter().all(|c| c.is_empty()), "{line}");
         }
         assert!(skipped > 0, "the faults scenario skips rounds: {csv}");
         assert_eq!(summary.seed_last5_accuracy.len(), 2);
@@ -1898,6 +2073,117 @@ mod tests {
                 .is_some_and(|c| c.parse::<u64>().is_ok_and(|n| n > 0)),
             "{csv}"
         );
+    }
+
+    /// The measured rows of a `rounds.csv` (or `peers.csv`) as maps from column to cell.
+    fn rows(path: &Path) -> Vec<BTreeMap<String, String>> {
+        let mut reader = csv::Reader::from_path(path).expect("csv");
+        let header: Vec<String> = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        reader
+            .records()
+            .map(|r| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(r.expect("record").iter().map(str::to_owned))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn number(row: &BTreeMap<String, String>, column: &str) -> f64 {
+        row[column]
+            .parse()
+            .unwrap_or_else(|_| panic!("{column} in {row:?}"))
+    }
+
+    #[test]
+    fn rounds_have_max_accuracy_loss_and_auc_and_peers_csv_has_every_peer() {
+        let mut s = Scenario::load(&Path::new(SCENARIOS).join("sign-flip.toml")).expect("loads");
+        s.rounds = 6;
+        s.output.per_peer = true;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = run(&s, dir.path(), |_| {}).expect("runs");
+        let rounds = rows(&dir.path().join("rounds.csv"));
+        assert_eq!(rounds.len(), 6, "{rounds:?}");
+        for row in &rounds {
+            let (min, mean, max) = (
+                number(row, "min_accuracy"),
+                number(row, "mean_accuracy"),
+                number(row, "max_accuracy"),
+            );
+            assert!(min <= mean && mean <= max && max <= 1.0, "{row:?}");
+            assert!(number(row, "loss") > 0.0, "{row:?}");
+            assert!((0.0..=1.0).contains(&number(row, "auc")), "{row:?}");
+        }
+        // Training lowers the honest loss and ranks the test rows well.
+        let (first, last) = (&rounds[0], &rounds[5]);
+        assert!(number(last, "loss") < number(first, "loss"), "{rounds:?}");
+        assert!(number(last, "auc") > 0.75, "{last:?}");
+
+        let peers = rows(&dir.path().join("peers.csv"));
+        assert_eq!(peers.len(), 6 * summary.peers, "a row per peer per round");
+        let last_round: Vec<_> = peers.iter().filter(|p| p["round"] == "6").collect();
+        assert_eq!(
+            last_round
+                .iter()
+                .filter(|p| p["attacker"] == "true")
+                .count(),
+            summary.attackers
+        );
+        // The honest rows average to rounds.csv's figures of that round.
+        let honest: Vec<_> = last_round
+            .iter()
+            .filter(|p| p["attacker"] == "false")
+            .collect();
+        let mean = |column: &str| {
+            honest.iter().map(|p| number(p, column)).sum::<f64>() / honest.len() as f64
+        };
+        assert!((mean("accuracy") - number(last, "mean_accuracy")).abs() < 1e-12);
+        assert!((mean("loss") - number(last, "loss")).abs() < 1e-12);
+        assert!(
+            (mean("consensus_distance") - number(last, "consensus_distance")).abs() < 1e-9,
+            "the honest distances to the honest mean average to the consensus distance"
+        );
+        // Attackers are scored and placed too (their merged model, on their own test rows).
+        for attacker in last_round.iter().filter(|p| p["attacker"] == "true") {
+            assert!(
+                (0.0..=1.0).contains(&number(attacker, "accuracy")),
+                "{attacker:?}"
+            );
+            assert!(
+                number(attacker, "consensus_distance") >= 0.0,
+                "{attacker:?}"
+            );
+        }
+        // Off by default: no peers.csv.
+        s.output.per_peer = false;
+        let plain = tempfile::tempdir().expect("tempdir");
+        run(&s, plain.path(), |_| {}).expect("runs");
+        assert!(!plain.path().join("peers.csv").exists());
+        let typo = format!("{GOOD}\n[output]\nper_peers = true");
+        assert!(from(&typo).is_err(), "unknown output key");
+        let full = from(&format!("{GOOD}\n[output]\naccuracy_axis = \"full\"")).expect("loads");
+        assert_eq!(full.output.accuracy_axis, AccuracyAxis::Full);
+        assert!(from(&format!("{GOOD}\n[output]\naccuracy_axis = \"wide\"")).is_err());
+    }
+
+    #[test]
+    fn payload_loss_is_checked_and_drawn_only_when_set() {
+        refused("[network]\npayload_loss = 1.5", "network.payload_loss");
+        refused("[network]\npayload_loss = nan", "network.payload_loss");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clean = run(&from(GOOD).expect("loads"), dir.path(), |_| {}).expect("runs");
+        assert_eq!((clean.faults, clean.payloads_lost), (0, 0));
+        let lossy = from(&format!("{GOOD}\n[network]\npayload_loss = 0.3")).expect("loads");
+        let summary = run(&lossy, dir.path(), |_| {}).expect("runs");
+        assert!(summary.payloads_lost > 0, "{summary:?}");
+        assert!(summary.faults >= summary.payloads_lost);
     }
 
     #[test]

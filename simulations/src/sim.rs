@@ -55,6 +55,31 @@ pub trait Learner {
 pub trait Evaluate {
     /// Accuracy of `params` on peer `peer`'s test rows.
     fn accuracy(&self, peer: usize, params: &[f32]) -> f64;
+
+    /// Accuracy, loss and AUC of `params` on peer `peer`'s test rows. The default knows only
+    /// the accuracy (loss and AUC `None`); learners that can score more override it, and must
+    /// give the same accuracy as [`Evaluate::accuracy`].
+    fn score(&self, peer: usize, params: &[f32]) -> Score {
+        Score {
+            accuracy: self.accuracy(peer, params),
+            loss: None,
+            auc: None,
+        }
+    }
+}
+
+/// What a model scores on one peer's test rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Accuracy at threshold 0.5 (NaN where nothing is scored: averaging-only runs).
+    pub accuracy: f64,
+    /// Mean binary cross-entropy in nats (`medmesh_learning::metrics::binary`'s `log_loss`,
+    /// probabilities clamped to [1e-7, 1 − 1e-7]); `None` if the learner cannot tell or the
+    /// model's outputs are not finite.
+    pub loss: Option<f64>,
+    /// ROC AUC (`medmesh_learning::metrics::auc`); `None` when the test rows hold one class
+    /// only, the outputs are not finite, or the learner cannot tell.
+    pub auc: Option<f64>,
 }
 
 /// No training at all: peers only average, which isolates consensus behaviour.
@@ -242,8 +267,11 @@ pub struct Stats {
     pub timeouts: u64,
     /// Rounds completed, summed over peers (peer-rounds).
     pub rounds: u64,
-    /// Gossip messages and payload pulls dropped by a partition or an offline peer.
+    /// Gossip messages and payload pulls dropped by a partition, an offline peer or a lost
+    /// payload answer (`network.payload_loss`).
     pub faults: u64,
+    /// Of those, payload answers lost on their way (`network.payload_loss`).
+    pub payloads_lost: u64,
     /// Rounds whose merge failed: the rule refused the inputs (e.g. a trimmed mean over too few
     /// versions) and the peer kept its own model for them, which the protocol does without
     /// failing the round. Seen from outside as an [`Event::RoundCompleted`] whose
@@ -688,6 +716,7 @@ impl<L: Learner> Sim<L> {
                 timed_out,
                 contributors,
                 summary,
+                ..
             } => {
                 // A merged version that the rule's summary does not count was left out: the
                 // merge failed and the peer kept its own model (`apply_or_keep` in the protocol).
@@ -778,6 +807,12 @@ impl<L: Learner> Sim<L> {
                     // The answer was lost on the way: the pull fails.
                     data = None;
                     self.stats.faults += 1;
+                } else if data.is_some() && self.links.payload_lost() {
+                    // Lost on a lossy link: the pull fails, and the peer retries as the protocol
+                    // does.
+                    data = None;
+                    self.stats.faults += 1;
+                    self.stats.payloads_lost += 1;
                 }
                 if let Some(d) = &data {
                     self.stats.payloads += 1;
@@ -831,6 +866,11 @@ impl<L: Learner + Evaluate> Sim<L> {
     /// Accuracy of peer `i`'s latest model on its own test rows.
     pub fn evaluate(&self, i: usize) -> f64 {
         self.learner.accuracy(i, &self.latest[i])
+    }
+
+    /// Accuracy, loss and AUC of peer `i`'s latest model on its own test rows.
+    pub fn score(&self, i: usize) -> Score {
+        self.learner.score(i, &self.latest[i])
     }
 }
 

@@ -15,7 +15,7 @@ use medmesh_learning::learner::{Learner as _, ModelSpec, Optimizer, TrainConfig}
 use medmesh_learning::privacy::DpConfig;
 use medmesh_trainer::learner::TchLearner;
 
-use crate::{Evaluate, Learner};
+use crate::{Evaluate, Learner, Score};
 
 /// One libtorch learner per peer, with the peer's test rows.
 pub struct Torch {
@@ -132,6 +132,29 @@ impl Evaluate for Torch {
             .load(params)
             .and_then(|()| learner.evaluate(test))
             .map_or(0.0, |m| m.accuracy)
+    }
+
+    /// The node's own evaluation (`medmesh_learning::metrics::binary` of the model's
+    /// probabilities): accuracy, `log_loss` and AUC; all three of a failed evaluation are 0 /
+    /// `None`.
+    fn score(&self, peer: usize, params: &[f32]) -> Score {
+        let failed = Score {
+            accuracy: 0.0,
+            loss: None,
+            auc: None,
+        };
+        let Some((learner, test)) = self.peers.get(peer) else {
+            return failed;
+        };
+        let mut learner = learner.borrow_mut();
+        learner
+            .load(params)
+            .and_then(|()| learner.evaluate(test))
+            .map_or(failed, |m| Score {
+                accuracy: m.accuracy,
+                loss: Some(m.log_loss),
+                auc: m.auc,
+            })
     }
 }
 

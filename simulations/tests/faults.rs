@@ -180,3 +180,46 @@ fn faults_replay_byte_for_byte_from_the_seed() {
     let last = outputs[0].0.lines().last().unwrap_or_default();
     assert!(last.starts_with("42,20,"), "ends at round 20: {last}");
 }
+
+#[test]
+fn runs_finish_when_a_fifth_of_payload_answers_are_lost() {
+    let (_, base_seconds, base_accuracy, _) = run_faults(|_| {});
+    let mut s = Scenario::load(Path::new(FAULTS)).expect("loads");
+    s.timing.stragglers = None;
+    s.network.partition.clear();
+    s.network.churn = None;
+    s.network.payload_loss = 0.2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lines = Vec::new();
+    let summary = scenario::run(&s, dir.path(), |l| lines.push(l.to_owned())).expect("runs");
+    let csv = std::fs::read_to_string(dir.path().join("rounds.csv")).expect("csv");
+    assert!(
+        !csv.contains("not reached"),
+        "every peer reaches the last round: {csv}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("ended with every peer past round")),
+        "{lines:?}"
+    );
+    let last: Vec<&str> = csv.lines().last().expect("a row").split(',').collect();
+    assert_eq!(last[1], "20", "{csv}");
+    // Lost answers are counted as faults, and retried pulls still get most versions.
+    assert!(summary.payloads_lost > 0, "{summary:?}");
+    assert_eq!(
+        summary.faults, summary.payloads_lost,
+        "no other fault is on"
+    );
+    let seconds: f64 = last[2].parse().expect("seconds");
+    let accuracy = summary.mean_accuracy;
+    eprintln!(
+        "payload loss 0.2: {} answers lost, {seconds:.1} s (clean {base_seconds:.1} s), accuracy \
+         {accuracy:.3} (clean {base_accuracy:.3})",
+        summary.payloads_lost
+    );
+    assert!(
+        (accuracy - base_accuracy).abs() < 0.03,
+        "accuracy {accuracy} vs {base_accuracy}"
+    );
+}

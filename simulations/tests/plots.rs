@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use medmesh_protocol::aggregate::Rule;
 use medmesh_simulations::compare::{self, Grid, GridError};
-use medmesh_simulations::plot::{self, Chart, Font, Scale, Series};
+use medmesh_simulations::plot::{self, AccuracyAxis, Chart, Font, Scale, Series};
 use medmesh_simulations::scenario::{AttackKind, Scenario, Split};
 
 const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
@@ -107,6 +107,42 @@ fn a_chart_with_the_system_font_has_a_title() {
 }
 
 #[test]
+fn thirty_lines_get_a_legend_below_the_plot_and_a_taller_image() {
+    let font = Font::system().expect("a system font (scripts/setup installs fonts-dejavu-core)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut chart = Chart::new("many variants", "round", "accuracy");
+    chart.series = (0..30)
+        .map(|i| Series {
+            name: format!("rule=trimmed_mean trim={i}, attackers=0.{i}"),
+            points: (1..=5)
+                .map(|r| (r as f64, 0.5 + 0.01 * (i + r) as f64))
+                .collect(),
+        })
+        .collect();
+    chart
+        .draw(&dir.path().join("many.png"), Some(&font))
+        .expect("drawn");
+    let image = Image::read(&dir.path().join("many.png"));
+    assert_eq!(image.width, 960);
+    assert!(image.height > 560, "rows of legend below: {}", image.height);
+    // Text below the chart's own 560 rows: the legend.
+    let below = image
+        .pixels(560..image.height)
+        .filter(|p| p.iter().all(|c| *c < 100))
+        .count();
+    assert!(
+        below > 200,
+        "legend text below the plot: {below} dark pixels"
+    );
+    // Without a font there is no legend, and no extra height.
+    chart
+        .draw(&dir.path().join("plain.png"), None)
+        .expect("drawn");
+    let plain = Image::read(&dir.path().join("plain.png"));
+    assert_eq!((plain.width, plain.height), (960, 560));
+}
+
+#[test]
 fn log_charts_skip_non_positive_values_and_empty_charts_still_draw() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut chart = Chart::new("consensus", "round", "distance");
@@ -148,7 +184,7 @@ fn run_plots_draw_one_line_per_seed_from_rounds_csv() {
         }
     }
     std::fs::write(dir.path().join("rounds.csv"), csv).expect("csv");
-    let paths = plot::write_run_plots(dir.path(), "test", None).expect("plots");
+    let paths = plot::write_run_plots(dir.path(), "test", None, AccuracyAxis::Fit).expect("plots");
     assert_eq!(
         paths,
         [
@@ -165,7 +201,12 @@ fn run_plots_draw_one_line_per_seed_from_rounds_csv() {
             "seed 2's line in {path:?}"
         );
     }
-    let missing = plot::write_run_plots(&dir.path().join("nowhere"), "test", None);
+    let missing = plot::write_run_plots(
+        &dir.path().join("nowhere"),
+        "test",
+        None,
+        AccuracyAxis::Full,
+    );
     assert!(matches!(missing, Err(plot::Error::Rounds { .. })));
 }
 
@@ -360,7 +401,7 @@ fn a_small_grid_runs_into_a_table_a_csv_and_a_chart() {
         format!(
             r#"
             name = "tiny"
-            seeds = [7]
+            seeds = [7, 8]
             rounds = 2
             [data]
             schema = "{}"
@@ -404,7 +445,11 @@ fn a_small_grid_runs_into_a_table_a_csv_and_a_chart() {
     );
     for o in &outcomes {
         assert!((0.0..=1.0).contains(&o.mean_accuracy), "{o:?}");
-        assert!(o.min_accuracy <= o.mean_accuracy, "{o:?}");
+        assert!(o.worst_peer_accuracy <= o.worst_seed_accuracy, "{o:?}");
+        assert!(o.worst_seed_accuracy <= o.mean_accuracy, "{o:?}");
+        // Two seeds: a spread of the final and of the last-5 accuracy.
+        assert!(o.std_accuracy.is_some_and(|s| s >= 0.0), "{o:?}");
+        assert!(o.std_last5_accuracy.is_some_and(|s| s >= 0.0), "{o:?}");
         assert_eq!(o.curve.len(), 2, "two rounds: {o:?}");
         let run = out.join(&o.run);
         for file in [
@@ -425,7 +470,9 @@ fn a_small_grid_runs_into_a_table_a_csv_and_a_chart() {
     assert_eq!(rows.len(), 1 + 4, "{csv}");
     assert_eq!(
         rows[0],
-        "combination,rule,fraction,mean_accuracy,min_accuracy,consensus_distance,rejections,wall_seconds,run"
+        "combination,rule,fraction,final_accuracy_mean,final_accuracy_std,last5_accuracy_mean,\
+         last5_accuracy_std,final_accuracy_worst_seed,final_accuracy_worst_peer,\
+         consensus_distance,rejections,wall_seconds,run"
     );
     assert!(rows[1].starts_with("1,mean,0.0,"), "{csv}");
     assert!(rows[4].starts_with("4,median,0.25,"), "{csv}");
@@ -438,10 +485,20 @@ fn a_small_grid_runs_into_a_table_a_csv_and_a_chart() {
         "header, rule and a row per combination:\n{md}"
     );
     assert!(
-        table[0].contains("| rule | fraction | mean accuracy |"),
+        table[0].contains(
+            "| rule | fraction | final accuracy | last-5 accuracy | worst seed | worst peer |"
+        ),
         "{md}"
     );
     assert!(table[5].starts_with("| 4 | median | 0.25 |"), "{md}");
+    assert!(
+        table[5].contains(" ± "),
+        "mean ± std over the two seeds: {md}"
+    );
+    assert!(
+        md.contains("lowest over seeds of the final mean honest accuracy"),
+        "the columns are explained: {md}"
+    );
 
     let image = Image::read(&out.join("compare.png"));
     assert_eq!((image.width, image.height), (960, 560));

@@ -12,8 +12,9 @@ use medmesh_learning::privacy::DpConfig;
 use medmesh_protocol::aggregate::{Rule, Tau};
 use medmesh_protocol::peer::{Outliers, TwoLevel};
 use medmesh_simulations::attack::{Attack, AttackKind, Placement};
+use medmesh_simulations::plot::AccuracyAxis;
 use medmesh_simulations::scenario::{
-    DataSpec, ProtocolSpec, Scenario, Split, TimingSpec, TrainingKind, TrainingSpec,
+    DataSpec, OutputSpec, ProtocolSpec, Scenario, Split, TimingSpec, TrainingKind, TrainingSpec,
 };
 use medmesh_simulations::topology::Topology;
 use medmesh_simulations::{Churn, Groups, Network, Outage, Partition, Stragglers, synthetic};
@@ -125,6 +126,7 @@ fn every_key() -> BTreeSet<String> {
     table("timing", fields::<TimingSpec>());
     table("timing.stragglers", fields::<Stragglers>());
     table("attack", fields::<Attack>());
+    table("output", fields::<OutputSpec>());
 
     // Tagged tables: one value of every kind (the matches fail to compile on a new kind).
     let splits = [
@@ -243,6 +245,12 @@ fn every_key() -> BTreeSet<String> {
         }
         keys.insert(choice(toml::Value::try_from(kind).expect("serializes")));
     }
+    for axis in [AccuracyAxis::Fit, AccuracyAxis::Full] {
+        match axis {
+            AccuracyAxis::Fit | AccuracyAxis::Full => {}
+        }
+        keys.insert(choice(toml::Value::try_from(axis).expect("serializes")));
+    }
     for placement in [Placement::Random, Placement::First] {
         match placement {
             Placement::Random | Placement::First => {}
@@ -257,6 +265,8 @@ fn every_key() -> BTreeSet<String> {
         AttackKind::Noise,
         AttackKind::Alie,
         AttackKind::ModelReplacement,
+        AttackKind::Ipm,
+        AttackKind::LabelFlip,
         AttackKind::StaleReplay,
         AttackKind::ForgedSignature,
         AttackKind::Equivocation,
@@ -267,6 +277,8 @@ fn every_key() -> BTreeSet<String> {
             | AttackKind::Noise
             | AttackKind::Alie
             | AttackKind::ModelReplacement
+            | AttackKind::Ipm
+            | AttackKind::LabelFlip
             | AttackKind::StaleReplay
             | AttackKind::ForgedSignature
             | AttackKind::Equivocation => {}
@@ -319,6 +331,12 @@ fn the_check_sees_fields_nested_tables_kinds_and_choices() {
         "epidemic_sampling",
         "averaging_only",
         "sign_flip",
+        "label_flip",
+        "attack.epsilon",
+        "network.payload_loss",
+        "output.per_peer",
+        "output.accuracy_axis",
+        "full",
     ] {
         assert!(keys.contains(key), "{key} not collected: {keys:?}");
     }
