@@ -199,7 +199,10 @@ pub fn render(role: Role, options: &Options) -> String {
          seed = {}                         # whom to pull from\n\
          # certification = {{ metric = \"auc\", min = 0.80, min_samples = 100, validators = 2, countries = 2 }}\n\
          # outliers = {{ factor = 6.0, rounds = 3 }}      # flag members far off: factor > 1, rounds >= 1\n\
-         # two_level = {{ across = \"every\", rounds = 5 }}  # or {{ across = \"fanout\", groups = 1 }}: the roster's groups",
+         # two_level = {{ across = \"every\", rounds = 5 }}  # or {{ across = \"fanout\", groups = 1 }}: the roster's groups\n\
+         # outer = {{ optimizer = \"nesterov\", lr = 0.7, momentum = 0.9 }}  # outer optimizer on the merge:\n\
+         #                                  nesterov, adagrad {{ lr, tau }}, or adam / yogi:\n\
+         # outer = {{ optimizer = \"yogi\", lr = 0.1, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }}",
         quoted(&e.experiment),
         e.fanout,
         e.round_timeout.as_millis(),

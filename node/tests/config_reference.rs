@@ -10,7 +10,7 @@ use medmesh_learning::privacy::DpConfig;
 use medmesh_node::config::{NodeConfig, Shard, ValidationData};
 use medmesh_node::template::{self, Role};
 use medmesh_protocol::aggregate::{Rule, Tau};
-use medmesh_protocol::peer::{Outliers, TwoLevel};
+use medmesh_protocol::peer::{Outer, Outliers, TwoLevel};
 use medmesh_protocol::validation::Policy;
 
 /// Every dotted key path of `value` under `prefix` (arrays of tables share their path).
@@ -65,6 +65,10 @@ fn variants() -> Vec<NodeConfig> {
     });
     full.experiment.outliers = Some(Outliers::default());
     full.experiment.two_level = Some(TwoLevel::Every { rounds: 5 });
+    full.experiment.outer = Some(Outer::Nesterov {
+        lr: 0.7,
+        momentum: 0.9,
+    });
     full.experiment.round_timeout = Duration::from_secs(3);
 
     let mut configs = vec![full.clone()];
@@ -88,6 +92,12 @@ fn variants() -> Vec<NodeConfig> {
     other.training.optimizer = Optimizer::Sgd { momentum: 0.9 };
     other.experiment.two_level = Some(TwoLevel::Fanout { groups: 1 });
     other.experiment.rule = Rule::TrimmedMean { trim: 1 };
+    other.experiment.outer = Some(Outer::Yogi {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        tau: 0.001,
+    });
     configs.push(other.clone());
     for tau in [
         Tau::Fixed { radius: 1.0 },

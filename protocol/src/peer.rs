@@ -105,6 +105,145 @@ pub struct Config {
     /// Two-level averaging over the roster's groups ([`TwoLevel`]); none: flat, every member
     /// pulls from anyone.
     pub two_level: Option<TwoLevel>,
+    /// An outer optimizer on each round's merged pseudo-gradient ([`Outer`]); none: the merge is
+    /// the next model (plain decentralized averaging).
+    pub outer: Option<Outer>,
+}
+
+/// An outer optimizer, the decentralized counterpart of FedOpt (Reddi et al., 2021) and of
+/// DiLoCo's outer Nesterov momentum (Douillard et al., 2023). Each round a peer starts training
+/// from `x₀`; the merge of the round's versions gives `x̄`, and `Δ = x̄ − x₀` is the round's
+/// pseudo-gradient (the direction the mesh moved). Instead of taking `x̄`, the peer steps from
+/// `x₀` along `Δ` with this optimizer, whose state it keeps (in memory: a restarted peer starts
+/// it again from zero). With `lr = 1` and no momentum it is plain averaging. Every peer applies
+/// the same rule to nearly the same `Δ`, so the mesh still agrees; it lives in the protocol, so
+/// the node and the simulator run the same code.
+///
+/// In TOML: `outer = { optimizer = "nesterov", lr = 0.7, momentum = 0.9 }`, or `"adam"`,
+/// `"yogi"` and `"adagrad"` with `lr`, `tau` (and `beta1`, `beta2` but for Adagrad).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "optimizer", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outer {
+    /// Nesterov momentum: `m ← μ·m + Δ`, `x ← x₀ + lr·(μ·m + Δ)`.
+    Nesterov {
+        /// Outer learning rate, in (0, 10].
+        lr: f32,
+        /// Momentum μ, in [0, 1).
+        momentum: f32,
+    },
+    /// Adam (FedAdam): `m ← β₁m + (1−β₁)Δ`, `v ← β₂v + (1−β₂)Δ²`, `x ← x₀ + lr·m/(√v + τ)`.
+    Adam {
+        /// Outer learning rate, in (0, 10].
+        lr: f32,
+        /// β₁, in [0, 1).
+        beta1: f32,
+        /// β₂, in [0, 1).
+        beta2: f32,
+        /// Adaptivity τ, in (0, 1].
+        tau: f32,
+    },
+    /// Yogi (FedYogi): as Adam, with `v ← v − (1−β₂)·Δ²·sign(v − Δ²)`.
+    Yogi {
+        /// Outer learning rate, in (0, 10].
+        lr: f32,
+        /// β₁, in [0, 1).
+        beta1: f32,
+        /// β₂, in [0, 1).
+        beta2: f32,
+        /// Adaptivity τ, in (0, 1].
+        tau: f32,
+    },
+    /// Adagrad (FedAdagrad): `v ← v + Δ²`, `x ← x₀ + lr·Δ/(√v + τ)`.
+    Adagrad {
+        /// Outer learning rate, in (0, 10].
+        lr: f32,
+        /// Adaptivity τ, in (0, 1].
+        tau: f32,
+    },
+}
+
+impl Outer {
+    /// Checks the ranges.
+    fn check(&self) -> Result<(), String> {
+        let in_range = |x: f32, lo: f32, hi: f32, open_lo: bool, open_hi: bool| {
+            x.is_finite()
+                && (if open_lo { x > lo } else { x >= lo })
+                && (if open_hi { x < hi } else { x <= hi })
+        };
+        let (lr, beta1, beta2, tau, momentum) = match *self {
+            Outer::Nesterov { lr, momentum } => (lr, 0.0, 0.0, 1.0, momentum),
+            Outer::Adam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            }
+            | Outer::Yogi {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            } => (lr, beta1, beta2, tau, 0.0),
+            Outer::Adagrad { lr, tau } => (lr, 0.0, 0.0, tau, 0.0),
+        };
+        if !in_range(lr, 0.0, 10.0, true, false) {
+            return Err(format!("outer lr must be in (0, 10], not {lr}"));
+        }
+        if !(in_range(beta1, 0.0, 1.0, false, true)
+            && in_range(beta2, 0.0, 1.0, false, true)
+            && in_range(momentum, 0.0, 1.0, false, true))
+        {
+            return Err("outer beta1, beta2 and momentum must be in [0, 1)".into());
+        }
+        if !in_range(tau, 0.0, 1.0, true, false) {
+            return Err(format!("outer tau must be in (0, 1], not {tau}"));
+        }
+        Ok(())
+    }
+
+    /// Steps `x` (holding the merge `x̄`) to `x₀ + step(x̄ − x₀)`, updating the moments `m`
+    /// and `v` (zeros at first, each as long as `x`).
+    fn step(&self, x0: &[f32], x: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+        for (((x, x0), m), v) in x.iter_mut().zip(x0).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let delta = *x - *x0;
+            let update = match *self {
+                Outer::Nesterov { lr, momentum } => {
+                    *m = momentum * *m + delta;
+                    lr * (momentum * *m + delta)
+                }
+                Outer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    tau,
+                } => {
+                    *m = beta1 * *m + (1.0 - beta1) * delta;
+                    *v = beta2 * *v + (1.0 - beta2) * delta * delta;
+                    lr * *m / (v.sqrt() + tau)
+                }
+                Outer::Yogi {
+                    lr,
+                    beta1,
+                    beta2,
+                    tau,
+                } => {
+                    let square = delta * delta;
+                    *m = beta1 * *m + (1.0 - beta1) * delta;
+                    *v -= (1.0 - beta2) * square * (*v - square).signum();
+                    lr * *m / (v.max(0.0).sqrt() + tau)
+                }
+                Outer::Adagrad { lr, tau } => {
+                    *v += delta * delta;
+                    lr * delta / (v.sqrt() + tau)
+                }
+            };
+            let next = *x0 + update;
+            // A non-finite step (an attacker's version that survived the merge) keeps the merge.
+            if next.is_finite() {
+                *x = next;
+            }
+        }
+    }
 }
 
 /// Two-level averaging: a member merges with members of its own roster group (its medical
@@ -197,6 +336,7 @@ impl Default for Config {
             certification: None,
             outliers: None,
             two_level: None,
+            outer: None,
         }
     }
 }
@@ -257,6 +397,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "outliers needs a finite factor above 1 and at least 1 round".into(),
             ));
+        }
+        if let Some(outer) = &self.outer {
+            outer.check().map_err(ConfigError::Invalid)?;
         }
         match self.two_level {
             Some(_) if self.neighbours.is_some() => {
@@ -690,6 +833,11 @@ pub struct Peer {
     samples: u64,
     /// Other members of the roster that train (caps the fanout in small meshes).
     trainers: usize,
+    /// The model the round in progress started training from (for [`Outer`]); empty without.
+    round_start: Vec<f32>,
+    /// [`Outer`]'s first and second moments, as long as the model once used.
+    outer_m: Vec<f32>,
+    outer_v: Vec<f32>,
     /// Under [`TwoLevel`] averaging: the training members that are not flagged, this peer
     /// included, by roster group; empty in flat mode.
     groups: BTreeMap<String, Vec<MemberId>>,
@@ -770,6 +918,9 @@ impl Peer {
             },
             round: checkpoint.round.max(1),
             trainers: 0,
+            round_start: Vec::new(),
+            outer_m: Vec::new(),
+            outer_v: Vec::new(),
             groups: BTreeMap::new(),
             dim: params.len(),
             params: Vec::new(),
@@ -798,6 +949,9 @@ impl Peer {
                 peer.phase = Phase::Done;
                 peer.params = params;
             } else {
+                if peer.config.outer.is_some() {
+                    peer.round_start.clone_from(&params);
+                }
                 peer.actions.push_back(Action::Train { round, params });
             }
         }
@@ -1556,6 +1710,18 @@ impl Peer {
                 .sum();
             total / (self.fetched.len() + 1) as f64 / norm.max(1e-12)
         });
+        if let Some(outer) = self.config.outer
+            && self.round_start.len() == out.len()
+        {
+            self.outer_m.resize(out.len(), 0.0);
+            self.outer_v.resize(out.len(), 0.0);
+            outer.step(
+                &self.round_start,
+                &mut out,
+                &mut self.outer_m,
+                &mut self.outer_v,
+            );
+        }
         let mut contributors = vec![self.id];
         self.parents = vec![own.id()];
         let mut rounds = Vec::with_capacity(self.fetched.len());
@@ -1600,6 +1766,9 @@ impl Peer {
             });
         } else {
             self.phase = Phase::Training;
+            if self.config.outer.is_some() {
+                self.round_start.clone_from(&self.params);
+            }
             self.actions.push_back(Action::Train {
                 round: self.round,
                 params: std::mem::take(&mut self.params),

@@ -233,6 +233,59 @@ fn two_level_refuses_fixed_neighbours_and_empty_schedules() {
 }
 
 #[test]
+fn an_outer_step_of_one_without_momentum_is_plain_averaging_and_bad_settings_are_refused() {
+    use medmesh_protocol::peer::Outer;
+    let n = 8;
+    let k = keys(n);
+    let init = inits(n, 32, 1);
+    let samples: Vec<u64> = (0..n as u64).map(|i| 10 * (i + 1)).collect();
+    let target = weighted_average(&init, &samples);
+    let configs = (0..n)
+        .map(|i| Config {
+            outer: Some(Outer::Nesterov {
+                lr: 1.0,
+                momentum: 0.0,
+            }),
+            ..config(Rule::Mean, n - 1, 3, i as u64)
+        })
+        .collect();
+    let mut net = Net::new(&k, configs, init, &samples);
+    net.run(Duration::from_secs(600));
+    assert!(net.peers.iter().all(Peer::is_finished));
+    let err = net.max_distance_to(&target) / norm(&target);
+    assert!(
+        err < 1e-4,
+        "relative distance to the weighted average {err}"
+    );
+    for outer in [
+        Outer::Nesterov {
+            lr: 0.0,
+            momentum: 0.9,
+        },
+        Outer::Nesterov {
+            lr: 0.7,
+            momentum: 1.0,
+        },
+        Outer::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 0.0,
+        },
+        Outer::Adagrad {
+            lr: f32::NAN,
+            tau: 0.1,
+        },
+    ] {
+        let config = Config {
+            outer: Some(outer),
+            ..config(Rule::Mean, 3, 4, 0)
+        };
+        assert!(config.check().is_err(), "{outer:?} accepted");
+    }
+}
+
+#[test]
 fn a_resumed_peer_continues_at_its_checkpoint() {
     use medmesh_protocol::peer::{Action, Checkpoint};
 
