@@ -156,17 +156,24 @@ impl Learner for Logistic {
 /// as the node's libtorch learner reports them (`None` when the model's outputs are not finite,
 /// and the AUC when the table holds one class only).
 pub fn score(params: &[f32], table: &Table) -> Score {
-    let accuracy = accuracy(params, table);
     if table.rows == 0 {
         return Score {
-            accuracy,
+            accuracy: 0.0,
             loss: None,
             auc: None,
         };
     }
-    let probs: Vec<f32> = (0..table.rows)
-        .map(|i| sigmoid(logit(params, table.row(i))))
+    let logits: Vec<f32> = (0..table.rows)
+        .map(|i| logit(params, table.row(i)))
         .collect();
+    // Exactly [`accuracy`]'s count, from the same logits.
+    let correct = logits
+        .iter()
+        .zip(&table.y)
+        .filter(|(z, y)| (**z > 0.0) == (**y > 0.5))
+        .count();
+    let accuracy = correct as f64 / table.rows as f64;
+    let probs: Vec<f32> = logits.into_iter().map(sigmoid).collect();
     let scored = metrics::binary(&probs, &table.y, 0.5).ok();
     Score {
         accuracy,

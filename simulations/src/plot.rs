@@ -567,7 +567,15 @@ impl Chart {
                     .collect()
             })
             .collect();
-        let xs = bounds(series.iter().flatten().map(|p| p.0));
+        // The x axis spans every finite point, drawn or not (a consensus of exactly 0 still
+        // shows its rounds).
+        let xs = bounds(
+            self.series
+                .iter()
+                .flat_map(|s| &s.points)
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|p| p.0),
+        );
         let x_range = pad(xs.unwrap_or((0.0, 1.0)), 0.02);
         let ys = self
             .y_range
@@ -952,7 +960,7 @@ mod tests {
 
     #[test]
     fn the_first_forty_lines_look_different() {
-        assert!(DISTINCT_LINES >= 40);
+        const { assert!(DISTINCT_LINES >= 40) };
         let styles: Vec<_> = (0..DISTINCT_LINES).map(line_style).collect();
         for (i, a) in styles.iter().enumerate() {
             assert!(styles[..i].iter().all(|b| b != a), "line {i} repeats");
