@@ -163,8 +163,8 @@ pub enum Outer {
 }
 
 impl Outer {
-    /// Checks the ranges.
-    fn check(&self) -> Result<(), String> {
+    /// Checks the ranges; the error says which setting is out of its range.
+    pub fn check(&self) -> Result<(), String> {
         let in_range = |x: f32, lo: f32, hi: f32, open_lo: bool, open_hi: bool| {
             x.is_finite()
                 && (if open_lo { x > lo } else { x >= lo })

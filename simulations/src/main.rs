@@ -99,9 +99,13 @@ fn main() -> anyhow::Result<()> {
             } else {
                 format!("mean accuracy {:.3}, ", summary.mean_accuracy)
             };
+            let gap = match (summary.spectral_gap, summary.two_level_gap) {
+                (Some(gap), _) | (None, Some(gap)) => format!(" (spectral gap {gap:.3e})"),
+                (None, None) => String::new(),
+            };
             println!(
-                "{}: {accuracy}final consensus distance {consensus:.2e} over seeds {:?} ({} peers, \
-                 {} attackers{failed}); {:.1} s, {:.0} peer-rounds/s",
+                "{}: {accuracy}final consensus distance {consensus:.2e}{gap} over seeds {:?} ({} \
+                 peers, {} attackers{failed}); {:.1} s, {:.0} peer-rounds/s",
                 summary.name,
                 summary.seeds,
                 summary.peers,

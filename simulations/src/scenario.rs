@@ -80,7 +80,7 @@ use medmesh_learning::data::{Dataset, Table};
 use medmesh_learning::learner::ModelSpec;
 use medmesh_learning::privacy::DpConfig;
 use medmesh_protocol::aggregate::Rule;
-use medmesh_protocol::peer::{Config, Outliers, TwoLevel};
+use medmesh_protocol::peer::{Config, Outer, Outliers, TwoLevel};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -319,6 +319,10 @@ pub struct ProtocolSpec {
     /// round, one of every other group every 5th round and the last (see
     /// `medmesh_protocol::peer::TwoLevel`); flat when absent.
     pub two_level: Option<TwoLevel>,
+    /// An outer optimizer on each round's merged pseudo-gradient, e.g.
+    /// `outer = { optimizer = "nesterov", lr = 0.7, momentum = 0.9 }` (see
+    /// `medmesh_protocol::peer::Outer`); plain averaging when absent.
+    pub outer: Option<Outer>,
 }
 
 impl Default for ProtocolSpec {
@@ -330,6 +334,7 @@ impl Default for ProtocolSpec {
             gossip_reach: None,
             outliers: None,
             two_level: None,
+            outer: None,
         }
     }
 }
@@ -730,6 +735,11 @@ impl Scenario {
                 o.rounds >= 1,
                 "{file}: `protocol.outliers.rounds` = 0 must be at least 1"
             );
+        }
+        if let Some(outer) = &protocol.outer {
+            outer
+                .check()
+                .map_err(|e| anyhow::anyhow!("{file}: `protocol.outer`: {e}"))?;
         }
         match protocol.two_level {
             None => {}
@@ -1200,6 +1210,7 @@ pub fn run(
             fetch_timeout: Duration::from_millis(scenario.protocol.round_timeout_ms / 2 + 1),
             outliers: scenario.protocol.outliers,
             two_level: scenario.protocol.two_level,
+            outer: scenario.protocol.outer,
             ..Config::default()
         };
         let mut sim = Sim::new(

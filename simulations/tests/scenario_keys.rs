@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use medmesh_learning::learner::{ModelSpec, TaskKind};
 use medmesh_learning::privacy::DpConfig;
 use medmesh_protocol::aggregate::{Rule, Tau};
-use medmesh_protocol::peer::{Outliers, TwoLevel};
+use medmesh_protocol::peer::{Outer, Outliers, TwoLevel};
 use medmesh_simulations::attack::{Attack, AttackKind, Placement};
 use medmesh_simulations::plot::AccuracyAxis;
 use medmesh_simulations::scenario::{
@@ -208,6 +208,37 @@ fn every_key() -> BTreeSet<String> {
         }
     }
     kinds("protocol.two_level", &two_level, &mut keys);
+    let outer = [
+        Outer::Nesterov {
+            lr: 0.7,
+            momentum: 0.9,
+        },
+        Outer::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 0.001,
+        },
+        Outer::Yogi {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 0.001,
+        },
+        Outer::Adagrad {
+            lr: 0.1,
+            tau: 0.001,
+        },
+    ];
+    for o in &outer {
+        match o {
+            Outer::Nesterov { .. }
+            | Outer::Adam { .. }
+            | Outer::Yogi { .. }
+            | Outer::Adagrad { .. } => {}
+        }
+    }
+    kinds("protocol.outer", &outer, &mut keys);
     let models = [
         ModelSpec::Logistic { inputs: 13 },
         ModelSpec::Mlp {
