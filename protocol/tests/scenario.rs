@@ -35,12 +35,11 @@ fn full_fanout_mean_reaches_the_exact_weighted_average() {
         .map(|i| config(Rule::Mean, n - 1, 3, i as u64))
         .collect();
     let mut net = Net::new(&k, configs, init, &samples);
-    net.run(Duration::from_secs(600));
-    assert!(net.peers.iter().all(Peer::is_finished), "all peers finish");
-    let err = net.max_distance_to(&target) / norm(&target);
-    assert!(
-        err < 1e-4,
-        "relative distance to the weighted average {err}"
+    net.run_to_average(
+        Duration::from_secs(600),
+        &target,
+        1e-4,
+        "the weighted average",
     );
     let timeouts = net
         .events
@@ -146,12 +145,11 @@ fn two_level_net(schedule: TwoLevel, rounds: u64) -> (Net, Vec<f64>, f64) {
 #[test]
 fn two_level_averaging_reaches_the_exact_global_weighted_average() {
     let (mut net, target, _) = two_level_net(TwoLevel::Every { rounds: 2 }, 4);
-    net.run(Duration::from_secs(600));
-    assert!(net.peers.iter().all(Peer::is_finished), "all peers finish");
-    let err = net.max_distance_to(&target) / norm(&target);
-    assert!(
-        err < 1e-4,
-        "relative distance to the global weighted average {err}"
+    net.run_to_average(
+        Duration::from_secs(600),
+        &target,
+        1e-4,
+        "the global weighted average",
     );
     // Rounds 1 and 3 stay inside the groups; rounds 2 and 4 (and the final versions) do not.
     let rounds_across = net
@@ -250,12 +248,11 @@ fn an_outer_step_of_one_without_momentum_is_plain_averaging_and_bad_settings_are
         })
         .collect();
     let mut net = Net::new(&k, configs, init, &samples);
-    net.run(Duration::from_secs(600));
-    assert!(net.peers.iter().all(Peer::is_finished));
-    let err = net.max_distance_to(&target) / norm(&target);
-    assert!(
-        err < 1e-4,
-        "relative distance to the weighted average {err}"
+    net.run_to_average(
+        Duration::from_secs(600),
+        &target,
+        1e-4,
+        "the weighted average",
     );
     for outer in [
         Outer::Nesterov {

@@ -266,6 +266,15 @@ impl Net {
 
     /// Largest distance of a peer's model to the peers' mean (use after the run: a training
     /// peer's parameters are with its trainer).
+    /// Runs until every peer finished (at most `limit` of virtual time) and asserts each ends
+    /// within `tolerance` of `target`, relative to `target`'s norm; `what` names the target.
+    pub fn run_to_average(&mut self, limit: Duration, target: &[f64], tolerance: f64, what: &str) {
+        self.run(limit);
+        assert!(self.peers.iter().all(Peer::is_finished), "all peers finish");
+        let err = self.max_distance_to(target) / norm(target);
+        assert!(err < tolerance, "relative distance to {what}: {err}");
+    }
+
     pub fn spread(&self) -> f64 {
         let models: Vec<Vec<f32>> = self.peers.iter().map(|p| p.params().to_vec()).collect();
         spread(&models)
