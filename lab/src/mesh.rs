@@ -63,6 +63,24 @@ pub struct Options {
     /// final model on its own patients and the mesh certifies them).
     #[arg(long)]
     pub no_validator: bool,
+    /// An outer optimizer for every hospital (`[experiment] outer`), as its TOML value, e.g.
+    /// `--outer '{ optimizer = "adam", lr = 0.01, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }'`;
+    /// plain averaging without it.
+    #[arg(long, value_parser = parse_outer)]
+    pub outer: Option<peer::Outer>,
+}
+
+/// `--outer`'s TOML inline table.
+fn parse_outer(text: &str) -> Result<peer::Outer, String> {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        outer: peer::Outer,
+    }
+    let outer = toml::from_str::<Wrapper>(&format!("outer = {text}"))
+        .map_err(|e| format!("not an outer optimizer ({e})"))?
+        .outer;
+    outer.check()?;
+    Ok(outer)
 }
 
 /// The mesh's results.
@@ -282,6 +300,7 @@ impl LocalNode {
                 round_timeout: Duration::from_secs(options.round_timeout),
                 fetch_timeout: Duration::from_secs(20),
                 seed: options.seed.wrapping_add(100 + index as u64),
+                outer: options.outer,
                 ..peer::Config::default()
             },
             network: NetworkConfig {

@@ -49,6 +49,7 @@ pub(crate) fn options(dir: &Path, rounds: u64) -> Options {
         json: None,
         resume: false,
         no_validator: true,
+        outer: None,
     }
 }
 
