@@ -1609,14 +1609,15 @@ mod tests {
         let mut scenario =
             Scenario::load(&Path::new(SCENARIOS).join("heart-disease.toml")).expect("loads");
         assert_eq!(scenario.seeds, vec![42, 43, 44, 45, 46]);
-        scenario.seeds.truncate(2);
         let dir = tempfile::tempdir().expect("tempdir");
         let summary = run(&scenario, dir.path(), |_| {}).expect("runs");
         assert_eq!(summary.peers, 4);
+        // README's figure: 0.725 over all five seeds.
         assert!(
-            summary.mean_accuracy >= 0.72,
-            "mean per-center accuracy {}",
-            summary.mean_accuracy
+            summary.mean_accuracy >= 0.72 && (summary.mean_accuracy - 0.725).abs() < 0.0005,
+            "mean per-center accuracy {} over seeds {:?}",
+            summary.mean_accuracy,
+            summary.final_accuracy
         );
         assert!(
             summary.final_consensus.iter().all(|c| *c < 1e-4),
@@ -1625,7 +1626,7 @@ mod tests {
         );
         let csv = std::fs::read_to_string(dir.path().join("rounds.csv")).expect("csv");
         assert!(csv.starts_with("seed,round,virtual_seconds,mean_accuracy"));
-        assert_eq!(csv.lines().count(), 1 + 2 * 15, "a row per round per seed");
+        assert_eq!(csv.lines().count(), 1 + 5 * 15, "a row per round per seed");
         let again = run(&scenario, dir.path(), |_| {}).expect("runs");
         assert_eq!(
             again.final_accuracy, summary.final_accuracy,

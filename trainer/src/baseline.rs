@@ -230,37 +230,46 @@ mod tests {
     );
 
     #[test]
-    fn pooled_logistic_regression_reaches_flamby_level_accuracy() {
-        let settings = Settings {
-            seeds: vec![42],
-            ..Settings::default()
+    fn pooled_and_local_baselines_match_flamby_within_its_std() {
+        // FLamby's seeds and settings (Settings::default: Adam, lr 0.001, batch 4, 50 epochs).
+        let settings = Settings::default();
+        assert_eq!(settings.seeds, vec![42, 43, 44, 45, 46]);
+        let report = run(Path::new(SCHEMA), &settings, |_| {}).expect("runs");
+        let row = |name: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("no row {name}"))
         };
-        let data = Dataset::load_with(Path::new(SCHEMA), Normalization::Pooled).expect("loads");
-        let spec = ModelSpec::Logistic { inputs: 13 };
-        let tests: Vec<&Table> = data.sites.iter().map(|s| &s.test).collect();
-        let union = data.pooled_test();
-        let train = data.pooled_train();
-        assert_eq!(train.rows, 486);
-        let row = train_row(
-            "pooled",
-            &spec,
-            &train,
-            &tests,
-            &union,
-            &settings,
-            &mut |_| {},
-        )
-        .expect("trains");
+        // FLamby publishes 0.735 ± 0.003 for pooled training, tested as each hospital
+        // normalizes its test rows; README quotes 0.737.
+        let pooled = row("pooled");
+        let flamby = FLAMBY_HEART_DISEASE[0].1;
         assert!(
-            row.mean >= 0.70,
-            "mean per-center test accuracy {}",
-            row.mean
+            (pooled.mean - flamby).abs() <= 0.003,
+            "pooled: {} ± {} against FLamby's {flamby} ± 0.003",
+            pooled.mean,
+            pooled.std
         );
-        assert_eq!(row.per_center.len(), 4);
-        assert!(
-            row.pooled_test >= 0.75,
-            "pooled test accuracy {}",
-            row.pooled_test
-        );
+        assert_eq!(pooled.per_center.len(), 4);
+        // Each hospital alone within one of our standard deviations of FLamby's figure, but
+        // Cleveland, which README reports about two below (0.696 ± 0.012 against 0.722).
+        for (name, flamby) in &FLAMBY_HEART_DISEASE[1..] {
+            let local = row(name);
+            let allowed = if *name == "local cleveland" {
+                0.03
+            } else {
+                local.std.max(0.003)
+            };
+            assert!(
+                (local.mean - flamby).abs() <= allowed,
+                "{name}: {} ± {} against FLamby's {flamby}",
+                local.mean,
+                local.std
+            );
+        }
+        // Tested with the normalization it was trained with, pooling does better.
+        assert!(row("pooled (consistent norm.)").mean > pooled.mean + 0.05);
     }
 }
