@@ -17,7 +17,10 @@
 //!    tries to reach a hospital through the relay and must be refused and counted on the relay's
 //!    `/metrics`. Every check of the pilot is made on this run.
 //! 2. the pilot with the relay killed (hospitals that hold direct connections must finish).
-//! 3. flat training without faults (`fanout` = every other hospital), and
+//! 3. flat training without faults (`fanout` = every other hospital) of an MLP with one hidden
+//!    layer (`--comparison-hidden`, 64 units: its 3.8 KB payloads weigh on the WAN as a real
+//!    model's do, where the pilot's 14-parameter regression is lost in the mesh's own
+//!    traffic), and
 //! 4. the same training under two-level averaging (`two_level = { across = "every", rounds =
 //!    5 }`, `fanout` = the other hospitals of the own centre), both for the WAN bytes the centre
 //!    routers count from just before the nodes start until the last hospital wrote its final
@@ -102,6 +105,11 @@ pub struct Options {
     /// WAN bytes are compared with a flat run's (run 3); 0 skips both runs.
     #[arg(long, default_value_t = 5)]
     pub two_level_every: u64,
+    /// Hidden units of the MLP the flat and two-level runs train (one hidden layer), so that
+    /// model payloads, which two-level averaging keeps inside a centre, weigh on the WAN as they
+    /// do for real models; 0 trains the pilot's logistic regression there too.
+    #[arg(long, default_value_t = 64)]
+    pub comparison_hidden: i64,
 }
 
 /// One peer's line of the report.
@@ -173,6 +181,8 @@ pub const MAX_ACCURACY_GAP: f64 = 0.01;
 /// the same data and seeds as the other.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainingRun {
+    /// The model trained, in words (`logistic regression`, `MLP 13-64-1`).
+    pub model: String,
     /// The hospitals' `[experiment] fanout`.
     pub fanout: usize,
     /// The hospitals' `[experiment] two_level`; none for flat averaging.
@@ -207,7 +217,7 @@ impl TrainingRun {
 
     /// How the hospitals average, in words.
     fn setup(&self) -> String {
-        match self.two_level {
+        let averaging = match self.two_level {
             None => format!("fanout {}", self.fanout),
             Some(TwoLevel::Every { rounds }) => format!(
                 "in-centre fanout {}, across centres every {rounds} rounds",
@@ -217,7 +227,8 @@ impl TrainingRun {
                 "in-centre fanout {}, {groups} other centre(s) every round",
                 self.fanout
             ),
-        }
+        };
+        format!("{}, {averaging}", self.model)
     }
 
     /// Its line of the result table.
@@ -775,6 +786,13 @@ fn run_once(
         ),
     };
     let inputs = i64::try_from(dataset.features.len())?;
+    let model = match purpose {
+        Purpose::Training(_) if options.comparison_hidden > 0 => ModelSpec::Mlp {
+            inputs,
+            hidden: vec![options.comparison_hidden],
+        },
+        _ => ModelSpec::Logistic { inputs },
+    };
     let config = |node: &NetNode, index: usize| -> NodeConfig {
         NodeConfig {
             key: node.local.home.join("key.pem"),
@@ -788,7 +806,7 @@ fn run_once(
             start_timeout_ms: 120_000,
             validate_final: node.role == Role::Validator,
             data: node.local.data.clone(),
-            model: ModelSpec::Logistic { inputs },
+            model: model.clone(),
             training: TrainConfig {
                 optimizer: Optimizer::Sgd { momentum: 0.0 },
                 lr: 0.01,
@@ -1244,6 +1262,17 @@ fn run_once(
         }
     }
     let training = TrainingRun {
+        model: match &model {
+            ModelSpec::Mlp { inputs, hidden } => format!(
+                "MLP {inputs}-{}-1",
+                hidden
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ),
+            _ => "logistic regression".to_owned(),
+        },
         fanout,
         two_level,
         hospitals: hospitals.len(),
