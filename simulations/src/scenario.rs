@@ -1606,7 +1606,7 @@ mod tests {
 
     #[test]
     fn heart_disease_scenario_matches_flamby_level_accuracy() {
-        let mut scenario =
+        let scenario =
             Scenario::load(&Path::new(SCENARIOS).join("heart-disease.toml")).expect("loads");
         assert_eq!(scenario.seeds, vec![42, 43, 44, 45, 46]);
         let dir = tempfile::tempdir().expect("tempdir");
