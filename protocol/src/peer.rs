@@ -595,9 +595,9 @@ pub enum Event {
         summary: aggregate::Summary,
         /// Whether it closed on its timeout rather than on completed pulls.
         timed_out: bool,
-        /// How far apart the merged versions were: the mean L2 distance of the merge's inputs
-        /// (the own model included) to its result, over the result's norm. This peer's view of
-        /// the mesh's consensus distance; `None` when it merged nothing or adopted finals.
+        /// How far the own version was from the merge: their L2 distance over the merge's norm.
+        /// This peer's view of the mesh's consensus distance, at the cost of one pass over the
+        /// model; `None` when it merged nothing or adopted finals.
         spread: Option<f64>,
     },
     /// The roster advanced.
@@ -1699,16 +1699,12 @@ impl Peer {
         out.resize(self.dim, 0.0);
         let summary = self.merge(own.degree, &mut out);
         let spread = (!self.fetched.is_empty()).then(|| {
-            let norm = out
-                .iter()
-                .map(|x| f64::from(*x).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let total: f64 = std::iter::once(self.params.as_slice())
-                .chain(self.fetched.iter().map(|(_, p)| p.as_slice()))
-                .map(|p| aggregate::distance(p, &out))
-                .sum();
-            total / (self.fetched.len() + 1) as f64 / norm.max(1e-12)
+            let (mut moved, mut norm) = (0.0f64, 0.0f64);
+            for (own, merged) in self.params.iter().zip(&out) {
+                moved += (f64::from(*own) - f64::from(*merged)).powi(2);
+                norm += f64::from(*merged).powi(2);
+            }
+            moved.sqrt() / norm.sqrt().max(1e-12)
         });
         if let Some(outer) = self.config.outer
             && self.round_start.len() == out.len()

@@ -108,7 +108,8 @@ pub struct RoundPoint {
     pub epsilon: Option<f64>,
     /// Versions merged (this node's included).
     pub merged: usize,
-    /// How far apart they were (relative L2 to the merge; the protocol's `spread`).
+    /// How far this node's own version was from the merge (relative L2; the protocol's
+    /// `spread`).
     pub spread: Option<f64>,
     /// Whether the round closed on its timeout.
     pub timed_out: bool,
