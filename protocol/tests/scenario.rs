@@ -104,17 +104,7 @@ fn epidemic_sampling_reaches_consensus_without_a_coordinator() {
         .collect();
     let start = common::spread(&init);
     let mut net = Net::new(&k, configs, init, &samples);
-    net.run(Duration::from_secs(3600));
-    assert!(net.peers.iter().all(Peer::is_finished));
-    let spread = net.spread();
-    assert!(
-        spread < 1e-4 * start,
-        "consensus spread {spread} from {start}"
-    );
-    // Random pulls do not conserve the weighted mean exactly, but it stays well inside the
-    // initial spread.
-    let err = net.max_distance_to(&target) / start;
-    assert!(err < 0.5, "consensus far from the weighted average: {err}");
+    net.run_to_consensus(Duration::from_secs(3600), &target, start);
 }
 
 /// Four groups of four with unequal samples (inside a group and between groups), averaging
@@ -203,15 +193,7 @@ fn two_level_averaging_crosses_groups_less_than_flat_gossip() {
 #[test]
 fn two_level_fanout_reaches_consensus() {
     let (mut net, target, start) = two_level_net(TwoLevel::Fanout { groups: 1 }, 30);
-    net.run(Duration::from_secs(3600));
-    assert!(net.peers.iter().all(Peer::is_finished));
-    let spread = net.spread();
-    assert!(
-        spread < 1e-4 * start,
-        "consensus spread {spread} from {start}"
-    );
-    let err = net.max_distance_to(&target) / start;
-    assert!(err < 0.5, "consensus far from the weighted average: {err}");
+    net.run_to_consensus(Duration::from_secs(3600), &target, start);
 }
 
 #[test]

@@ -275,6 +275,21 @@ impl Net {
         assert!(err < tolerance, "relative distance to {what}: {err}");
     }
 
+    /// Runs until every peer finished (at most `limit`) and asserts they agree to within 1e-4 of
+    /// `start` (the initial spread) near `target`: random pulls do not conserve the weighted
+    /// mean exactly, but it stays well inside the initial spread.
+    pub fn run_to_consensus(&mut self, limit: Duration, target: &[f64], start: f64) {
+        self.run(limit);
+        assert!(self.peers.iter().all(Peer::is_finished), "all peers finish");
+        let spread = self.spread();
+        assert!(
+            spread < 1e-4 * start,
+            "consensus spread {spread} from {start}"
+        );
+        let err = self.max_distance_to(target) / start;
+        assert!(err < 0.5, "consensus far from the weighted average: {err}");
+    }
+
     pub fn spread(&self) -> f64 {
         let models: Vec<Vec<f32>> = self.peers.iter().map(|p| p.params().to_vec()).collect();
         spread(&models)
