@@ -341,39 +341,11 @@ fn parse_member(text: &str) -> anyhow::Result<Member> {
 /// How `--member` and `--add` spell a member.
 const MEMBER_SYNTAX: &str = "ID,NAME,SITE,COUNTRY,ROLE[,ADDRESS][,group=GROUP]";
 
-/// The member of `roster` that `text` names: its full id, a prefix of its id that no other
-/// member's shares (the short ids the tools print are 8 hex digits), or its exact name.
+/// The member of `roster` that `text` names (see [`node::find_member`]).
 fn find_member(roster: &Roster, text: &str) -> anyhow::Result<MemberId> {
-    let text = text.trim();
-    if let Ok(id) = text.parse::<MemberId>() {
-        anyhow::ensure!(roster.contains(&id), "{id} is not a member of this roster");
-        return Ok(id);
-    }
-    let lower = text.to_ascii_lowercase();
-    let matches: Vec<&Member> = roster
-        .members
-        .iter()
-        .filter(|m| {
-            m.name == text
-                || (lower.len() >= 4
-                    && lower.bytes().all(|b| b.is_ascii_hexdigit())
-                    && m.id.to_string().starts_with(&lower))
-        })
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one.id),
-        [] => anyhow::bail!(
-            "no member has the id, id prefix (at least 4 hex digits) or name {text:?}; \
-             `medmesh roster show` lists them"
-        ),
-        many => anyhow::bail!(
-            "{text:?} could be {}: give more of the id",
-            many.iter()
-                .map(|m| format!("{} ({})", m.id.short(), m.name))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
-    }
+    node::find_member(roster, text)
+        .map(|m| m.id)
+        .map_err(anyhow::Error::msg)
 }
 
 fn roster_command(command: RosterCommand) -> anyhow::Result<()> {

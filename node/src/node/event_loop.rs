@@ -156,6 +156,8 @@ pub(super) struct EventLoop {
     blocked: HashSet<PeerId>,
     /// The last round-trip time measured to each connected peer.
     rtt: HashMap<PeerId, Duration>,
+    /// Each roster member's peer id (decoding the key costs more than a status turn should).
+    peer_ids: HashMap<MemberId, PeerId>,
     redial: network::Redial,
     /// Relays, reservations, direct and relayed connections.
     nat: Nat,
@@ -257,6 +259,7 @@ impl EventLoop {
             subscribed,
             blocked,
             rtt: HashMap::new(),
+            peer_ids: HashMap::new(),
             redial,
             certifier,
             rounds,
@@ -1046,11 +1049,17 @@ impl EventLoop {
             .set(admin::gauge(reachability.hole_punch_successes));
         status.reachability = reachability;
         let roster = self.peer.chain().current();
+        let peer_ids = &mut self.peer_ids;
         status.members = roster
             .members
             .iter()
             .map(|m| {
-                let peer = network::peer_id(&m.id).ok();
+                let peer = match peer_ids.get(&m.id) {
+                    Some(p) => Some(*p),
+                    None => network::peer_id(&m.id).ok().inspect(|p| {
+                        peer_ids.insert(m.id, *p);
+                    }),
+                };
                 admin::MemberView {
                     id: m.id,
                     name: m.name.clone(),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use libp2p::{PeerId, Swarm};
 use medmesh_protocol::identity::MemberId;
-use medmesh_protocol::roster::Roster;
+use medmesh_protocol::roster::{Member, Roster};
 
 use crate::network;
 
@@ -46,22 +46,36 @@ pub(super) fn block(
 
 /// The one member `name` picks out: its id and roster name.
 fn pick(roster: &Roster, name: &str) -> Result<(MemberId, String), String> {
-    let found: Vec<_> = roster
+    find(roster, name).map(|m| (m.id, m.name.clone()))
+}
+
+/// The member of `roster` that `text` names: its roster name, its site, its full member id or
+/// a prefix of it of at least 4 hex digits (the tools print 8). Anything that picks out no
+/// member, or several, is an error saying so.
+pub fn find<'a>(roster: &'a Roster, text: &str) -> Result<&'a Member, String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    let prefix = lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit());
+    let found: Vec<&Member> = roster
         .members
         .iter()
         .filter(|m| {
-            m.name == name || m.site == name || m.id.to_string() == name || m.id.short() == name
+            m.name == text || m.site == text || (prefix && m.id.to_string().starts_with(&lower))
         })
         .collect();
     match found.as_slice() {
-        [member] => Ok((member.id, member.name.clone())),
+        [member] => Ok(member),
         [] => Err(format!(
-            "{name:?} is not a member on roster version {}",
+            "no member has the id, id prefix (at least 4 hex digits), name or site {text:?} on \
+             roster version {}; `medmesh roster show` lists them",
             roster.version
         )),
-        _ => Err(format!(
-            "{name:?} names {} members; give a member id",
-            found.len()
+        many => Err(format!(
+            "{text:?} could be {}: give more of the id",
+            many.iter()
+                .map(|m| format!("{} ({})", m.id.short(), m.name))
+                .collect::<Vec<_>>()
+                .join(" or ")
         )),
     }
 }

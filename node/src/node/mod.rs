@@ -31,6 +31,7 @@ use medmesh_protocol::update::Version;
 use medmesh_record::store::Store;
 
 use self::event_loop::{EventLoop, Local, Parts};
+pub use self::members::find as find_member;
 pub use self::outcome::Outcome;
 use self::validation::Certifier;
 use crate::config::NodeConfig;
