@@ -11,7 +11,7 @@
 //!   file, [`MAX_COLUMNS`] columns or [`MAX_VALUES`] feature values per dataset are refused with
 //!   [`Error::TooLarge`], and CSV is streamed, never read into one string;
 //! - guess: a value that is neither a finite number nor a declared missing marker, a label that
-//!   is not binary after its rule, a category level that was not declared, or a row the split file
+//!   is not binary after its rule, a category level that was not declared, or a row the split
 //!   does not account for is an error naming the file, the 1-based line and the column;
 //! - fit anything on test rows: imputation means and normalisation statistics come from train
 //!   rows only;
@@ -21,6 +21,8 @@
 //!
 //! A dataset is one TOML file plus the CSV files it names. Paths in the schema are relative to
 //! the schema's folder. Every table rejects unknown keys, so a typo is an error, not a default.
+//! `docs/DATA.md` is the same reference for users, one row per key (a test in `schema` fails
+//! when a key is missing there).
 //!
 //! | key | meaning |
 //! |---|---|
@@ -34,8 +36,8 @@
 //! | `[label]` | binary label: `column`, and one rule: `positive_if = "> 0"` (operators `>`, `>=`, `<`, `<=`, `==`, `!=` against a number), or `positive = [...]` with `negative = [...]` (numbers or strings; any other value is an error), or no rule (values must be `0` or `1`) |
 //! | `[survival]` | `time = "T"` (finite, ≥ 0) and `event = "E"` (`0` censored / `1` observed). Makes the task [`Task::Survival`]; `[label]` is then optional. |
 //! | `[[categorical]]` | `column`, `levels = [...]` (numbers match numerically, so `1` matches `1.0`; strings match exactly), `drop_first` (default `false`). One 0/1 feature named `column=level` per level, the first one left out when `drop_first`. A value that is not a level is an error. |
-//! | `[split]` | either a split file or a seeded fraction, see below |
-//! | `[[sites]]` | `name`, `file`, and for split files optionally `train_value` / `test_value` |
+//! | `[split]` | exactly one of: `column = "..."` (a column of each site's data file gives each row's part), `file = "..."` (a split file) or `fraction` (a seeded draw), see below. Naming two of `column`, `file` and `fraction` is an error. |
+//! | `[[sites]]` | `name`, `file`, and for split columns and split files optionally `train_value` / `test_value` |
 //!
 //! Data files are CSV as RFC 4180 has it (double quotes, `""` inside quotes), UTF-8 or ASCII,
 //! lines ending in LF or CRLF; an initial UTF-8 byte-order mark is ignored, blank lines are
@@ -43,10 +45,20 @@
 //! field spanning lines counts them all) and are what a split file's `line_column` refers to.
 //!
 //! Features are, in this order: every column that is not dropped, not the label, time or event,
-//! not categorical and not the split key, in the first site file's column order; then the
-//! one-hot columns of each `[[categorical]]` entry, in schema order. Files with a header are
-//! matched by column name, so sites may order their columns differently, but they must all have
-//! the same columns.
+//! not categorical, not the split file's key and not the split column, in the first site file's
+//! column order; then the one-hot columns of each `[[categorical]]` entry, in schema order. Files
+//! with a header are matched by column name, so sites may order their columns differently, but
+//! they must all have the same columns.
+//!
+//! **Split by a column** (`column = "split"`): the named column of each site's own data file says
+//! per row whether it is train (the site's `train_value`, default `"train"`) or test (its
+//! `test_value`, default `"test"`); `[split]` may set `train_value`/`test_value` for every site,
+//! `[[sites]]` for one. The column is never a feature; without a header `columns` must name it.
+//! A value that is neither is an [`Error::Split`] naming the data file, the line, the column, the
+//! value and the values expected, unless `unlisted = "skip"`, which leaves such rows out. Sites
+//! sharing one data file are told apart by their own `train_value`/`test_value` (a row with
+//! another site's value is that site's). Rows dropped for missing values are not checked. The
+//! form takes only `column`, `train_value`, `test_value` and `unlisted`.
 //!
 //! **Split from a file** (`file = ...`): a CSV file with a header, comma-separated. Each of its rows
 //! names one data row, by line number (`line_column`: the 1-based line of the record in the data
@@ -146,6 +158,8 @@
 //! ```
 //!
 //! A random split instead of a split file: `split = { fraction = 0.66, seed = 43, stratify = true }`.
+//! A hospital's own train/test column instead: `split = { column = "split" }` (its values
+//! `"train"`/`"test"` unless `train_value`/`test_value` say otherwise).
 //!
 //! # Inside
 //!
@@ -267,6 +281,7 @@ impl Schema {
     fn load(&self, normalization: Normalization) -> Result<Dataset, Error> {
         let mut splitter = match &self.split {
             SplitRule::File(f) => Splitter::File(SplitTable::read(self, f)?),
+            SplitRule::Column(c) => Splitter::Column(c.clone()),
             SplitRule::Fraction {
                 fraction,
                 seed,
@@ -284,6 +299,7 @@ impl Schema {
             let rows = self.read_rows(spec, &mut features, MAX_VALUES - held)?;
             let parts = match &mut splitter {
                 Splitter::File(table) => table.assign(spec, &rows)?,
+                Splitter::Column(rule) => split::column_split(rule, spec, &self.sites, &rows)?,
                 Splitter::Fraction {
                     fraction,
                     seed,

@@ -54,7 +54,7 @@ impl Schema {
                 })
         };
         let roles = self.roles();
-        let key = self.key_role();
+        let key = self.split_role();
         let mut taken = BTreeSet::new();
         for (column, _) in roles.iter().chain(key.iter()) {
             taken.insert(find(column)?);
@@ -340,7 +340,8 @@ pub(super) struct Rows {
     pub(super) table: Table,
     /// 1-based line of each row.
     pub(super) lines: Vec<u64>,
-    /// Split key of each row (empty unless the split file is keyed by a column).
+    /// Each row's value in the data column the split reads: the split file's key column, or
+    /// `[split] column` (empty when the split reads no data column).
     pub(super) keys: Vec<String>,
 }
 

@@ -98,6 +98,7 @@ struct RawCategorical {
 #[serde(deny_unknown_fields)]
 struct RawSplit {
     file: Option<String>,
+    column: Option<String>,
     site_column: Option<String>,
     line_column: Option<String>,
     key_column: Option<String>,
@@ -309,12 +310,18 @@ impl SplitRule {
         dir: &Path,
         bad: &impl Fn(String) -> Error,
     ) -> Result<SplitRule, Error> {
-        match (&raw.file, raw.fraction) {
-            (Some(_), Some(_)) => Err(bad(
-                "`split` takes either `file` or `fraction`, not both".into()
-            )),
-            (None, None) => Err(bad("`split` needs `file` or `fraction`".into())),
-            (None, Some(fraction)) => {
+        let forms: Vec<&str> = [
+            ("`file`", raw.file.is_some()),
+            ("`column`", raw.column.is_some()),
+            ("`fraction`", raw.fraction.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, given)| *given)
+        .map(|(key, _)| key)
+        .collect();
+        match (&raw.file, &raw.column, raw.fraction) {
+            (None, None, None) => Err(bad("`split` needs `file`, `column` or `fraction`".into())),
+            (None, None, Some(fraction)) => {
                 if raw.site_column.is_some()
                     || raw.line_column.is_some()
                     || raw.key_column.is_some()
@@ -341,7 +348,34 @@ impl SplitRule {
                     stratify: raw.stratify.unwrap_or(false),
                 })
             }
-            (Some(file), None) => {
+            (None, Some(column), None) => {
+                let stray: Vec<&str> = [
+                    ("`site_column`", raw.site_column.is_some()),
+                    ("`line_column`", raw.line_column.is_some()),
+                    ("`key_column`", raw.key_column.is_some()),
+                    ("`split_column`", raw.split_column.is_some()),
+                    ("`seed`", raw.seed.is_some()),
+                    ("`stratify`", raw.stratify.is_some()),
+                ]
+                .into_iter()
+                .filter(|(_, given)| *given)
+                .map(|(key, _)| key)
+                .collect();
+                if !stray.is_empty() {
+                    return Err(bad(format!(
+                        "a `column` split takes only `column`, `train_value`, `test_value` and `unlisted`, not {}",
+                        stray.join(", ")
+                    )));
+                }
+                if column.trim().is_empty() {
+                    return Err(bad("`split.column` is empty".into()));
+                }
+                Ok(SplitRule::Column(SplitColumn {
+                    column: column.clone(),
+                    unlisted: raw.unlisted.unwrap_or(Unlisted::Error),
+                }))
+            }
+            (Some(file), None, None) => {
                 if raw.seed.is_some() || raw.stratify.is_some() {
                     return Err(bad(
                         "`seed` and `stratify` belong to `fraction` splits, not split files".into(),
@@ -369,6 +403,10 @@ impl SplitRule {
                     unlisted: raw.unlisted.unwrap_or(Unlisted::Error),
                 }))
             }
+            _ => Err(bad(format!(
+                "`split` takes only one of `file`, `column` and `fraction`, not {}",
+                forms.join(" and ")
+            ))),
         }
     }
 }
@@ -396,7 +434,7 @@ impl SiteSpec {
                 && (s.train_value.is_some() || s.test_value.is_some())
             {
                 return Err(bad(format!(
-                    "site `{}`: `train_value`/`test_value` need a split file",
+                    "site `{}`: `train_value`/`test_value` need a split file or a split `column`",
                     s.name
                 )));
             }
@@ -421,8 +459,8 @@ impl SiteSpec {
                 test_value,
             });
         }
-        // Sites sharing a file must be told apart by the split file, or they would all get the
-        // same rows.
+        // Sites sharing a file must be told apart by the split file or column, or they would all
+        // get the same rows.
         for (i, a) in sites.iter().enumerate() {
             for b in &sites[i + 1..] {
                 if a.path != b.path {
@@ -435,11 +473,14 @@ impl SiteSpec {
                                 .iter()
                                 .any(|v| **v == a.train_value || **v == a.test_value)
                     }
+                    SplitRule::Column(_) => ![&b.train_value, &b.test_value]
+                        .iter()
+                        .any(|v| **v == a.train_value || **v == a.test_value),
                     SplitRule::Fraction { .. } => false,
                 };
                 if !apart {
                     return Err(bad(format!(
-                        "sites `{}` and `{}` read the same file; sharing a file needs a split file that gives each site its own `train_value`/`test_value`",
+                        "sites `{}` and `{}` read the same file; sharing a file needs a split file or a split `column` that gives each site its own `train_value`/`test_value`",
                         a.name, b.name
                     )));
                 }
@@ -451,6 +492,8 @@ impl SiteSpec {
 
 pub(super) enum SplitRule {
     File(SplitFile),
+    /// `[split] column`: a column of each site's own data file gives each row's part.
+    Column(SplitColumn),
     Fraction {
         fraction: f64,
         seed: u64,
@@ -463,6 +506,14 @@ pub(super) struct SplitFile {
     pub(super) site_column: Option<String>,
     pub(super) by: By,
     pub(super) split_column: String,
+    pub(super) unlisted: Unlisted,
+}
+
+#[derive(Clone)]
+pub(super) struct SplitColumn {
+    /// The data column holding each row's split value; never a feature.
+    pub(super) column: String,
+    /// What a value that is no site's `train_value`/`test_value` does.
     pub(super) unlisted: Unlisted,
 }
 
@@ -586,16 +637,16 @@ impl Schema {
                 what.join(", ")
             )));
         }
-        if let Some((key, _)) = schema.key_role()
+        if let Some((key, what)) = schema.split_role()
             && let Some((_, role)) = roles.iter().find(|(c, r)| *c == key && *r != "drop")
         {
             return Err(bad(format!(
-                "column `{key}` is the split key and cannot also be the {role}"
+                "column `{key}` is the {what} and cannot also be the {role}"
             )));
         }
         if !schema.header {
             // Without a header, every column the schema names must be in `columns` now.
-            for (column, _) in roles.iter().chain(schema.key_role().iter()) {
+            for (column, _) in roles.iter().chain(schema.split_role().iter()) {
                 if !schema.columns.contains(column) {
                     return Err(Error::UnknownColumn {
                         path: path.to_owned(),
@@ -624,11 +675,13 @@ impl Schema {
         roles
     }
 
-    /// The data column that keys the split file, if any. It is never a feature; it may also be
-    /// listed in `drop`.
-    pub(super) fn key_role(&self) -> Option<(String, &'static str)> {
+    /// The data column the split reads, if any, and its role: the column that keys the split
+    /// file, or the `[split] column` that holds each row's part. It is never a feature; it may
+    /// also be listed in `drop`.
+    pub(super) fn split_role(&self) -> Option<(String, &'static str)> {
         match &self.split {
             SplitRule::File(SplitFile { by: By::Key(k), .. }) => Some((k.clone(), "split key")),
+            SplitRule::Column(c) => Some((c.column.clone(), "split column")),
             _ => None,
         }
     }
@@ -753,6 +806,86 @@ mod tests {
     use crate::data::Table;
     use crate::data::fixture::{Fixture, TOY, TOY_ROWS, says};
 
+    /// What serde says `T` expects when `toml` holds something it does not know: the keys of a
+    /// table (every `Raw*` table refuses unknown keys) or the values of an enum.
+    fn expected<T: serde::de::DeserializeOwned>(toml: &str) -> Vec<String> {
+        let message = match toml::from_str::<T>(toml) {
+            Ok(_) => panic!("`{toml}` was accepted"),
+            Err(e) => e.to_string(),
+        };
+        let (_, list) = message
+            .split_once("expected")
+            .unwrap_or_else(|| panic!("no list of what is expected in {message}"));
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn keys_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        expected::<T>("no_such_key = 0")
+    }
+
+    fn values_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        #[derive(Deserialize)]
+        struct One<T> {
+            #[allow(dead_code)]
+            v: T,
+        }
+        expected::<One<T>>("v = \"no_such_value\"")
+    }
+
+    #[test]
+    fn docs_data_md_lists_every_schema_key_and_value() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/DATA.md"))
+            .expect("docs/DATA.md");
+        let top = keys_of::<RawSchema>();
+        let mut keys = top.clone();
+        for (table, inner) in [
+            ("missing", keys_of::<RawMissing>()),
+            ("label", keys_of::<RawLabel>()),
+            ("survival", keys_of::<RawSurvival>()),
+            ("categorical", keys_of::<RawCategorical>()),
+            ("split", keys_of::<RawSplit>()),
+            ("sites", keys_of::<RawSite>()),
+        ] {
+            assert!(
+                top.iter().any(|k| k == table),
+                "no top-level `{table}` in {top:?}"
+            );
+            keys.extend(inner.iter().map(|k| format!("{table}.{k}")));
+        }
+        assert!(
+            keys.len() > 35 && keys.iter().any(|k| k == "split.column"),
+            "the walk found too few keys to be right: {keys:?}"
+        );
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| {
+                !(doc.contains(&format!("`{k}`"))
+                    || doc.contains(&format!("`[{k}]`"))
+                    || doc.contains(&format!("`[[{k}]]`")))
+            })
+            .collect();
+        assert!(missing.is_empty(), "docs/DATA.md does not list {missing:?}");
+        let values: Vec<String> = [
+            values_of::<Normalization>(),
+            values_of::<MissingPolicy>(),
+            values_of::<Unlisted>(),
+        ]
+        .concat();
+        assert_eq!(values.len(), 7, "{values:?}");
+        let missing: Vec<&String> = values
+            .iter()
+            .filter(|v| !doc.contains(&format!("\"{v}\"")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/DATA.md does not name the values {missing:?}"
+        );
+    }
+
     #[test]
     fn schema_errors_say_where() {
         let e = Fixture::new("name = \"x\"\nheader = maybe\n", &[]).error();
@@ -761,7 +894,13 @@ mod tests {
         let e = Fixture::new(&TOY.replace("seed = 7", "seed = 7\nsede = 8"), &[]).error();
         says(&e, &["schema.toml", "sede"]);
         let e = Fixture::new(&TOY.replace("seed = 7", "seed = 7\nfile = \"s.csv\""), &[]).error();
-        says(&e, &["either `file` or `fraction`"]);
+        says(
+            &e,
+            &[
+                "only one of `file`, `column` and `fraction`",
+                "`file` and `fraction`",
+            ],
+        );
         let e = Fixture::new(
             &TOY.replace("normalization = \"none\"", "normalization = \"global\""),
             &[],

@@ -1,9 +1,10 @@
-//! Train/test splits: from a split file (rows named by line or key, per site) or by a seeded,
-//! optionally stratified fraction; and a site's rows turned into its [`Site`].
+//! Train/test splits: from a split file (rows named by line or key, per site), from a column of
+//! the site's own data file, or by a seeded, optionally stratified fraction; and a site's rows
+//! turned into its [`Site`].
 //!
 //! It must never leave a row unaccounted for: every usable row is listed (unless
 //! `unlisted = "skip"`), every listed row is a usable row, and a split value no site owns is an
-//! error. A fraction split must never depend on `rand`'s algorithms or on other sites: it is a
+//! error (for a split column, unless `unlisted = "skip"`). A fraction split must never depend on `rand`'s algorithms or on other sites: it is a
 //! function of the site's rows, the seed and the site's name only.
 
 use std::collections::BTreeMap;
@@ -15,12 +16,13 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use super::error::Error;
 use super::reader::{Records, Rows};
-use super::schema::{By, Field, Schema, SiteSpec, SplitFile, Unlisted};
+use super::schema::{By, Field, Schema, SiteSpec, SplitColumn, SplitFile, Unlisted};
 use super::table::Site;
 
 /// How rows get their part, once the split file (if any) is read.
 pub(super) enum Splitter {
     File(SplitTable),
+    Column(SplitColumn),
     Fraction {
         fraction: f64,
         seed: u64,
@@ -324,6 +326,63 @@ impl SplitTable {
     }
 }
 
+/// Each row's part for `site` from its own `[split] column`, whose value per row (read into
+/// `rows.keys`) is the site's `train_value` or `test_value`. A value of another site reading the
+/// same file skips the row; any other value is an error naming the data file, the line, the
+/// column, the value and the values expected, or skips the row under `unlisted = "skip"`.
+pub(super) fn column_split(
+    rule: &SplitColumn,
+    site: &SiteSpec,
+    sites: &[SiteSpec],
+    rows: &Rows,
+) -> Result<Vec<Part>, Error> {
+    let sharing: Vec<&SiteSpec> = sites.iter().filter(|s| s.path == site.path).collect();
+    let mut parts = Vec::with_capacity(rows.lines.len());
+    for (i, &line) in rows.lines.iter().enumerate() {
+        let value = rows.keys.get(i).map_or("", String::as_str);
+        let part = if value == site.train_value {
+            Part::Train
+        } else if value == site.test_value {
+            Part::Test
+        } else if rule.unlisted == Unlisted::Skip
+            || sharing
+                .iter()
+                .any(|s| s.train_value == value || s.test_value == value)
+        {
+            // Another site's row in a shared file, or a row in neither part.
+            Part::Skip
+        } else {
+            let mut known: Vec<String> = Vec::new();
+            for s in &sharing {
+                for v in [&s.train_value, &s.test_value] {
+                    let v = format!("`{v}`");
+                    if !known.contains(&v) {
+                        known.push(v);
+                    }
+                }
+            }
+            return Err(Error::Split {
+                path: site.path.clone(),
+                line,
+                message: format!(
+                    "column `{}`: unknown split value `{}` (expected {}; `unlisted = \"skip\"` in `[split]` skips such rows)",
+                    rule.column,
+                    Field {
+                        raw: value.as_bytes(),
+                        line,
+                        path: &site.path,
+                        column: &rule.column,
+                    }
+                    .shown(),
+                    known.join(" or ")
+                ),
+            });
+        };
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
 /// Fraction split of `n` rows: train/test per row, keeping file order.
 pub(super) fn fraction_split(
     n: usize,
@@ -542,6 +601,209 @@ file = "a.csv"
         let e = run("site,row,part\na,1,train\n");
         assert!(matches!(e, Error::UnknownColumn { .. }), "{e:?}");
         says(&e, &["split.csv", "`line`"]);
+    }
+
+    /// Two sites with headers, split by their own `part` column; site `b` names its parts
+    /// `fit`/`holdout` and orders its columns differently.
+    const OWN: &str = r#"
+name = "own"
+normalization = "none"
+[label]
+column = "y"
+[split]
+column = "part"
+[[sites]]
+name = "a"
+file = "a.csv"
+[[sites]]
+name = "b"
+file = "b.csv"
+train_value = "fit"
+test_value = "holdout"
+"#;
+
+    #[test]
+    fn split_column_takes_the_rows_each_site_marks_and_is_no_feature() {
+        let f = Fixture::new(
+            OWN,
+            &[
+                (
+                    "a.csv",
+                    "id,part,x,y\n1,train,10,0\n2,test,20,1\n3,train,30,1\n4, test ,40,0\n5,train,50,0\n",
+                ),
+                (
+                    "b.csv",
+                    "x,y,id,part\n60,1,6,holdout\n70,0,7,fit\n80,1,8,fit\n",
+                ),
+            ],
+        );
+        let data = f.load().expect("loads");
+        assert_eq!(
+            data.features,
+            ["id", "x"],
+            "the split column is not a feature"
+        );
+        let ids = |t: &Table| column(t, 0);
+        let a = data.site("a").expect("a");
+        assert_eq!(
+            (ids(&a.train), ids(&a.test)),
+            (vec![1.0, 3.0, 5.0], vec![2.0, 4.0])
+        );
+        assert_eq!(
+            (a.train.y.clone(), a.test.y.clone()),
+            (vec![0.0, 1.0, 0.0], vec![1.0, 0.0])
+        );
+        assert_eq!(column(&a.train, 1), [10.0, 30.0, 50.0]);
+        let b = data.site("b").expect("b");
+        assert_eq!((ids(&b.train), ids(&b.test)), (vec![7.0, 8.0], vec![6.0]));
+        assert_eq!(column(&b.test, 1), [60.0]);
+
+        // `b`'s own values are not `a`'s: `train` in b.csv is an unknown value there.
+        f.write("b.csv", b"x,y,id,part\n60,1,6,holdout\n70,0,7,train\n");
+        let e = f.error();
+        assert!(matches!(e, Error::Split { line: 3, .. }), "{e:?}");
+        says(
+            &e,
+            &[
+                "b.csv line 3",
+                "column `part`",
+                "unknown split value `train`",
+                "expected `fit` or `holdout`",
+            ],
+        );
+    }
+
+    #[test]
+    fn split_column_in_a_shared_headerless_survival_file() {
+        let schema = r#"
+name = "surv"
+header = false
+columns = ["pid", "age", "T", "E", "fold"]
+normalization = "none"
+survival = { time = "T", event = "E" }
+split = { column = "fold", unlisted = "skip" }
+sites = [
+  { name = "north", file = "all.csv", train_value = "train_0", test_value = "test_0" },
+  { name = "south", file = "all.csv", train_value = "train_1", test_value = "test_1" },
+]
+"#;
+        let rows = "1,50,10.5,1,train_0\n2,60,20,0,test_0\n3,70,30,1,train_1\n\
+                    4,80,40,0,validation\n5,55,50,1,train_0\n6,65,60,0,test_1\n";
+        let f = Fixture::new(schema, &[("all.csv", rows)]);
+        let data = f.load().expect("loads");
+        assert_eq!(data.task, Task::Survival);
+        assert_eq!(data.features, ["pid", "age"]);
+        let north = data.site("north").expect("north");
+        assert_eq!(
+            (column(&north.train, 0), column(&north.test, 0)),
+            (vec![1.0, 5.0], vec![2.0])
+        );
+        assert_eq!(
+            (north.train.time.clone(), north.train.event.clone()),
+            (vec![10.5, 50.0], vec![1.0, 1.0])
+        );
+        let south = data.site("south").expect("south");
+        assert_eq!(
+            (column(&south.train, 0), column(&south.test, 0)),
+            (vec![3.0], vec![6.0])
+        );
+        assert_eq!(south.test.time, [60.0]);
+
+        // Without `unlisted = "skip"`, the row in neither part is an error listing every
+        // value the file's sites use.
+        f.write(
+            "schema.toml",
+            schema.replace(", unlisted = \"skip\"", "").as_bytes(),
+        );
+        let e = f.error();
+        assert!(matches!(e, Error::Split { line: 4, .. }), "{e:?}");
+        says(
+            &e,
+            &[
+                "all.csv line 4",
+                "column `fold`",
+                "unknown split value `validation`",
+                "`train_0` or `test_0` or `train_1` or `test_1`",
+            ],
+        );
+    }
+
+    #[test]
+    fn split_column_errors() {
+        let one = OWN
+            .split("[[sites]]\nname = \"b\"")
+            .next()
+            .expect("site a")
+            .to_owned();
+        let run = |schema: &str, data: &str| Fixture::new(schema, &[("a.csv", data)]).error();
+        let good = "id,part,y\n1,train,0\n2,test,1\n";
+        assert!(Fixture::new(&one, &[("a.csv", good)]).load().is_ok());
+
+        let e = run(&one, "id,part,y\n1,train,0\n2,Train,1\n3,test,0\n");
+        assert!(matches!(e, Error::Split { line: 3, .. }), "{e:?}");
+        says(
+            &e,
+            &[
+                "a.csv line 3",
+                "column `part`",
+                "unknown split value `Train`",
+                "expected `train` or `test`",
+            ],
+        );
+        // An empty value is no part either; a hostile one is shown escaped.
+        let e = run(&one, "id,part,y\n1,,0\n");
+        says(&e, &["a.csv line 2", "unknown split value ``"]);
+        let e = run(&one, "id,part,y\n1,\"\u{1b}[31m\",0\n");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
+
+        let e = run(&one, "id,fold,y\n1,train,0\n");
+        assert!(matches!(e, Error::UnknownColumn { .. }), "{e:?}");
+        says(&e, &["a.csv", "no column `part`"]);
+        let headerless = one.replace(
+            "normalization",
+            "header = false\ncolumns = [\"id\", \"fold\", \"y\"]\nnormalization",
+        );
+        let e = run(&headerless, "1,train,0\n");
+        assert!(matches!(e, Error::UnknownColumn { .. }), "{e:?}");
+        says(&e, &["schema.toml", "no column `part`"]);
+
+        for (extra, keys) in [
+            ("file = \"split.csv\"", "not `file` and `column`"),
+            ("fraction = 0.5", "not `column` and `fraction`"),
+        ] {
+            let schema = one.replace("column = \"part\"", &format!("column = \"part\"\n{extra}"));
+            let e = run(&schema, good);
+            assert!(matches!(e, Error::Schema { .. }), "{e:?}");
+            says(
+                &e,
+                &[
+                    "schema.toml",
+                    "only one of `file`, `column` and `fraction`",
+                    keys,
+                ],
+            );
+        }
+        let schema = one.replace(
+            "column = \"part\"",
+            "column = \"part\"\nsplit_column = \"part\"\nseed = 1",
+        );
+        says(
+            &run(&schema, good),
+            &["a `column` split takes only", "`split_column`, `seed`"],
+        );
+        let schema = one.replace("column = \"part\"", "column = \"y\"");
+        says(
+            &run(&schema, good),
+            &["column `y` is the split column and cannot also be the label"],
+        );
+        let shared = one.replace(
+            "file = \"a.csv\"",
+            "file = \"a.csv\"\n[[sites]]\nname = \"b\"\nfile = \"a.csv\"\ntest_value = \"test_b\"",
+        );
+        says(
+            &run(&shared, good),
+            &["sites `a` and `b` read the same file"],
+        );
     }
 
     #[test]
