@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use medmesh_lab::{mesh, netlab, programs};
+use medmesh_lab::{mesh, netlab, programs, quality};
 
 /// medmesh-lab: run whole meshes of medmesh peers on this machine.
 #[derive(Debug, Parser)]
@@ -41,6 +41,18 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Mesh(options) if !options.seeds.is_empty() => {
+            let exe = programs::node();
+            let repeated = quality::run(&options, &options.seeds, &exe, |line| eprintln!("{line}"))
+                .with_context(|| format!("local meshes with {}", exe.display()))?;
+            for (seed, report) in repeated.seeds.iter().zip(&repeated.runs) {
+                println!("seed {seed}:\n{}", report.to_text());
+            }
+            print!("{}", repeated.to_text());
+            if let Some(path) = &options.json {
+                std::fs::write(path, serde_json::to_string_pretty(&repeated)? + "\n")?;
+            }
+        }
         Command::Mesh(options) => {
             let exe = programs::node();
             let report = mesh::run(&options, &exe, |line| eprintln!("{line}"))

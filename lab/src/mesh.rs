@@ -2,6 +2,11 @@
 //! store, config and `medmesh run` process on loopback. The founders' genesis roster is signed
 //! by all of them; each node knows the others only as bootstrap addresses. This is the README's
 //! main job and the multi-process integration test; nothing here is special-cased in the node.
+//!
+//! The model, budget, metric and certification policy follow the dataset's task: a binary
+//! dataset (Fed-Heart-Disease) trains logistic regression and is scored by accuracy and AUC; a
+//! survival dataset (Fed-TCGA-BRCA) trains the linear Cox model with FLamby's FedAvg budget
+//! ([`Budget::for_task`]) and is scored by Harrell's C-index.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -16,9 +21,9 @@ use medmesh_protocol::roster::{Member, Role, Roster, SignedRoster};
 use medmesh_protocol::validation::Policy;
 use serde::Serialize;
 
-use medmesh_learning::data::Dataset;
+use medmesh_learning::data::{Dataset, Task};
 use medmesh_learning::frame::Setup;
-use medmesh_learning::learner::{ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::learner::{Budget, ModelSpec, Optimizer, TrainConfig};
 use medmesh_learning::metrics;
 use medmesh_node::config::{DataConfig, NodeConfig};
 use medmesh_node::network::NetworkConfig;
@@ -35,18 +40,23 @@ pub struct Options {
     /// Working folder for keys, stores, configs and logs (reused runs resume from their stores).
     #[arg(long, default_value = "target/mesh")]
     pub dir: PathBuf,
-    /// Rounds of decentralized training.
-    #[arg(long, default_value_t = 15)]
-    pub rounds: u64,
-    /// Local optimizer steps per round.
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// Local learning rate.
-    #[arg(long, default_value_t = 0.01)]
-    pub lr: f64,
+    /// Rounds of decentralized training [default: the task's budget: 15 for a binary dataset,
+    /// 5 for survival (FLamby's Fed-TCGA-BRCA FedAvg)].
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Local optimizer steps per round [default: 100].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Local (plain SGD) learning rate [default: 0.01 for a binary dataset, 0.1 for survival].
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Seed of the shared initialization and of every peer's choices.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Run the mesh once per seed (e.g. `--seeds 42,43,44,45,46`, each in `DIR/seed-N`) and
+    /// print each hospital's figures as mean ± std over them; `--seed` is then unused.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
     /// A round closes this many seconds after its own announcement even if members are missing.
     #[arg(long, default_value_t = 60)]
     pub round_timeout: u64,
@@ -63,15 +73,37 @@ pub struct Options {
     /// final model on its own patients and the mesh certifies them).
     #[arg(long)]
     pub no_validator: bool,
-    /// An outer optimizer for every hospital (`[experiment] outer`), as its TOML value, e.g.
-    /// `--outer '{ optimizer = "adam", lr = 0.01, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }'`;
-    /// plain averaging without it.
+    /// The outer optimizer of every hospital (`[experiment] outer`), as its TOML value, e.g.
+    /// `--outer '{ optimizer = "nesterov", lr = 0.5, momentum = 0.9 }'`, or `none` for plain
+    /// averaging [default: the node's, decentralized FedAdam (`peer::Outer::RECOMMENDED`); for a
+    /// survival dataset plain averaging, as FLamby's FedAvg budget has it].
     #[arg(long, value_parser = parse_outer)]
-    pub outer: Option<peer::Outer>,
+    pub outer: Option<OuterArg>,
 }
 
-/// `--outer`'s TOML inline table.
-fn parse_outer(text: &str) -> Result<peer::Outer, String> {
+impl Options {
+    /// The budget for a dataset of `task`: [`Budget::for_task`] (batch size included), with the
+    /// rounds, steps and learning rate given on the command line instead of its own.
+    pub fn budget(&self, task: Task) -> Budget {
+        let budget = Budget::for_task(task);
+        Budget {
+            rounds: self.rounds.unwrap_or(budget.rounds),
+            local_steps: self.steps.unwrap_or(budget.local_steps),
+            lr: self.lr.unwrap_or(budget.lr),
+            ..budget
+        }
+    }
+}
+
+/// `--outer`: an optimizer, or none (plain averaging).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OuterArg(pub Option<peer::Outer>);
+
+/// `--outer`'s TOML inline table, or `none`.
+fn parse_outer(text: &str) -> Result<OuterArg, String> {
+    if text.trim() == "none" {
+        return Ok(OuterArg(None));
+    }
     #[derive(serde::Deserialize)]
     struct Wrapper {
         outer: peer::Outer,
@@ -80,21 +112,26 @@ fn parse_outer(text: &str) -> Result<peer::Outer, String> {
         .map_err(|e| format!("not an outer optimizer ({e})"))?
         .outer;
     outer.check()?;
-    Ok(outer)
+    Ok(OuterArg(Some(outer)))
 }
 
-/// The mesh's results.
+impl Options {}
+
+/// The mesh's results. Its JSON carries the task's own figures: `accuracy`, `auc`,
+/// `local_accuracy` per hospital and `mean_accuracy`, `mean_local_accuracy` for a binary
+/// dataset; `c_index`, `local_c_index` per hospital and `mean_c_index`, `mean_local_c_index`
+/// for survival (the other task's fields are absent).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Per hospital: site, final-model test accuracy on its own split, local-only accuracy.
+    /// Per hospital: site, final-model test metric on its own split, local-only metric.
     pub hospitals: Vec<Hospital>,
-    /// Mean over hospitals of the final model's test accuracy.
-    pub mean_accuracy: f64,
-    /// Mean over hospitals of local-only training's accuracy on its own test split.
-    pub mean_local_accuracy: f64,
-    /// Mean over hospitals of local-only training's mean accuracy over every test split
-    /// (FLamby's "local" metric: how well a model trained alone generalizes).
-    pub mean_local_generalization: f64,
+    /// Means over hospitals of the task's metric.
+    #[serde(flatten)]
+    pub means: Means,
+    /// Mean over hospitals of local-only training's mean metric over every test split
+    /// (FLamby's "local" metric: how well a model trained alone generalizes); `None` if no
+    /// split gave one.
+    pub mean_local_generalization: Option<f64>,
     /// Largest L2 distance between two hospitals' final parameters, relative to their norm.
     pub max_relative_distance: f64,
     /// Seconds until every hospital finished.
@@ -105,6 +142,40 @@ pub struct Report {
     pub verdicts_agree: Option<bool>,
     /// The certification policy every node applied.
     pub policy: Policy,
+    /// The task: `binary` or `survival`.
+    pub task: String,
+    /// The model every hospital trained.
+    pub model: ModelSpec,
+    /// The training budget every hospital (and each one alone) had.
+    pub budget: Budget,
+}
+
+/// Means over hospitals of the task's metric.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Means {
+    /// A binary dataset.
+    Binary {
+        /// Mean over hospitals of the final model's test accuracy.
+        mean_accuracy: f64,
+        /// Mean over hospitals of local-only training's accuracy on its own test split.
+        mean_local_accuracy: f64,
+        /// Mean over hospitals of the personalized models' accuracy (over those derived).
+        mean_personalized_accuracy: Option<f64>,
+    },
+    /// A survival dataset. A C-index is undefined on a test split without a comparable pair;
+    /// the means are over the hospitals whose split gave one.
+    Survival {
+        /// Mean over hospitals of the final model's test C-index.
+        mean_c_index: Option<f64>,
+        /// Mean over hospitals of local-only training's C-index on its own test split.
+        mean_local_c_index: Option<f64>,
+        /// Mean over hospitals of the personalized models' C-index.
+        mean_personalized_c_index: Option<f64>,
+        /// Hospitals whose test split gave the final model a C-index (those `mean_c_index` is
+        /// over).
+        hospitals_with_c_index: usize,
+    },
 }
 
 /// One hospital's line.
@@ -112,15 +183,20 @@ pub struct Report {
 pub struct Hospital {
     /// Site name.
     pub site: String,
-    /// Test accuracy of the mesh's final model on this hospital's test split.
-    pub accuracy: f64,
-    /// Test AUC of the mesh's final model.
-    pub auc: Option<f64>,
-    /// Test accuracy of a model trained on this hospital's data alone, same budget, on this
+    /// Rows of its test split.
+    pub test_rows: Option<usize>,
+    /// The mesh's final model, local-only training and the personalized model on this
     /// hospital's test split.
-    pub local_accuracy: f64,
-    /// That model's mean accuracy over every hospital's test split.
-    pub local_generalization: f64,
+    #[serde(flatten)]
+    pub scores: Scores,
+    /// Percentile-bootstrap 95 % interval (1000 resamples of the test split) of the mesh's final
+    /// model's figure on this hospital's split: wide where the split is small.
+    pub interval: Option<[f64; 2]>,
+    /// Fine-tuning steps of the personalized model (0: the shared model was kept).
+    pub personalized_steps: Option<usize>,
+    /// The local-only model's mean metric over every hospital's test split (over those that
+    /// give one).
+    pub local_generalization: Option<f64>,
     /// Messages this hospital rejected.
     pub rejected: u64,
     /// Its final version (the merged model it announced after the last round).
@@ -129,6 +205,68 @@ pub struct Hospital {
     pub certified: Option<bool>,
     /// Why it is not certified, if it is not ("1 country(ies) of 2 required", ...).
     pub not_certified_because: Vec<String>,
+}
+
+/// A hospital's figures for the task.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(untagged)]
+pub enum Scores {
+    /// A binary dataset.
+    Binary {
+        /// Test accuracy of the mesh's final model on this hospital's test split.
+        accuracy: f64,
+        /// Test AUC of the mesh's final model.
+        auc: Option<f64>,
+        /// Test accuracy of a model trained on this hospital's data alone, same budget, on
+        /// this hospital's test split.
+        local_accuracy: f64,
+        /// Test accuracy of this hospital's personalized model (the shared one fine-tuned on
+        /// its own rows); `None` if it derived none.
+        personalized_accuracy: Option<f64>,
+    },
+    /// A survival dataset.
+    Survival {
+        /// Test C-index of the mesh's final model on this hospital's test split; `None` when
+        /// the split has no comparable pair.
+        c_index: Option<f64>,
+        /// Test C-index of a model trained on this hospital's data alone, same budget, on this
+        /// hospital's test split.
+        local_c_index: Option<f64>,
+        /// Test C-index of this hospital's personalized model.
+        personalized_c_index: Option<f64>,
+    },
+}
+
+impl Scores {
+    /// The final model's figure and the local-only model's, for the task.
+    pub fn pair(&self) -> (Option<f64>, Option<f64>) {
+        match *self {
+            Scores::Binary {
+                accuracy,
+                local_accuracy,
+                ..
+            } => (Some(accuracy), Some(local_accuracy)),
+            Scores::Survival {
+                c_index,
+                local_c_index,
+                ..
+            } => (c_index, local_c_index),
+        }
+    }
+
+    /// The personalized model's figure, for the task.
+    pub fn personalized(&self) -> Option<f64> {
+        match *self {
+            Scores::Binary {
+                personalized_accuracy,
+                ..
+            } => personalized_accuracy,
+            Scores::Survival {
+                personalized_c_index,
+                ..
+            } => personalized_c_index,
+        }
+    }
 }
 
 /// The validator's line.
@@ -140,8 +278,26 @@ pub struct Validator {
     pub country: String,
     /// Final versions it validated.
     pub validated: usize,
-    /// AUC of the last version it validated.
-    pub auc: Option<f64>,
+    /// The last version it validated, on its split: `auc` for a binary dataset, `c_index` for
+    /// survival.
+    #[serde(flatten)]
+    pub last: Last,
+}
+
+/// What the validator measured on the last version it validated.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(untagged)]
+pub enum Last {
+    /// A binary dataset.
+    Binary {
+        /// Its AUC.
+        auc: Option<f64>,
+    },
+    /// A survival dataset.
+    Survival {
+        /// Its C-index.
+        c_index: Option<f64>,
+    },
 }
 
 /// First port [`free_port`] tries; below Linux's default ephemeral range (32768–60999).
@@ -259,8 +415,8 @@ impl LocalNode {
         self.home.join("result.json")
     }
 
-    /// Its config for the mesh `spec`: shared initialization, SGD, pulls from `fanout` members
-    /// per round, bootstraps from `peers`; `index` varies its seeds.
+    /// Its config for the mesh `spec`: its model and budget, shared initialization, plain SGD,
+    /// pulls from `fanout` members per round, bootstraps from `peers`; `index` varies its seeds.
     pub fn config(
         &self,
         spec: &MeshSpec<'_>,
@@ -281,14 +437,12 @@ impl LocalNode {
             start_timeout_ms: 60_000,
             validate_final: false,
             data: self.data.clone(),
-            model: ModelSpec::Logistic {
-                inputs: spec.inputs,
-            },
+            model: spec.model.clone(),
             training: TrainConfig {
                 optimizer: Optimizer::Sgd { momentum: 0.0 },
-                lr: options.lr,
-                batch_size: 4,
-                local_steps: options.steps,
+                lr: spec.budget.lr,
+                batch_size: spec.budget.batch_size,
+                local_steps: spec.budget.local_steps,
                 seed: options.seed.wrapping_add(index as u64),
                 ..TrainConfig::default()
             },
@@ -296,11 +450,12 @@ impl LocalNode {
                 experiment: spec.experiment.to_owned(),
                 rule: Rule::Mean,
                 fanout,
-                max_rounds: Some(options.rounds),
+                max_rounds: Some(spec.budget.rounds),
                 round_timeout: Duration::from_secs(options.round_timeout),
                 fetch_timeout: Duration::from_secs(20),
                 seed: options.seed.wrapping_add(100 + index as u64),
-                outer: options.outer,
+                // The task's outer optimizer (`Budget::for_task`) unless `--outer` names one.
+                outer: options.outer.map_or(spec.budget.outer, |o| o.0),
                 ..peer::Config::default()
             },
             network: NetworkConfig {
@@ -381,12 +536,14 @@ impl LocalNode {
 }
 
 /// What every node of a local mesh shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MeshSpec<'a> {
     /// The mesh's settings.
     pub options: &'a Options,
-    /// Features of the dataset (the logistic model's inputs).
-    pub inputs: i64,
+    /// The model every hospital trains.
+    pub model: ModelSpec,
+    /// Rounds, local steps, batch size and learning rate (the options' overrides applied).
+    pub budget: Budget,
     /// The experiment's name.
     pub experiment: &'a str,
     /// The genesis roster file.
@@ -471,9 +628,12 @@ pub fn wait_for_outcomes(
                 continue;
             }
             if let Some(outcome) = node.outcome() {
+                let (metric, value) = outcome.test.headline();
                 progress(&format!(
-                    "{} finished round {}: test accuracy {:.3}",
-                    node.name, outcome.rounds, outcome.test.accuracy
+                    "{} finished round {}: test {metric} {}",
+                    node.name,
+                    outcome.rounds,
+                    value.map_or("undefined".to_owned(), |v| format!("{v:.3}"))
                 ));
                 outcomes[k] = Some(outcome);
             } else if let Some(status) = children.exited(indices[k])? {
@@ -527,6 +687,30 @@ pub fn run(
     std::fs::create_dir_all(&options.dir)?;
     let dir = std::fs::canonicalize(&options.dir)?;
     let inputs = i64::try_from(dataset.features.len())?;
+    let task = dataset.task;
+    let model = ModelSpec::for_task(task, inputs);
+    let budget = options.budget(task);
+    let policy = demo_policy(task);
+    progress(&format!(
+        "{}: {} on {inputs} features, {} rounds × {} local SGD steps of batch {}, lr {}{}",
+        dataset.name,
+        match task {
+            Task::Binary => "logistic regression",
+            Task::Survival => "linear Cox model",
+        },
+        budget.rounds,
+        budget.local_steps,
+        budget.batch_size,
+        budget.lr,
+        if budget == Budget::for_task(task) {
+            match task {
+                Task::Binary => " (the heart-disease mesh's budget)",
+                Task::Survival => " (FLamby's Fed-TCGA-BRCA FedAvg budget)",
+            }
+        } else {
+            ""
+        }
+    ));
     let site_data = |site: &str| DataConfig {
         schema: schema.clone(),
         site: site.to_owned(),
@@ -538,8 +722,8 @@ pub fn run(
         .iter()
         .map(|site| LocalNode::new(&dir, &site.name, site_data(&site.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // The partner abroad validates on a copy of the first hospital's test split (the only
-    // split with at least 100 patients); it never trains.
+    // The partner abroad validates on a copy of the first hospital's test split (the largest:
+    // 100+ patients for heart disease, 63 for TCGA-BRCA); it never trains.
     let validator_site = &dataset.sites[0].name;
     let validator = if options.no_validator {
         None
@@ -573,7 +757,8 @@ pub fn run(
 
     let spec = MeshSpec {
         options,
-        inputs,
+        model: model.clone(),
+        budget,
         experiment: &dataset.name,
         genesis: &genesis_path,
     };
@@ -581,7 +766,7 @@ pub fn run(
     let started = Instant::now();
     for (i, node) in everyone.iter().enumerate() {
         let mut config = node.config(&spec, i, nodes.len() - 1, &everyone)?;
-        config.experiment.certification = Some(demo_policy());
+        config.experiment.certification = Some(policy.clone());
         if validator.as_ref().is_some_and(|v| v.name == node.name) {
             config.validate_final = true;
         }
@@ -619,16 +804,40 @@ pub fn run(
         None
     };
 
-    let hospitals = compare_alone(options, &dataset, inputs, &outcomes)?;
+    let hospitals = compare_alone(&spec, &dataset, &outcomes)?;
     let n = hospitals.len() as f64;
+    let means = match task {
+        Task::Binary => {
+            let mean = |pick: fn(&Scores) -> Option<f64>| {
+                hospitals
+                    .iter()
+                    .filter_map(|h| pick(&h.scores))
+                    .sum::<f64>()
+                    / n
+            };
+            Means::Binary {
+                mean_accuracy: mean(|s| s.pair().0),
+                mean_local_accuracy: mean(|s| s.pair().1),
+                mean_personalized_accuracy: mean_defined(
+                    hospitals.iter().map(|h| h.scores.personalized()),
+                ),
+            }
+        }
+        Task::Survival => Means::Survival {
+            mean_c_index: mean_defined(hospitals.iter().map(|h| h.scores.pair().0)),
+            mean_local_c_index: mean_defined(hospitals.iter().map(|h| h.scores.pair().1)),
+            mean_personalized_c_index: mean_defined(
+                hospitals.iter().map(|h| h.scores.personalized()),
+            ),
+            hospitals_with_c_index: hospitals
+                .iter()
+                .filter(|h| h.scores.pair().0.is_some())
+                .count(),
+        },
+    };
     Ok(Report {
-        mean_accuracy: hospitals.iter().map(|h| h.accuracy).sum::<f64>() / n,
-        mean_local_accuracy: hospitals.iter().map(|h| h.local_accuracy).sum::<f64>() / n,
-        mean_local_generalization: hospitals
-            .iter()
-            .map(|h| h.local_generalization)
-            .sum::<f64>()
-            / n,
+        means,
+        mean_local_generalization: mean_defined(hospitals.iter().map(|h| h.local_generalization)),
         hospitals,
         max_relative_distance: max_relative_distance(&outcomes),
         seconds,
@@ -636,11 +845,29 @@ pub fn run(
             site: format!("{validator_site} test split"),
             country: "DE".into(),
             validated: o.validated.len(),
-            auc: o.test.auc,
+            last: match task {
+                Task::Binary => Last::Binary { auc: o.test.auc() },
+                Task::Survival => Last::Survival {
+                    c_index: o.test.c_index(),
+                },
+            },
         }),
         verdicts_agree,
-        policy: demo_policy(),
+        policy,
+        task: match task {
+            Task::Binary => "binary",
+            Task::Survival => "survival",
+        }
+        .to_owned(),
+        model,
+        budget,
     })
+}
+
+/// The mean of the defined values; `None` if there are none.
+fn mean_defined(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let defined: Vec<f64> = values.flatten().collect();
+    (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64)
 }
 
 /// The founders' genesis roster: every hospital (US) and the validator abroad (DE), a majority
@@ -704,39 +931,64 @@ fn agree_on_verdicts(everyone: &[&LocalNode], outcomes: &mut [Outcome]) -> bool 
     agree
 }
 
-/// Each hospital's row: the mesh's result next to local-only training with the same budget (in
-/// one training worker), tested on its own split and on every hospital's.
+/// Each hospital's row: the mesh's result next to local-only training with the same model and
+/// budget (in one training worker), tested on its own split and on every hospital's, by the
+/// task's metric (accuracy, or C-index).
 fn compare_alone(
-    options: &Options,
+    spec: &MeshSpec<'_>,
     dataset: &Dataset,
-    inputs: i64,
     outcomes: &[Outcome],
 ) -> anyhow::Result<Vec<Hospital>> {
+    let options = spec.options;
+    let task = spec.model.task();
     let mut alone = Worker::start()?;
     let mut hospitals = Vec::new();
     for (site, outcome) in dataset.sites.iter().zip(outcomes) {
         let config = TrainConfig {
             optimizer: Optimizer::Sgd { momentum: 0.0 },
-            lr: options.lr,
-            batch_size: 4,
+            lr: spec.budget.lr,
+            batch_size: spec.budget.batch_size,
             seed: options.seed,
             ..TrainConfig::default()
         };
         let built = alone.build(&Setup {
-            spec: ModelSpec::Logistic { inputs },
+            spec: spec.model.clone(),
             training: config,
             init_seed: options.seed,
             data: site.train.clone(),
         })?;
-        let (trained, _) = alone.train(&built.init, options.steps * options.rounds as usize)?;
-        let mut accuracy = |table: &medmesh_learning::data::Table| -> anyhow::Result<f64> {
-            let probs = alone.predict(&trained, table)?;
-            Ok(metrics::binary(&probs, &table.y, 0.5)?.accuracy)
+        let steps = usize::try_from(spec.budget.rounds)?.saturating_mul(spec.budget.local_steps);
+        let (trained, _) = alone.train(&built.init, steps)?;
+        let mut score = |table: &medmesh_learning::data::Table| -> anyhow::Result<Option<f64>> {
+            let predictions = alone.predict(&trained, table)?;
+            Ok(metrics::Evaluation::of(task, &predictions, table)?
+                .headline()
+                .1)
         };
-        let mut generalization = 0.0;
+        let mut everywhere = Vec::new();
         for other in &dataset.sites {
-            generalization += accuracy(&other.test)? / dataset.sites.len() as f64;
+            everywhere.push(score(&other.test)?);
         }
+        let own = score(&site.test)?;
+        let personalized = outcome
+            .personalized
+            .as_ref()
+            .and_then(|p| p.test.headline().1);
+        let scores = match outcome.test {
+            metrics::Evaluation::Binary(b) => Scores::Binary {
+                accuracy: b.accuracy,
+                auc: b.auc,
+                local_accuracy: own.unwrap_or(f64::NAN),
+                personalized_accuracy: personalized,
+            },
+            metrics::Evaluation::Survival(s) => Scores::Survival {
+                c_index: s.c_index,
+                local_c_index: own,
+                personalized_c_index: personalized,
+            },
+        };
+        let shared = alone.predict(&outcome.params, &site.test)?;
+        let interval = interval(task, &shared, &site.test, options.seed);
         let verdict = outcome
             .final_version
             .and_then(|f| outcome.certifications.iter().find(|c| c.model == f));
@@ -744,10 +996,11 @@ fn compare_alone(
         let not_certified_because = verdict.map(|c| c.reasons.clone()).unwrap_or_default();
         hospitals.push(Hospital {
             site: site.name.clone(),
-            accuracy: outcome.test.accuracy,
-            auc: outcome.test.auc,
-            local_accuracy: accuracy(&site.test)?,
-            local_generalization: generalization,
+            test_rows: Some(site.test.rows),
+            scores,
+            interval,
+            personalized_steps: outcome.personalized.as_ref().map(|p| p.steps),
+            local_generalization: mean_defined(everywhere.into_iter()),
             rejected: outcome.rejections.values().sum(),
             final_version: outcome.final_version,
             certified,
@@ -757,62 +1010,176 @@ fn compare_alone(
     Ok(hospitals)
 }
 
-/// The demo's certification policy: a validator reports AUC ≥ 0.80 on ≥ 100 patients.
-pub fn demo_policy() -> Policy {
-    Policy {
-        metric: "auc".into(),
-        min: 0.80,
-        min_samples: 100,
-        validators: 1,
-        countries: 1,
+/// Percentile-bootstrap 95 % interval (1000 resamples, seeded) of the task's figure of
+/// `predictions` on `table`; `None` where it is undefined.
+fn interval(
+    task: Task,
+    predictions: &[f32],
+    table: &medmesh_learning::data::Table,
+    seed: u64,
+) -> Option<[f64; 2]> {
+    let found = match task {
+        Task::Binary => metrics::bootstrap(predictions, &table.y, 1000, seed, |p, y| {
+            metrics::binary(p, y, 0.5).ok().map(|b| b.accuracy)
+        }),
+        Task::Survival => metrics::bootstrap_survival(
+            predictions,
+            &table.time,
+            &table.event,
+            1000,
+            seed,
+            |r, t, e| metrics::concordance_index(r, t, e).ok().flatten(),
+        ),
+    };
+    found.ok().map(|i| [i.low, i.high])
+}
+
+/// The demo's certification policy for a dataset of `task`: a validator reports AUC ≥ 0.80 on
+/// ≥ 100 patients (binary), or a C-index ≥ 0.60 on ≥ 60 patients (survival: the validator's
+/// split, TCGA-BRCA's Northeast test split, has 63 patients and 14 deaths).
+pub fn demo_policy(task: Task) -> Policy {
+    match task {
+        Task::Binary => Policy {
+            metric: "auc".into(),
+            min: 0.80,
+            min_samples: 100,
+            validators: 1,
+            countries: 1,
+        },
+        Task::Survival => Policy {
+            metric: "c_index".into(),
+            min: 0.60,
+            min_samples: 60,
+            validators: 1,
+            countries: 1,
+        },
+    }
+}
+
+impl Means {
+    /// The shared model's mean and the alone models' mean, for the task.
+    pub fn pair(&self) -> (Option<f64>, Option<f64>) {
+        match *self {
+            Means::Binary {
+                mean_accuracy,
+                mean_local_accuracy,
+                ..
+            } => (Some(mean_accuracy), Some(mean_local_accuracy)),
+            Means::Survival {
+                mean_c_index,
+                mean_local_c_index,
+                ..
+            } => (mean_c_index, mean_local_c_index),
+        }
     }
 }
 
 impl Report {
+    /// The task's metric: `accuracy` or `c_index`.
+    pub fn metric(&self) -> &'static str {
+        match self.means {
+            Means::Binary { .. } => "accuracy",
+            Means::Survival { .. } => "c_index",
+        }
+    }
+
     /// The table as text.
     pub fn to_text(&self) -> String {
-        let mut out = String::from(
+        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        let b = &self.budget;
+        let mut out = format!(
             "The mesh's final model is the same at every hospital; each tests it on its own split.\n\
-             'alone' trains on one hospital's data with the same budget: tested on its own split,\n\
-             and on every hospital's split (mean).\n",
+             'alone' trains on one hospital's data with the same budget ({} rounds × {} SGD steps\n\
+             of batch {}, lr {}): tested on its own split, and on every hospital's split (mean).\n",
+            b.rounds, b.local_steps, b.batch_size, b.lr
         );
+        let (mesh, personalized_mean) = match &self.means {
+            Means::Binary {
+                mean_personalized_accuracy,
+                ..
+            } => ("mesh acc.", *mean_personalized_accuracy),
+            Means::Survival {
+                mean_personalized_c_index,
+                ..
+            } => ("mesh C-index", *mean_personalized_c_index),
+        };
         out.push_str(&format!(
-            "{:<14} {:>10} {:>8} {:>12} {:>16} {:>9}\n",
-            "hospital", "mesh acc.", "AUC", "alone (own)", "alone (all)", "rejected"
+            "{:<13} {:>4} {:>12} {:>15} {:>6} {:>11} {:>12} {:>11} {:>8}\n",
+            "hospital",
+            "rows",
+            mesh,
+            "95 % interval",
+            "AUC",
+            "alone (own)",
+            "personalized",
+            "alone (all)",
+            "rejected"
         ));
         for h in &self.hospitals {
+            let (shared, alone) = h.scores.pair();
+            let auc = match h.scores {
+                Scores::Binary { auc, .. } => cell(auc),
+                Scores::Survival { .. } => "".to_owned(),
+            };
             out.push_str(&format!(
-                "{:<14} {:>10.3} {:>8} {:>12.3} {:>16.3} {:>9}\n",
+                "{:<13} {:>4} {:>12} {:>15} {:>6} {:>11} {:>12} {:>11} {:>8}\n",
                 h.site,
-                h.accuracy,
-                h.auc.map_or("-".into(), |a| format!("{a:.3}")),
-                h.local_accuracy,
-                h.local_generalization,
+                h.test_rows.map_or("-".to_owned(), |n| n.to_string()),
+                cell(shared),
+                h.interval
+                    .map_or("-".to_owned(), |[l, h]| format!("[{l:.3}, {h:.3}]")),
+                auc,
+                cell(alone),
+                cell(h.scores.personalized()),
+                cell(h.local_generalization),
                 h.rejected
             ));
         }
+        let (shared_mean, alone_mean) = self.means.pair();
         out.push_str(&format!(
-            "{:<14} {:>10.3} {:>8} {:>12.3} {:>16.3}\n",
+            "{:<13} {:>4} {:>12} {:>15} {:>6} {:>11} {:>12} {:>11}\n",
             "mean",
-            self.mean_accuracy,
             "",
-            self.mean_local_accuracy,
-            self.mean_local_generalization
+            cell(shared_mean),
+            "",
+            "",
+            cell(alone_mean),
+            cell(personalized_mean),
+            cell(self.mean_local_generalization)
         ));
+        if let Means::Survival {
+            hospitals_with_c_index,
+            ..
+        } = self.means
+            && hospitals_with_c_index < self.hospitals.len()
+        {
+            out.push_str(&format!(
+                "-: no C-index (the test split has no comparable pair); the means are over the \
+                 {hospitals_with_c_index} of {} hospitals with one\n",
+                self.hospitals.len()
+            ));
+        }
+        out.push_str(
+            "personalized: each hospital's own model, the shared one fine-tuned on its own rows for \
+             the steps\ncross-validation picks (kept locally; the shared model is the certified one).\n",
+        );
         out.push_str(&format!(
             "all hospitals agree within {:.2e} (relative L2); {:.1} s\n",
             self.max_relative_distance, self.seconds
         ));
         if let Some(v) = &self.validator {
             let p = &self.policy;
+            let last = match v.last {
+                Last::Binary { auc } => format!("AUC {}", cell(auc)),
+                Last::Survival { c_index } => format!("C-index {}", cell(c_index)),
+            };
             out.push_str(&format!(
-                "\nvalidator abroad ({}, {}) validated {} final versions (AUC {}).\n\
+                "\nvalidator abroad ({}, {}) validated {} final versions ({last}).\n\
                  policy: certified when {} validator(s) from {} country(ies) report {} >= {:.2} \
                  on >= {} patients\n",
                 v.site,
                 v.country,
                 v.validated,
-                v.auc.map_or("-".into(), |a| format!("{a:.3}")),
                 p.validators,
                 p.countries,
                 p.metric,
@@ -838,5 +1205,167 @@ impl Report {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(task: Task, scores: &[Scores]) -> Report {
+        let hospitals: Vec<Hospital> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Hospital {
+                site: format!("site{i}"),
+                test_rows: Some(40),
+                scores: *s,
+                interval: None,
+                personalized_steps: None,
+                local_generalization: Some(0.6),
+                rejected: 0,
+                final_version: None,
+                certified: Some(true),
+                not_certified_because: vec![],
+            })
+            .collect();
+        let means = match task {
+            Task::Binary => Means::Binary {
+                mean_accuracy: 0.75,
+                mean_local_accuracy: 0.7,
+                mean_personalized_accuracy: None,
+            },
+            Task::Survival => Means::Survival {
+                mean_c_index: mean_defined(hospitals.iter().map(|h| h.scores.pair().0)),
+                mean_local_c_index: mean_defined(hospitals.iter().map(|h| h.scores.pair().1)),
+                mean_personalized_c_index: None,
+                hospitals_with_c_index: hospitals
+                    .iter()
+                    .filter(|h| h.scores.pair().0.is_some())
+                    .count(),
+            },
+        };
+        Report {
+            hospitals,
+            means,
+            mean_local_generalization: Some(0.6),
+            max_relative_distance: 0.0,
+            seconds: 1.0,
+            validator: None,
+            verdicts_agree: None,
+            policy: demo_policy(task),
+            task: format!("{task:?}").to_lowercase(),
+            model: ModelSpec::for_task(task, 3),
+            budget: Budget::for_task(task),
+        }
+    }
+
+    #[test]
+    fn binary_json_keeps_its_fields_and_survival_json_has_the_c_index() {
+        let binary = report(
+            Task::Binary,
+            &[Scores::Binary {
+                accuracy: 0.75,
+                auc: None,
+                local_accuracy: 0.7,
+                personalized_accuracy: Some(0.72),
+            }],
+        );
+        let json = serde_json::to_value(&binary).expect("json");
+        let h = &json["hospitals"][0];
+        for key in [
+            "accuracy",
+            "auc",
+            "local_accuracy",
+            "personalized_accuracy",
+            "local_generalization",
+        ] {
+            assert!(h.get(key).is_some(), "{key} in {h}");
+        }
+        assert!(h.get("c_index").is_none(), "{h}");
+        assert_eq!(json["mean_accuracy"], 0.75);
+        assert_eq!(json["mean_local_accuracy"], 0.7);
+        assert!(json.get("mean_c_index").is_none());
+        assert_eq!(json["policy"]["metric"], "auc");
+
+        // One region's split has no comparable pair: its C-index is null, the mean is over the
+        // other two and the table says so.
+        let survival = report(
+            Task::Survival,
+            &[
+                Scores::Survival {
+                    c_index: Some(0.8),
+                    local_c_index: Some(0.7),
+                    personalized_c_index: Some(0.7),
+                },
+                Scores::Survival {
+                    c_index: None,
+                    local_c_index: None,
+                    personalized_c_index: None,
+                },
+                Scores::Survival {
+                    c_index: Some(0.6),
+                    local_c_index: Some(0.5),
+                    personalized_c_index: Some(0.5),
+                },
+            ],
+        );
+        let json = serde_json::to_value(&survival).expect("json");
+        let h = &json["hospitals"][1];
+        assert!(h["c_index"].is_null() && h.get("accuracy").is_none(), "{h}");
+        assert!((json["mean_c_index"].as_f64().expect("mean") - 0.7).abs() < 1e-12);
+        assert_eq!(json["hospitals_with_c_index"], 2);
+        assert!(json.get("mean_accuracy").is_none());
+        assert_eq!(json["policy"]["metric"], "c_index");
+        assert_eq!(json["budget"]["rounds"], 5);
+        let text = survival.to_text();
+        assert!(text.contains("mesh C-index"), "{text}");
+        assert!(
+            text.contains("the means are over the 2 of 3 hospitals"),
+            "{text}"
+        );
+        assert!(text.contains("5 rounds × 100 SGD steps"), "{text}");
+    }
+
+    #[test]
+    fn the_budget_follows_the_task_unless_the_options_say_otherwise() {
+        let mut options = Options {
+            data: "data/tcga-brca/schema.toml".into(),
+            dir: "target/mesh".into(),
+            rounds: None,
+            steps: None,
+            lr: None,
+            seed: 42,
+            seeds: Vec::new(),
+            round_timeout: 60,
+            timeout: 600,
+            json: None,
+            resume: false,
+            no_validator: false,
+            outer: None,
+        };
+        assert_eq!(
+            options.budget(Task::Survival),
+            Budget::for_task(Task::Survival)
+        );
+        assert_eq!(
+            (
+                options.budget(Task::Binary).rounds,
+                options.budget(Task::Binary).lr
+            ),
+            (15, 0.01)
+        );
+        options.rounds = Some(3);
+        options.lr = Some(0.05);
+        let budget = options.budget(Task::Survival);
+        assert_eq!(
+            (
+                budget.rounds,
+                budget.local_steps,
+                budget.batch_size,
+                budget.lr
+            ),
+            (3, 100, 8, 0.05)
+        );
     }
 }

@@ -48,19 +48,45 @@ fn profile_dir() -> Option<PathBuf> {
 pub fn built() -> anyhow::Result<&'static Path> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| build().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            build(
+                &[NODE, "medmesh-train"],
+                &["medmesh-node", "medmesh-trainer"],
+                &["protocol", "learning", "record", "node", "trainer"],
+            )
+            .map_err(|e| format!("{e:#}"))
+        })
         .as_deref()
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn build() -> anyhow::Result<PathBuf> {
+/// For tests run by cargo: the simulator `medmesh-sim` of the current profile, built first as
+/// [`built`] builds the peer's programs (the lab's tests compare a mesh with its simulation).
+pub fn simulator() -> anyhow::Result<&'static Path> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build(
+                &["medmesh-sim"],
+                &["medmesh-simulations"],
+                &["protocol", "learning", "trainer", "simulations"],
+            )
+            .map_err(|e| format!("{e:#}"))
+        })
+        .as_deref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The programs `names` of the current profile, built from `packages` when one is missing or
+/// older than a source file of the workspace folders `crates`; the first program's path.
+fn build(names: &[&str], packages: &[&str], crates: &[&str]) -> anyhow::Result<PathBuf> {
     let dir = profile_dir().context("cannot tell where the test binary is")?;
     let exe = |name: &str| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let binaries = [exe(NODE), exe("medmesh-train")];
+    let binaries: Vec<PathBuf> = names.iter().map(|n| exe(n)).collect();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("the lab crate sits in the workspace")?;
-    let newest_source = ["protocol", "learning", "record", "node", "trainer"]
+    let newest_source = crates
         .iter()
         .filter_map(|krate| newest(&workspace.join(krate)))
         .max();
@@ -75,25 +101,19 @@ fn build() -> anyhow::Result<PathBuf> {
         };
         let target = dir.parent().context("the profile folder has a parent")?;
         let cargo = option_env!("CARGO").unwrap_or("cargo");
-        eprintln!("building medmesh and medmesh-train ({profile}) for the process tests");
-        let status = Command::new(cargo)
-            .current_dir(workspace)
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "medmesh-node",
-                "-p",
-                "medmesh-trainer",
-            ])
+        let what = names.join(" and ");
+        eprintln!("building {what} ({profile}) for the process tests");
+        let mut command = Command::new(cargo);
+        command.current_dir(workspace).args(["build", "--bins"]);
+        for package in packages {
+            command.args(["-p", package]);
+        }
+        let status = command
             .args(["--profile", &profile, "--target-dir"])
             .arg(target)
             .status()
             .with_context(|| format!("cannot run {cargo}"))?;
-        anyhow::ensure!(
-            status.success(),
-            "building medmesh and medmesh-train failed"
-        );
+        anyhow::ensure!(status.success(), "building {what} failed");
     }
     for binary in &binaries {
         anyhow::ensure!(binary.is_file(), "{} is missing", binary.display());

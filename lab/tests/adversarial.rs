@@ -326,7 +326,8 @@ fn attacks_by_members_and_strangers_are_refused_counted_and_harmless() {
 
     let spec = MeshSpec {
         options: &options,
-        inputs: 13,
+        model: ModelSpec::Logistic { inputs: 13 },
+        budget: options.budget(medmesh_learning::data::Task::Binary),
         experiment: "heart-disease",
         genesis: &genesis_path,
     };
@@ -386,10 +387,10 @@ fn attacks_by_members_and_strangers_are_refused_counted_and_harmless() {
 
     // The honest mesh trained as if nothing happened.
     for o in &outcomes {
-        assert_eq!(o.rounds, options.rounds, "{}", o.site);
+        assert_eq!(Some(o.rounds), options.rounds, "{}", o.site);
         eprintln!("{}: rejected {:?}", o.site, o.rejections);
     }
-    let mean = outcomes.iter().map(|o| o.test.accuracy).sum::<f64>() / 4.0;
+    let mean = outcomes.iter().map(accuracy).sum::<f64>() / 4.0;
     assert!(mean >= 0.70, "mean accuracy under attack {mean}");
     let distance = mesh::max_relative_distance(&outcomes);
     assert!(
@@ -629,7 +630,12 @@ fn poisoned_run(
 }
 
 fn mean_accuracy(outcomes: &[medmesh_node::node::Outcome]) -> f64 {
-    outcomes.iter().map(|o| o.test.accuracy).sum::<f64>() / outcomes.len() as f64
+    outcomes.iter().map(accuracy).sum::<f64>() / outcomes.len() as f64
+}
+
+/// A binary outcome's test accuracy.
+fn accuracy(outcome: &medmesh_node::node::Outcome) -> f64 {
+    outcome.test.accuracy().expect("a binary outcome")
 }
 
 /// Two rogue roster members announce well-formed, correctly signed poisoned models (the start
@@ -663,12 +669,14 @@ fn poisoned_models_from_members_leave_accuracy_within_two_points_of_an_attack_fr
     for o in &attacked {
         eprintln!(
             "{}: accuracy {:.3}, rejected {:?}",
-            o.site, o.test.accuracy, o.rejections
+            o.site,
+            accuracy(o),
+            o.rejections
         );
         assert_eq!(o.rounds, rounds, "{}", o.site);
     }
     for o in &control {
-        eprintln!("control {}: accuracy {:.3}", o.site, o.test.accuracy);
+        eprintln!("control {}: accuracy {:.3}", o.site, accuracy(o));
     }
     // Each poisoner was excluded as a persistent outlier (by every hospital that pulled it in
     // three rounds; which rounds a hospital pulls it in is up to timing), and nobody honest was.

@@ -146,6 +146,62 @@ fn four_hospital_processes_train_heart_disease_serverlessly() {
         said.contains("lays out these tensors"),
         "the tensor layout was checked against the model spec: {said}"
     );
+
+    // Each hospital derived its personalized model; Switzerland's exports beside the shared
+    // version it came from, which the bundle holds and verifies.
+    let swiss = &hospitals[2];
+    assert_eq!(swiss["site"], "switzerland");
+    let personalized = swiss["personalized_accuracy"]
+        .as_f64()
+        .expect("personalized");
+    assert!(
+        personalized >= swiss["accuracy"].as_f64().expect("shared"),
+        "{swiss}"
+    );
+    let own = dir.path().join("own");
+    let swiss_config = dir.path().join("mesh/switzerland/node.toml");
+    let export = medmesh(&[
+        "export",
+        "--personalized",
+        "--config",
+        &swiss_config.to_string_lossy(),
+        "--out",
+        &own.to_string_lossy(),
+    ]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(own.join("personalized.json")).expect("personalized.json"),
+    )
+    .expect("json");
+    assert_eq!(
+        manifest["personalized_from"], swiss["final_version"],
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["local_test"]["accuracy"].as_f64(),
+        Some(personalized),
+        "{manifest}"
+    );
+    assert!(own.join("personalized.safetensors").is_file());
+    let verify = medmesh(&["verify", &own.to_string_lossy()]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // Asked without a config it says what it needs.
+    let refused = medmesh(&["export", "--personalized", "--out", &own.to_string_lossy()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--config"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     let weights = bundle.join("model.safetensors");
     let mut bytes = std::fs::read(&weights).expect("weights");
     let last = bytes.len() - 1;

@@ -45,8 +45,8 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
     // takes ~50 ms, most of it not training, and a poll every 200 ms can miss every training
     // phase of the run); the same rate × steps keeps the hospitals' drift per round the same.
     let mut options = options(dir, 15);
-    options.steps = 2000;
-    options.lr /= 20.0;
+    options.steps = Some(2000);
+    options.lr = options.lr.map(|lr| lr / 20.0);
     let nodes = ["cleveland", "hungarian", "switzerland", "va"]
         .map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
     let all: Vec<&LocalNode> = nodes.iter().collect();
@@ -102,7 +102,7 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
     )
     .expect("every node finishes");
     for outcome in &outcomes {
-        assert_eq!(outcome.rounds, options.rounds, "{}", outcome.site);
+        assert_eq!(Some(outcome.rounds), options.rounds, "{}", outcome.site);
         assert!(
             !outcome.rejections.contains_key("equivocation"),
             "{}: {:?}",
@@ -110,7 +110,11 @@ fn a_node_killed_mid_run_keeps_its_store_resumes_and_rejoins() {
             outcome.rejections
         );
     }
-    let mean = outcomes.iter().map(|o| o.test.accuracy).sum::<f64>() / 4.0;
+    let mean = outcomes
+        .iter()
+        .map(|o| o.test.accuracy().expect("a binary outcome"))
+        .sum::<f64>()
+        / 4.0;
     assert!(mean >= 0.70, "mean accuracy {mean}");
     let distance = mesh::max_relative_distance(&outcomes);
     assert!(
@@ -143,7 +147,7 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let mut options = options(dir, 12);
-    options.steps = 10;
+    options.steps = Some(10);
     let sites = ["cleveland", "hungarian", "switzerland"];
     let nodes = sites.map(|site| LocalNode::new(dir, site, data(site, None)).expect("node"));
     let all: Vec<&LocalNode> = nodes.iter().collect();
@@ -221,7 +225,7 @@ fn a_node_killed_while_pulling_a_payload_stores_no_part_of_it_and_recovers() {
     )
     .expect("every node finishes");
     for outcome in &outcomes {
-        assert_eq!(outcome.rounds, options.rounds, "{}", outcome.site);
+        assert_eq!(Some(outcome.rounds), options.rounds, "{}", outcome.site);
         assert!(
             !outcome.rejections.contains_key("equivocation"),
             "{}: {:?}",

@@ -27,10 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Table;
 use crate::learner::{ModelSpec, TrainConfig};
+use crate::personal::{Personalized, Search};
 use crate::privacy::AccountantState;
 
 /// Version of the request/response protocol; both sides must speak the same.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 /// The worker program's file name.
 pub const PROGRAM: &str = "medmesh-train";
 /// Environment variable naming the worker program.
@@ -164,6 +165,15 @@ pub enum Request<'a> {
         /// The rows.
         table: Cow<'a, Table>,
     },
+    /// Derive the personalized model from the shared `params` on the built learner's training
+    /// rows ([`crate::personal`]).
+    Personalize {
+        /// The shared model's parameters.
+        #[serde(with = "f32_le")]
+        params: Cow<'a, [f32]>,
+        /// The search.
+        search: Search,
+    },
 }
 
 /// What the learner is, once built.
@@ -205,6 +215,8 @@ pub enum Response {
     },
     /// Predictions, one per row.
     Predicted(#[serde(with = "f32_le")] Vec<f32>),
+    /// The personalized model.
+    Personalized(Personalized),
     /// The request was refused (the learner's error, as text); the worker carries on.
     Failed(String),
 }

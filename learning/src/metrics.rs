@@ -3,8 +3,10 @@
 //! The trainer, the `validate` command and the simulator all score models here, so a number a
 //! hospital publishes means the same thing whoever computed it: [`binary`] for a classifier
 //! (accuracy, balanced accuracy, AUC-ROC, sensitivity, specificity, log-loss), [`auc`] on its own,
-//! [`concordance_index`] for survival risk scores, and [`bootstrap`] for a seeded percentile
-//! confidence interval around any of them.
+//! [`concordance_index`] for survival risk scores ([`survival`] adds the counts), [`Evaluation`]
+//! for whichever of the two a model's task calls for, and [`bootstrap`] (classifiers) or
+//! [`bootstrap_survival`] (risk, time, event) for a seeded percentile confidence interval around
+//! any of them.
 //!
 //! Inputs come from a model and a data file, so they are checked rather than trusted: lengths must
 //! match, labels must be exactly `0.0` or `1.0`, scores must be finite and probabilities lie in
@@ -18,6 +20,8 @@ use std::cmp::Ordering;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::data::{Table, Task};
 
 /// Probabilities are clamped to `[LOG_LOSS_EPS, 1 - LOG_LOSS_EPS]` before the logarithm so that a
 /// single confident mistake costs a large but finite amount (−ln 1e-7 ≈ 16.1).
@@ -285,6 +289,114 @@ fn concordance_checked(risk: &[f32], time: &[f32], event: &[f32]) -> Option<f64>
     (comparable > 0).then(|| (2 * concordant + tied) as f64 / (2 * comparable) as f64)
 }
 
+/// Metrics of a survival model's risk scores (higher = earlier event).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Survival {
+    /// Number of samples evaluated.
+    pub samples: usize,
+    /// Samples whose event was observed (the others are censored).
+    pub events: usize,
+    /// Harrell's C-index ([`concordance_index`]); `None` when no pair is comparable (no event,
+    /// or every event tied with or after everyone else's time), as on some small test splits.
+    pub c_index: Option<f64>,
+}
+
+/// Scores survival risk scores against observed `time`s and `event` indicators: the counts and
+/// Harrell's C-index.
+///
+/// # Errors
+/// As [`concordance_index`].
+pub fn survival(risk: &[f32], time: &[f32], event: &[f32]) -> Result<Survival, Error> {
+    let c_index = concordance_index(risk, time, event)?;
+    Ok(Survival {
+        samples: risk.len(),
+        events: event.iter().filter(|&&e| is_one(e)).count(),
+        c_index,
+    })
+}
+
+/// What a model scores on a test split, for the task it solves: [`Binary`] metrics of a
+/// classifier's probabilities, or [`Survival`] metrics of a risk model's scores.
+///
+/// Serialized with the task as a `task` field beside the metrics (`{"task": "binary",
+/// "samples": 60, "accuracy": 0.75, …}`), so a reader of a binary evaluation finds `accuracy`
+/// and `auc` where they always were.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum Evaluation {
+    /// A binary classifier's metrics at threshold 0.5.
+    Binary(Binary),
+    /// A survival model's metrics.
+    Survival(Survival),
+}
+
+impl Evaluation {
+    /// Scores `predictions` for `table`'s rows as `task` calls for: probabilities against the
+    /// labels at threshold 0.5 ([`binary`]), or log-risk scores against the times and events
+    /// ([`survival`]).
+    ///
+    /// # Errors
+    /// Those of [`binary`] or [`survival`]; a table without the task's targets is a
+    /// [`Error::LengthMismatch`].
+    pub fn of(task: Task, predictions: &[f32], table: &Table) -> Result<Evaluation, Error> {
+        match task {
+            Task::Binary => binary(predictions, &table.y, 0.5).map(Evaluation::Binary),
+            Task::Survival => {
+                survival(predictions, &table.time, &table.event).map(Evaluation::Survival)
+            }
+        }
+    }
+
+    /// The task evaluated.
+    pub fn task(&self) -> Task {
+        match self {
+            Evaluation::Binary(_) => Task::Binary,
+            Evaluation::Survival(_) => Task::Survival,
+        }
+    }
+
+    /// Number of samples evaluated.
+    pub fn samples(&self) -> usize {
+        match self {
+            Evaluation::Binary(b) => b.samples,
+            Evaluation::Survival(s) => s.samples,
+        }
+    }
+
+    /// Accuracy at threshold 0.5; `None` for a survival model.
+    pub fn accuracy(&self) -> Option<f64> {
+        match self {
+            Evaluation::Binary(b) => Some(b.accuracy),
+            Evaluation::Survival(_) => None,
+        }
+    }
+
+    /// AUC-ROC; `None` for a survival model, or when one class is absent.
+    pub fn auc(&self) -> Option<f64> {
+        match self {
+            Evaluation::Binary(b) => b.auc,
+            Evaluation::Survival(_) => None,
+        }
+    }
+
+    /// Harrell's C-index; `None` for a classifier, or when no pair is comparable.
+    pub fn c_index(&self) -> Option<f64> {
+        match self {
+            Evaluation::Binary(_) => None,
+            Evaluation::Survival(s) => s.c_index,
+        }
+    }
+
+    /// The task's headline metric, by the name validation reports and certification policies
+    /// use for it: `("accuracy", …)` for a classifier, `("c_index", …)` for a survival model.
+    pub fn headline(&self) -> (&'static str, Option<f64>) {
+        match self {
+            Evaluation::Binary(b) => ("accuracy", Some(b.accuracy)),
+            Evaluation::Survival(s) => ("c_index", s.c_index),
+        }
+    }
+}
+
 /// A metric value with a percentile bootstrap 95 % confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Interval {
@@ -329,21 +441,87 @@ pub fn bootstrap(
     let value = metric(probs, labels)
         .filter(|v| v.is_finite())
         .ok_or(Error::Undefined)?;
-
-    let n = probs.len();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut resampled_probs = Vec::with_capacity(n);
-    let mut resampled_labels = Vec::with_capacity(n);
-    let mut values = Vec::with_capacity(resamples);
-    for _ in 0..resamples {
+    let mut resampled_probs = Vec::with_capacity(probs.len());
+    let mut resampled_labels = Vec::with_capacity(probs.len());
+    percentile_interval(value, probs.len(), resamples, seed, |rows| {
         resampled_probs.clear();
         resampled_labels.clear();
-        for _ in 0..n {
-            let row = rng.random_range(0..n);
-            resampled_probs.push(probs[row]);
-            resampled_labels.push(labels[row]);
+        resampled_probs.extend(rows.iter().map(|&r| probs[r]));
+        resampled_labels.extend(rows.iter().map(|&r| labels[r]));
+        metric(&resampled_probs, &resampled_labels)
+    })
+}
+
+/// Percentile bootstrap 95 % confidence interval of a survival `metric` (e.g. the C-index) on
+/// (`risk`, `time`, `event`): [`bootstrap`]'s resampling, over rows that keep their risk, time and
+/// event together.
+///
+/// Draws `resamples` resamples of the rows with replacement from
+/// `ChaCha8Rng::seed_from_u64(seed)`, computes `metric` on each and skips resamples where it
+/// returns `None` or a non-finite value (a resample without an event, or without a comparable
+/// pair). The result depends only on the data, `resamples`, `seed` and `metric`.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] (`time` or `event` against `risk`), [`Error::Empty`], the first
+/// non-finite risk, then time ([`Error::NotFinite`]), the first bad event indicator
+/// ([`Error::NotBinary`]); [`Error::Undefined`] if the metric has no finite value on the full
+/// data (no comparable pair); [`Error::TooFewResamples`] if fewer than half of the resamples, or
+/// none, are usable.
+pub fn bootstrap_survival(
+    risk: &[f32],
+    time: &[f32],
+    event: &[f32],
+    resamples: usize,
+    seed: u64,
+    metric: impl Fn(&[f32], &[f32], &[f32]) -> Option<f64>,
+) -> Result<Interval, Error> {
+    check_len(risk.len(), time.len(), "time")?;
+    check_len(risk.len(), event.len(), "event")?;
+    if risk.is_empty() {
+        return Err(Error::Empty);
+    }
+    check_finite(risk)?;
+    check_finite(time)?;
+    check_binary(event)?;
+    let value = metric(risk, time, event)
+        .filter(|v| v.is_finite())
+        .ok_or(Error::Undefined)?;
+    let n = risk.len();
+    let (mut r, mut t, mut e) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    percentile_interval(value, n, resamples, seed, |rows| {
+        r.clear();
+        t.clear();
+        e.clear();
+        for &row in rows {
+            r.push(risk[row]);
+            t.push(time[row]);
+            e.push(event[row]);
         }
-        if let Some(v) = metric(&resampled_probs, &resampled_labels).filter(|v| v.is_finite()) {
+        metric(&r, &t, &e)
+    })
+}
+
+/// The bootstrap both [`bootstrap`] and [`bootstrap_survival`] run: `resamples` resamples of `n`
+/// row indices drawn with replacement, in order, from `ChaCha8Rng::seed_from_u64(seed)`;
+/// `metric` scores the rows of each; `value` is the metric on the full data.
+fn percentile_interval(
+    value: f64,
+    n: usize,
+    resamples: usize,
+    seed: u64,
+    mut metric: impl FnMut(&[usize]) -> Option<f64>,
+) -> Result<Interval, Error> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows = Vec::with_capacity(n);
+    let mut values = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        rows.clear();
+        rows.extend((0..n).map(|_| rng.random_range(0..n)));
+        if let Some(v) = metric(&rows).filter(|v| v.is_finite()) {
             values.push(v);
         }
     }
@@ -1065,5 +1243,195 @@ mod tests {
                 resamples: 10
             })
         );
+    }
+
+    // ---- survival, Evaluation and bootstrap_survival ----
+
+    /// `n` patients with one feature x ~ N(0, 1) and log-hazard `beta · x`: event times
+    /// exponential with rate exp(beta · x), censored at an independent exponential time of rate
+    /// `censoring` (so roughly 1 / (1 + censoring) of the events are observed). Returns the true
+    /// risk x, the observed times and the event indicators.
+    fn exponential_survival(
+        n: usize,
+        beta: f64,
+        censoring: f64,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut risk, mut time, mut event) = (vec![], vec![], vec![]);
+        for _ in 0..n {
+            // Box–Muller from two uniforms in (0, 1].
+            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+            let x = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            let t = -(1.0 - rng.random::<f64>()).ln() / (beta * x).exp();
+            let c = -(1.0 - rng.random::<f64>()).ln() / censoring;
+            risk.push(x as f32);
+            time.push(t.min(c) as f32);
+            event.push(if t <= c { 1.0 } else { 0.0 });
+        }
+        (risk, time, event)
+    }
+
+    #[test]
+    fn survival_counts_events_and_scores_the_true_risk() {
+        let (risk, time, event) = exponential_survival(400, 1.0, 0.5, 11);
+        let s = survival(&risk, &time, &event).expect("valid");
+        assert_eq!(s.samples, 400);
+        assert_eq!(s.events, event.iter().filter(|&&e| e == 1.0).count());
+        // About two thirds observed with censoring rate 0.5 against rate ~1.
+        assert!((200..340).contains(&s.events), "{s:?}");
+        let c = s.c_index.expect("comparable pairs");
+        assert_eq!(
+            Some(c),
+            concordance_index(&risk, &time, &event).expect("valid")
+        );
+        // A log-hazard ratio of 1 per standard deviation ranks about 73 % of pairs right.
+        assert!((0.68..0.78).contains(&c), "C-index of the true risk {c}");
+        // The opposite score ranks them wrong as often.
+        let inverted: Vec<f32> = risk.iter().map(|r| -r).collect();
+        let wrong = survival(&inverted, &time, &event).expect("valid").c_index;
+        assert!(close(wrong.expect("pairs"), 1.0 - c));
+        // No event: nothing to compare, but still counted.
+        let s = survival(&[0.1, 0.2], &[1.0, 2.0], &[0.0, 0.0]).expect("valid");
+        assert_eq!((s.samples, s.events, s.c_index), (2, 0, None));
+    }
+
+    #[test]
+    fn evaluation_follows_the_task_and_keeps_the_binary_json_shape() {
+        let table = Table {
+            x: vec![0.0; 4],
+            rows: 4,
+            cols: 1,
+            y: vec![1.0, 0.0, 1.0, 0.0],
+            time: vec![1.0, 2.0, 3.0, 4.0],
+            event: vec![1.0, 1.0, 0.0, 1.0],
+        };
+        let binary = Evaluation::of(Task::Binary, &[0.9, 0.2, 0.4, 0.1], &table).expect("valid");
+        assert_eq!(binary.task(), Task::Binary);
+        assert_eq!(
+            (binary.samples(), binary.accuracy(), binary.c_index()),
+            (4, Some(0.75), None)
+        );
+        assert_eq!(binary.auc(), Some(1.0));
+        assert_eq!(binary.headline(), ("accuracy", Some(0.75)));
+        let json: serde_json::Value = serde_json::to_value(binary).expect("serialize");
+        assert_eq!(json["task"], "binary");
+        assert_eq!(json["accuracy"], 0.75);
+        assert_eq!(json["auc"], 1.0);
+        assert_eq!(
+            serde_json::from_value::<Evaluation>(json).expect("parse"),
+            binary
+        );
+
+        // Risks decreasing with time: every comparable pair concordant.
+        let survival = Evaluation::of(Task::Survival, &[4.0, 3.0, 2.0, 1.0], &table).expect("ok");
+        assert_eq!(survival.task(), Task::Survival);
+        assert_eq!(
+            (survival.samples(), survival.accuracy(), survival.auc()),
+            (4, None, None)
+        );
+        assert_eq!(survival.c_index(), Some(1.0));
+        assert_eq!(survival.headline(), ("c_index", Some(1.0)));
+        let json: serde_json::Value = serde_json::to_value(survival).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({"task": "survival", "samples": 4, "events": 3, "c_index": 1.0})
+        );
+        assert_eq!(
+            serde_json::from_value::<Evaluation>(json).expect("parse"),
+            survival
+        );
+
+        // A table without the task's targets is refused, not scored.
+        let unlabelled = Table {
+            y: vec![],
+            ..table.clone()
+        };
+        assert!(matches!(
+            Evaluation::of(Task::Binary, &[0.5; 4], &unlabelled),
+            Err(Error::LengthMismatch { what: "labels", .. })
+        ));
+    }
+
+    fn c_index_metric(r: &[f32], t: &[f32], e: &[f32]) -> Option<f64> {
+        concordance_index(r, t, e).ok().flatten()
+    }
+
+    #[test]
+    fn bootstrap_survival_is_seeded_and_contains_the_c_index() {
+        let (risk, time, event) = exponential_survival(300, 1.0, 0.5, 12);
+        let a = bootstrap_survival(&risk, &time, &event, 400, 42, c_index_metric).expect("ok");
+        assert_eq!(
+            a,
+            bootstrap_survival(&risk, &time, &event, 400, 42, c_index_metric).expect("ok")
+        );
+        let b = bootstrap_survival(&risk, &time, &event, 400, 43, c_index_metric).expect("ok");
+        assert_eq!(a.value, b.value);
+        assert_ne!((a.low, a.high), (b.low, b.high));
+        assert_eq!(
+            Some(a.value),
+            concordance_index(&risk, &time, &event).expect("valid")
+        );
+        assert!(a.low < a.value && a.value < a.high, "{a:?}");
+        // About ±0.035 at n = 300; shrinks like 1/√n.
+        assert!((0.03..0.12).contains(&(a.high - a.low)), "{a:?}");
+        let (risk, time, event) = exponential_survival(3000, 1.0, 0.5, 12);
+        let large = bootstrap_survival(&risk, &time, &event, 400, 42, c_index_metric).expect("ok");
+        assert!(large.high - large.low < (a.high - a.low) / 2.0, "{large:?}");
+    }
+
+    #[test]
+    fn bootstrap_survival_errors() {
+        assert_eq!(
+            bootstrap_survival(&[0.1], &[1.0, 2.0], &[1.0], 10, 0, c_index_metric),
+            Err(Error::LengthMismatch {
+                what: "time",
+                expected: 1,
+                found: 2
+            })
+        );
+        assert_eq!(
+            bootstrap_survival(&[0.1], &[1.0], &[], 10, 0, c_index_metric),
+            Err(Error::LengthMismatch {
+                what: "event",
+                expected: 1,
+                found: 0
+            })
+        );
+        assert_eq!(
+            bootstrap_survival(&[], &[], &[], 10, 0, c_index_metric),
+            Err(Error::Empty)
+        );
+        assert_eq!(
+            bootstrap_survival(&[0.1], &[f32::NAN], &[1.0], 10, 0, c_index_metric),
+            Err(Error::NotFinite { index: 0 })
+        );
+        assert_eq!(
+            bootstrap_survival(&[0.1], &[1.0], &[2.0], 10, 0, c_index_metric),
+            Err(Error::NotBinary {
+                index: 0,
+                value: 2.0
+            })
+        );
+        // Everyone censored: no comparable pair, no C-index to put an interval around.
+        assert_eq!(
+            bootstrap_survival(&[0.1, 0.2], &[1.0, 2.0], &[0.0, 0.0], 10, 0, c_index_metric),
+            Err(Error::Undefined)
+        );
+        // One event among 40, at the last time: no one is known to live longer.
+        let risk: Vec<f32> = (0..40u8).map(f32::from).collect();
+        let time: Vec<f32> = (0..40u8).map(f32::from).collect();
+        let mut event = vec![0.0; 40];
+        event[39] = 1.0;
+        let last_has_no_partner = bootstrap_survival(&risk, &time, &event, 50, 0, c_index_metric);
+        assert_eq!(last_has_no_partner, Err(Error::Undefined));
+        // At the second-to-last time, its one partner is the last row: a resample holds both
+        // with probability (1 − (39/40)⁴⁰)² ≈ 0.41, less than half.
+        event[39] = 0.0;
+        event[38] = 1.0;
+        assert!(matches!(
+            bootstrap_survival(&risk, &time, &event, 50, 0, c_index_metric),
+            Err(Error::TooFewResamples { resamples: 50, .. })
+        ));
     }
 }

@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::NetworkConfig;
 use medmesh_learning::learner::{ModelSpec, TrainConfig};
+use medmesh_learning::personal::{Personalization, Search};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +179,9 @@ pub struct NodeConfig {
     pub model: ModelSpec,
     /// Local training.
     pub training: TrainConfig,
+    /// The hospital's own model, derived from the shared one when its rounds are done
+    /// (`medmesh_learning::personal`): kept locally, never announced.
+    pub personalization: Personalization,
     /// The protocol's settings.
     pub experiment: peer::Config,
     /// The network.
@@ -204,6 +208,7 @@ impl Default for NodeConfig {
             data: DataConfig::default(),
             model: ModelSpec::Logistic { inputs: 13 },
             training: TrainConfig::default(),
+            personalization: Personalization::default(),
             experiment: peer::Config {
                 experiment: "heart-disease".into(),
                 max_rounds: Some(15),
@@ -215,6 +220,31 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// The personalization search this config asks for: its settings, with `max_steps`
+    /// defaulting to the shared training's budget (`local_steps` × `max_rounds`) but at most 20
+    /// rounds' worth (15 when the experiment has no end), and `every` to `local_steps`.
+    pub fn personal_search(&self) -> Search {
+        let every = self
+            .personalization
+            .every
+            .unwrap_or(self.training.local_steps)
+            .max(1);
+        let rounds = self.experiment.max_rounds.unwrap_or(15).min(20);
+        let budget = self
+            .training
+            .local_steps
+            .saturating_mul(usize::try_from(rounds).unwrap_or(20));
+        let max_steps = self.personalization.max_steps.unwrap_or(budget);
+        // At most 1000 step counts are tried (`Personalization::check` holds explicit settings
+        // to it; a derived budget is capped here).
+        Search {
+            folds: self.personalization.folds,
+            repeats: self.personalization.repeats,
+            max_steps: max_steps.min(every.saturating_mul(1000)),
+            every,
+        }
+    }
+
     /// Reads, resolves relative paths against the file's folder, and checks.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -276,6 +306,7 @@ impl NodeConfig {
             ));
         }
         self.training.check().map_err(|e| e.to_string())?;
+        self.personalization.check().map_err(|e| e.to_string())?;
         if self.training.dp.is_some_and(|dp| dp.seeded_noise) {
             return Err(
                 "[training.dp] seeded_noise = true draws the DP-SGD noise from the config's \

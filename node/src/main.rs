@@ -110,10 +110,17 @@ enum Command {
         /// Folder to write into (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// Export this hospital's personalized model (derived locally from its final shared
+        /// version when its rounds were done; needs `--config`): the shared version's bundle,
+        /// plus `personalized.safetensors` and `personalized.json` naming the shared version it
+        /// came from. `--model` is then that version.
+        #[arg(long, conflicts_with = "model")]
+        personalized: bool,
     },
     /// Validate a model version on a running node's local test split (its `[data]`): the node
     /// pulls the version over the mesh if it does not hold it, evaluates it (AUC, accuracy,
-    /// balanced accuracy with bootstrap 95 % intervals) and publishes the signed report.
+    /// balanced accuracy for a classifier, Harrell's C-index for a survival model, each with a
+    /// bootstrap 95 % interval) and publishes the signed report.
     Validate {
         /// A version's content id, or `latest` (the highest round the node holds).
         #[arg(long, default_value = "latest")]
@@ -692,6 +699,70 @@ fn export_command(
     Ok(())
 }
 
+/// `medmesh export --personalized`: the shared version's bundle and, beside it, the
+/// personalized model with a manifest that names the shared version it was fine-tuned from.
+fn personalized_export_command(
+    store: Option<PathBuf>,
+    config: Option<PathBuf>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let path = config.context("--personalized needs the node's --config")?;
+    let config = NodeConfig::load(&path)?;
+    let personal = node::personal::read(&config)?;
+    let base = personal.base.with_context(|| {
+        format!(
+            "the personalized model of {} names no shared version (the node finished without a              final version)",
+            config.data.site
+        )
+    })?;
+    let store = store.unwrap_or_else(|| config.store.clone());
+    let layout = model_layout(&config)?;
+    let exported = export::export(
+        &store,
+        store::Selection::Id(base),
+        None,
+        Some(&config.model),
+        Some(&layout),
+        &out,
+    )?;
+    print!("{}", exported.to_text());
+    let metadata = std::collections::HashMap::from([
+        ("format".to_owned(), "pt".to_owned()),
+        ("medmesh.personalized_from".to_owned(), base.to_string()),
+        ("medmesh.site".to_owned(), personal.site.clone()),
+        ("medmesh.steps".to_owned(), personal.steps.to_string()),
+    ]);
+    export::write_derived(
+        &out,
+        "personalized.safetensors",
+        &personal.params,
+        Some(&layout),
+        metadata,
+    )?;
+    let manifest = serde_json::json!({
+        "personalized_from": base.to_string(),
+        "member": personal.member.to_string(),
+        "site": personal.site,
+        "fine_tuning_steps": personal.steps,
+        "folds": personal.folds,
+        "criterion": personal.criterion,
+        "held_out_scores": personal.scores,
+        "local_test": personal.test,
+        "note": "derived locally from the shared version in this bundle; not signed, never                  announced: model.safetensors is the mesh's signed artifact",
+    });
+    let json = out.join("personalized.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&manifest)? + "\n")
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    println!(
+        "wrote {} and {} (fine-tuned {} steps from {})",
+        out.join("personalized.safetensors").display(),
+        json.display(),
+        personal.steps,
+        base.short()
+    );
+    Ok(())
+}
+
 fn lineage_command(
     model: store::Selection,
     store: Option<PathBuf>,
@@ -774,8 +845,16 @@ fn main() -> anyhow::Result<()> {
         Command::Export {
             store,
             config,
+            out,
+            personalized: true,
+            ..
+        } => personalized_export_command(store, config, out)?,
+        Command::Export {
+            store,
+            config,
             model,
             out,
+            ..
         } => export_command(store, config, model, out)?,
         Command::Lineage {
             model,
@@ -820,12 +899,34 @@ fn main() -> anyhow::Result<()> {
             bootstrap,
             out,
         }) => {
+            // The schema's task picks the model (and a survival task its budget). The node will
+            // read the schema relative to the config's folder; here it may also be relative to
+            // the working directory. One that does not load leaves the defaults.
+            let dataset = schema.as_ref().and_then(|schema| {
+                let beside = out
+                    .parent()
+                    .unwrap_or(std::path::Path::new(""))
+                    .join(schema);
+                let loaded =
+                    Dataset::load(&beside).or_else(|_| Dataset::load(std::path::Path::new(schema)));
+                match loaded {
+                    Ok(set) => Some((set.task, set.features.len())),
+                    Err(e) => {
+                        eprintln!(
+                            "note: {schema} does not load here ({e}); [model] is the default \
+                             logistic regression on 13 features: check it"
+                        );
+                        None
+                    }
+                }
+            });
             let text = medmesh_node::template::render(
                 role,
                 &medmesh_node::template::Options {
                     site,
                     schema,
                     bootstrap,
+                    dataset,
                 },
             );
             let mut file = std::fs::OpenOptions::new()

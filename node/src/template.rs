@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 
 use libp2p::Multiaddr;
+use medmesh_learning::data::Task;
+use medmesh_learning::learner::{Budget, ModelSpec};
 
 use crate::config::NodeConfig;
 
@@ -29,6 +31,12 @@ pub struct Options {
     pub schema: Option<String>,
     /// `[network] bootstrap`: the relay's (or another member's) address.
     pub bootstrap: Vec<Multiaddr>,
+    /// The task and feature count of the dataset `schema` names, when the caller could load it:
+    /// `[model]` is then the task's built-in model with that many inputs
+    /// ([`ModelSpec::for_task`]), and a survival task gets its benchmark budget
+    /// ([`Budget::for_task`]: SGD, learning rate, batch size, local steps, rounds) instead of the
+    /// binary defaults.
+    pub dataset: Option<(Task, usize)>,
 }
 
 /// A TOML string literal (quoted and escaped).
@@ -161,15 +169,40 @@ pub fn render(role: Role, options: &Options) -> String {
         "# shard = {{ index = 0, count = 2 }}  # train on part of the site's rows: index < count"
     );
 
+    // The dataset's task picks the model (and, for survival, the budget); without a dataset
+    // the defaults: logistic regression on 13 features.
+    let (task, inputs) = options.dataset.unwrap_or((Task::Binary, 13));
+    let model = ModelSpec::for_task(task, i64::try_from(inputs).unwrap_or(i64::MAX));
+    let (kind, note) = match model {
+        ModelSpec::Cox { .. } => ("cox", " (the dataset's task: survival)"),
+        _ => ("logistic", ""),
+    };
     let _ = writeln!(
         out,
-        "\n[model]                          # the same on every member\nkind = \"logistic\"                # logistic, mlp, cox or torch_script\ninputs = 13                      # features (>= 1)\n# kind = \"mlp\", hidden = [16]    # hidden layer widths\n# kind = \"torch_script\", path = \"model.pt\", task = \"binary\"  # or \"survival\""
+        "\n[model]                          # the same on every member\nkind = {:<25} # logistic, mlp, cox or torch_script{note}\ninputs = {inputs:<23} # features (>= 1)\n# kind = \"mlp\", hidden = [16]    # hidden layer widths\n# kind = \"torch_script\", path = \"model.pt\", task = \"binary\"  # or \"survival\"",
+        quoted(kind)
     );
 
-    let t = &d.training;
+    let mut t = d.training.clone();
+    let mut max_rounds = d.experiment.max_rounds.unwrap_or(15);
+    let mut optimizer =
+        "{ name = \"adam\" }     # or { name = \"sgd\", momentum = 0.9 } (momentum in [0, 1))";
+    let mut outer = "{ optimizer = \"adam\", lr = 0.025, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }";
+    if task == Task::Survival {
+        // FLamby's Fed-TCGA-BRCA FedAvg budget (see `Budget::for_task`): plain SGD locally,
+        // and the survival task's outer optimizer on the merge.
+        let budget = Budget::for_task(task);
+        t.lr = budget.lr;
+        t.batch_size = budget.batch_size;
+        t.local_steps = budget.local_steps;
+        max_rounds = budget.rounds;
+        optimizer = "{ name = \"sgd\", momentum = 0.0 }  # FLamby's FedAvg; or { name = \"adam\" }";
+        outer = "{ optimizer = \"adam\", lr = 0.4, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }";
+    }
     let _ = writeln!(
         out,
-        "\n[training]\noptimizer = {{ name = \"adam\" }}     # or {{ name = \"sgd\", momentum = 0.9 }} (momentum in [0, 1))\n\
+        "\n[training]\ninit = \"auto\"                    # auto (zeros for logistic and cox), libtorch or zeros\n\
+         optimizer = {optimizer}\n\
          lr = {:?}                       # learning rate (> 0)\n\
          batch_size = {}                   # >= 1\n\
          local_steps = {}                # optimizer steps per round (>= 1)\n\
@@ -179,6 +212,18 @@ pub fn render(role: Role, options: &Options) -> String {
          #                                  DP-SGD: sigma > 0, C > 0, delta in (0, 1), budget > 0;\n\
          #                                  seeded_noise = true is for the simulator only and refused here",
         t.lr, t.batch_size, t.local_steps, t.seed, t.threads
+    );
+
+    let p = &d.personalization;
+    let _ = writeln!(
+        out,
+        "\n[personalization]                # this hospital's own model, fine-tuned from the shared one; kept here\n\
+         enabled = {}                   # members that train derive it when their rounds are done\n\
+         folds = {}                        # cross-validation parts of the training rows (2-20)\n\
+         repeats = {}                      # cross-validations, each with its own folds (1-10)\n\
+         # max_steps = 1500                 # most fine-tuning steps tried (default: local_steps x max_rounds)\n\
+         # every = 100                      # step counts tried are multiples of this (default: local_steps)",
+        p.enabled, p.folds, p.repeats
     );
 
     let e = &d.experiment;
@@ -200,14 +245,15 @@ pub fn render(role: Role, options: &Options) -> String {
          # certification = {{ metric = \"auc\", min = 0.80, min_samples = 100, validators = 2, countries = 2 }}\n\
          # outliers = {{ factor = 6.0, rounds = 3 }}      # flag members far off: factor > 1, rounds >= 1\n\
          # two_level = {{ across = \"every\", rounds = 5 }}  # or {{ across = \"fanout\", groups = 1 }}: the roster's groups\n\
-         # outer = {{ optimizer = \"nesterov\", lr = 0.7, momentum = 0.9 }}  # outer optimizer on the merge:\n\
-         #                                  nesterov, adagrad {{ lr, tau }}, or adam / yogi:\n\
-         # outer = {{ optimizer = \"yogi\", lr = 0.1, beta1 = 0.9, beta2 = 0.99, tau = 0.001 }}",
+         outer = {outer}\n\
+         #                                  outer optimizer on the merge (default: decentralized FedAdam);\n\
+         #                                  \"none\" (plain averaging), nesterov {{ lr, momentum }},\n\
+         #                                  adagrad {{ lr, tau }}, or yogi like adam",
         quoted(&e.experiment),
         e.fanout,
         e.round_timeout.as_millis(),
         e.fetch_timeout.as_millis(),
-        e.max_rounds.unwrap_or(15),
+        max_rounds,
         e.seed
     );
 
@@ -282,6 +328,7 @@ mod tests {
                         .parse()
                         .expect("address"),
                 ],
+                dataset: None,
             };
             std::fs::write(&path, render(role, &options)).expect("write");
             let config = NodeConfig::load(&path).expect("the written config loads");
@@ -299,6 +346,51 @@ mod tests {
             assert_eq!(config.key, expected.key);
             assert_eq!(config.linger_ms, expected.linger_ms);
         }
+    }
+
+    #[test]
+    fn a_survival_dataset_gets_the_cox_model_and_its_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("medmesh.toml");
+        let options = Options {
+            site: Some("northeast".into()),
+            dataset: Some((Task::Survival, 39)),
+            ..Options::default()
+        };
+        std::fs::write(&path, render(Role::Hospital, &options)).expect("write");
+        let config = NodeConfig::load(&path).expect("the written config loads");
+        assert_eq!(config.model, ModelSpec::Cox { inputs: 39 });
+        let budget = Budget::for_task(Task::Survival);
+        assert_eq!(
+            (
+                config.training.optimizer,
+                config.training.lr,
+                config.training.batch_size,
+                config.training.local_steps,
+                config.experiment.max_rounds
+            ),
+            (
+                medmesh_learning::learner::Optimizer::Sgd { momentum: 0.0 },
+                0.1,
+                8,
+                100,
+                Some(5)
+            )
+        );
+        assert_eq!(budget.rounds, 5);
+        assert_eq!(
+            config.experiment.outer, budget.outer,
+            "the task's outer optimizer"
+        );
+        // A binary dataset keeps the defaults but for its feature count.
+        let options = Options {
+            dataset: Some((Task::Binary, 20)),
+            ..options
+        };
+        std::fs::write(&path, render(Role::Hospital, &options)).expect("write");
+        let config = NodeConfig::load(&path).expect("the written config loads");
+        assert_eq!(config.model, ModelSpec::Logistic { inputs: 20 });
+        assert_eq!(config.training, NodeConfig::default().training);
     }
 
     #[test]

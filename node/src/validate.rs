@@ -1,7 +1,8 @@
 //! Validation of a model version on a partner's own records: the model's predictions on the
-//! local test split, scored with the trainer's metrics and percentile-bootstrap 95 % confidence
-//! intervals, as the [`Report`] the partner signs and gossips. Nothing leaves the site but the
-//! metrics and the sample count.
+//! local test split, scored with the trainer's metrics for the model's task and
+//! percentile-bootstrap 95 % confidence intervals, as the [`Report`] the partner signs and
+//! gossips: `auc`, `accuracy` and `balanced_accuracy` for a classifier, `c_index` (Harrell's) for
+//! a survival model. Nothing leaves the site but the metrics and the sample count.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,7 +26,7 @@ pub struct Found {
     /// The report to sign.
     pub report: Report,
     /// The metrics without intervals, for logs and the node's outcome.
-    pub binary: metrics::Binary,
+    pub evaluation: metrics::Evaluation,
 }
 
 /// Evaluates `params` (the model of `config`) on `test`, the validator's local split, and
@@ -45,7 +46,7 @@ pub fn evaluate(
 ) -> anyhow::Result<Found> {
     let (dataset, data_site) = data;
     anyhow::ensure!(!test.is_empty(), "no local test rows to validate on");
-    let probs = evaluator
+    let predictions = evaluator
         .predict(
             &config.model,
             &config.training,
@@ -54,20 +55,44 @@ pub fn evaluate(
             test,
         )
         .context("evaluating the version with this node's model spec")?;
-    let binary = metrics::binary(&probs, &test.y, 0.5)?;
+    let evaluation = metrics::Evaluation::of(config.model.task(), &predictions, test)?;
     let seed = u64::from_le_bytes(model.0[..8].try_into().unwrap_or_default());
     let mut scores = BTreeMap::new();
-    let interval = |metric: fn(&[f32], &[f32]) -> Option<f64>| {
-        metrics::bootstrap(&probs, &test.y, RESAMPLES, seed, metric)
+    let description = match evaluation {
+        metrics::Evaluation::Binary(binary) => {
+            let interval = |metric: fn(&[f32], &[f32]) -> Option<f64>| {
+                metrics::bootstrap(&predictions, &test.y, RESAMPLES, seed, metric)
+            };
+            if binary.auc.is_some() {
+                let ci = interval(|p, y| metrics::auc(p, y).ok().flatten())?;
+                scores.insert("auc".to_owned(), metric(ci));
+            }
+            let ci = interval(|p, y| metrics::binary(p, y, 0.5).ok().map(|b| b.accuracy))?;
+            scores.insert("accuracy".to_owned(), metric(ci));
+            let ci = interval(|p, y| metrics::binary(p, y, 0.5).ok().map(|b| b.balanced_accuracy))?;
+            scores.insert("balanced_accuracy".to_owned(), metric(ci));
+            format!("{} positive", test.positives())
+        }
+        metrics::Evaluation::Survival(survival) => {
+            // The risk scores are the model's outputs; the rows keep their time and event.
+            let ci = metrics::bootstrap_survival(
+                &predictions,
+                &test.time,
+                &test.event,
+                RESAMPLES,
+                seed,
+                |r, t, e| metrics::concordance_index(r, t, e).ok().flatten(),
+            )
+            .with_context(|| {
+                format!(
+                    "no C-index with a confidence interval on {} rows with {} events",
+                    survival.samples, survival.events
+                )
+            })?;
+            scores.insert("c_index".to_owned(), metric(ci));
+            format!("{} events", survival.events)
+        }
     };
-    if binary.auc.is_some() {
-        let ci = interval(|p, y| metrics::auc(p, y).ok().flatten())?;
-        scores.insert("auc".to_owned(), metric(ci));
-    }
-    let ci = interval(|p, y| metrics::binary(p, y, 0.5).ok().map(|b| b.accuracy))?;
-    scores.insert("accuracy".to_owned(), metric(ci));
-    let ci = interval(|p, y| metrics::binary(p, y, 0.5).ok().map(|b| b.balanced_accuracy))?;
-    scores.insert("balanced_accuracy".to_owned(), metric(ci));
     let issued_at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -79,10 +104,8 @@ pub fn evaluate(
             site: validator.site.chars().take(64).collect(),
             country: validator.country.clone(),
             description: format!(
-                "test split of site {:?}: {} rows, {} positive",
-                data_site,
-                test.rows,
-                test.positives()
+                "test split of site {:?}: {} rows, {description}",
+                data_site, test.rows
             ),
         },
         samples: test.rows as u64,
@@ -92,7 +115,7 @@ pub fn evaluate(
     report
         .check(validator.id)
         .context("the drafted report breaks a rule")?;
-    Ok(Found { report, binary })
+    Ok(Found { report, evaluation })
 }
 
 fn metric(ci: metrics::Interval) -> Metric {

@@ -32,6 +32,7 @@ use medmesh_learning::data::Table;
 pub use medmesh_learning::frame::{Built, PROGRAM, PROGRAM_ENV, Setup};
 use medmesh_learning::frame::{PROTOCOL, Request, Response, read_frame_with, write_frame_with};
 use medmesh_learning::learner::{Error, ModelSpec, TrainConfig};
+use medmesh_learning::personal::{Personalized, Search};
 use medmesh_learning::privacy::AccountantState;
 
 /// Size asked for the worker's pipes.
@@ -248,6 +249,23 @@ impl Worker {
         }
     }
 
+    /// The personalized model derived from the shared `params` on the built learner's training
+    /// rows (`medmesh_learning::personal`).
+    pub fn personalize(&mut self, params: &[f32], search: Search) -> Result<Personalized, Error> {
+        match self.call(&Request::Personalize {
+            params: Cow::Borrowed(params),
+            search,
+        })? {
+            Response::Personalized(p) if p.params.len() == params.len() => Ok(p),
+            Response::Personalized(p) => Err(Error::Worker(format!(
+                "a personalized model of {} parameters for a shared model of {}",
+                p.params.len(),
+                params.len()
+            ))),
+            other => Err(self.refused(other)),
+        }
+    }
+
     /// Sends one request and reads its answer. An error here means the process is gone or
     /// out of step: [`Error::Worker`].
     fn call(&mut self, request: &Request<'_>) -> Result<Response, Error> {
@@ -283,6 +301,7 @@ impl Worker {
             Response::Built(_) => "built",
             Response::Trained { .. } => "trained",
             Response::Predicted(_) => "predicted",
+            Response::Personalized(_) => "personalized",
             Response::Failed(_) => "failed",
         };
         self.input = None;

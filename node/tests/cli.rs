@@ -126,4 +126,32 @@ fn keys_rosters_and_configs_from_the_command_line() {
     assert!(text.contains("site = \"va\""), "{text}");
     let again = fails(dir, &["config", "init", "--role", "relay"]);
     assert!(again.contains("never overwritten"), "{again}");
+    // A survival schema gets the Cox model on its features, with FLamby's Fed-TCGA-BRCA budget.
+    let tcga = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tcga-brca/schema.toml");
+    ok(
+        dir,
+        &[
+            "config",
+            "init",
+            "--role",
+            "hospital",
+            "--site",
+            "northeast",
+            "--schema",
+            &tcga.to_string_lossy(),
+            "--out",
+            "tcga.toml",
+        ],
+    );
+    let text = std::fs::read_to_string(dir.join("tcga.toml")).expect("written");
+    for line in [
+        "kind = \"cox\"",
+        "inputs = 39",
+        "lr = 0.1",
+        "batch_size = 8",
+        "max_rounds = 5",
+        "outer = \"none\"",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }

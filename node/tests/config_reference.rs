@@ -51,6 +51,8 @@ fn variants() -> Vec<NodeConfig> {
         ..NodeConfig::default()
     };
     full.data.shard = Some(Shard { index: 0, count: 2 });
+    full.personalization.max_steps = Some(1500);
+    full.personalization.every = Some(100);
     full.training.dp = Some(DpConfig {
         max_epsilon: Some(8.0),
         ..DpConfig::default()

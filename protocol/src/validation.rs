@@ -138,7 +138,8 @@ impl Report {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// The metric a report must carry (e.g. `auc`).
+    /// The metric a report must carry, by name: a node's reports on a classifier carry `auc`,
+    /// `accuracy` and `balanced_accuracy`, on a survival model `c_index` (Harrell's).
     pub metric: String,
     /// Its lowest acceptable point estimate.
     pub min: f64,

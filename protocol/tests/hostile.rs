@@ -23,6 +23,8 @@ fn cfg() -> Config {
         experiment: "hostile".into(),
         fanout: 2,
         rule: Rule::Mean,
+        // Plain averaging: these tests pin down the merge itself.
+        outer: None,
         ..Config::default()
     }
 }
@@ -387,6 +389,8 @@ fn honest_mesh_converges_while_attacked() {
             seed: i as u64,
             round_timeout: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(2),
+            // Plain averaging: these tests pin down the merge itself.
+            outer: None,
             ..Config::default()
         })
         .collect();
@@ -629,6 +633,8 @@ fn run_with_an_attacker(
             round_timeout: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(2),
             outliers,
+            // Plain averaging: these tests pin down the merge itself.
+            outer: None,
             ..Config::default()
         })
         .collect();
@@ -703,6 +709,8 @@ fn a_member_whose_versions_stay_outliers_is_flagged_by_every_honest_peer() {
 fn outlier_settings_are_checked() {
     let with = |factor: f32, rounds: u32| Config {
         outliers: Some(Outliers { factor, rounds }),
+        // Plain averaging: these tests pin down the merge itself.
+        outer: None,
         ..Config::default()
     };
     assert!(with(4.0, 3).check().is_ok());

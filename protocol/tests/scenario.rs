@@ -20,6 +20,8 @@ fn config(rule: Rule, fanout: usize, rounds: u64, seed: u64) -> Config {
         round_timeout: Duration::from_secs(5),
         fetch_timeout: Duration::from_secs(2),
         seed,
+        // Plain averaging: these tests pin down the merge itself.
+        outer: None,
         ..Config::default()
     }
 }
@@ -562,4 +564,67 @@ fn fast_honest_rounds_are_never_rate_limited() {
         "the rounds were not faster than the per-second rate: {:?}",
         net.now
     );
+}
+
+/// A peer that merges versions of a later round than its own (restarted, or newly admitted) is
+/// catching up: it adopts the merge as it is, without the outer optimizer's step, whose bounded
+/// moves would otherwise keep it apart from the mesh for many rounds; in step with the others
+/// it steps again.
+#[test]
+fn a_peer_catching_up_adopts_the_merge_without_an_outer_step() {
+    use medmesh_protocol::peer::{Action, Checkpoint, Outer};
+    use medmesh_protocol::roster::Role;
+    use medmesh_protocol::wire::Message;
+
+    let k = keys(2);
+    let chain = common::chain(&[Role::Hospital; 2]);
+    let with_outer = |seed| Config {
+        outer: Some(Outer::RECOMMENDED),
+        ..config(Rule::Mean, 1, 5, seed)
+    };
+    let mut ahead = Peer::resume(
+        with_outer(0),
+        k[0].clone(),
+        chain.clone(),
+        vec![1.0; 4],
+        10,
+        Checkpoint {
+            round: 3,
+            parents: vec![],
+        },
+    )
+    .expect("resumes");
+    while ahead.poll_action().is_some() {}
+    ahead
+        .handle_trained(Duration::ZERO, vec![1.0; 4], Default::default())
+        .expect("trained");
+    let announce = std::iter::from_fn(|| ahead.poll_action())
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("announces");
+    let mut behind = Peer::new(with_outer(1), k[1].clone(), chain, vec![0.0; 4], 10).expect("peer");
+    while behind.poll_action().is_some() {}
+    behind
+        .handle_trained(Duration::ZERO, vec![0.0; 4], Default::default())
+        .expect("trained");
+    while behind.poll_action().is_some() {}
+    behind.handle_message(Duration::ZERO, k[0].id(), &announce.to_bytes());
+    let (from, id) = std::iter::from_fn(|| behind.poll_action())
+        .find_map(|a| match a {
+            Action::Fetch { from, id } => Some((from, id)),
+            _ => None,
+        })
+        .expect("pulls the newer version");
+    behind.handle_payload(Duration::ZERO, from, id, ahead.payload(&id));
+    let start = std::iter::from_fn(|| behind.poll_action())
+        .find_map(|a| match a {
+            Action::Train { round: 3, params } => Some(params),
+            _ => None,
+        })
+        .expect("joins round 3");
+    // The plain sample-weighted mean of 0 and 1: FedAdam's first step from 0 would move each
+    // coordinate by about its learning rate (0.02) instead.
+    assert_eq!(start, vec![0.5; 4]);
 }

@@ -213,30 +213,17 @@ pub fn export(
         path: out.to_owned(),
         source: e.into(),
     })?;
-    // The payload is little-endian f32, as safetensors stores F32: the tensors are slices of it.
-    let mut views = Vec::with_capacity(shapes.len());
-    let mut offset = 0;
-    for (name, dims) in shapes {
-        let len = dims.iter().product::<usize>() * 4;
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            dims,
-            &payload[offset..offset + len],
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        views.push((name, view));
-        offset += len;
-    }
     let record = VersionRecord {
         id,
         version: version.value().clone(),
     };
     let info = bundle::tensor_metadata(id, &record.version);
-    let tensors = views.len();
+    let tensors = shapes.len();
     let model = out.join("model.safetensors");
-    safetensors::serialize_to_file(views, Some(info), &model).map_err(|e| Error::Write {
-        path: model.clone(),
-        source: e.into(),
+    // The payload is little-endian f32, as safetensors stores F32: the tensors are slices of it.
+    write_tensors(&model, &payload, shapes, info).map_err(|e| match e {
+        TensorError::Shape(reason) => bad(reason),
+        TensorError::Write(e) => e,
     })?;
     let json = out.join("version.json");
     let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Write {
@@ -255,6 +242,87 @@ pub fn export(
         files,
         bundle,
     })
+}
+
+/// Why [`write_tensors`] failed.
+enum TensorError {
+    /// A shape does not fit the bytes.
+    Shape(String),
+    /// The file cannot be written.
+    Write(Error),
+}
+
+/// Writes `bytes` (little-endian f32, one tensor after the other) to the safetensors file at
+/// `path`, as the tensors `shapes` with `info` as the header's metadata.
+fn write_tensors(
+    path: &Path,
+    bytes: &[u8],
+    shapes: Vec<(&str, Vec<usize>)>,
+    info: std::collections::HashMap<String, String>,
+) -> Result<(), TensorError> {
+    let mut views = Vec::with_capacity(shapes.len());
+    let mut offset = 0;
+    for (name, dims) in shapes {
+        let len = dims.iter().product::<usize>() * 4;
+        let part = bytes
+            .get(offset..offset + len)
+            .ok_or_else(|| TensorError::Shape(format!("tensor {name} runs past the parameters")))?;
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims, part)
+            .map_err(|e| TensorError::Shape(e.to_string()))?;
+        views.push((name, view));
+        offset += len;
+    }
+    safetensors::serialize_to_file(views, Some(info), path).map_err(|e| {
+        TensorError::Write(Error::Write {
+            path: path.to_owned(),
+            source: e.into(),
+        })
+    })
+}
+
+/// Writes a model derived locally from an exported version (a hospital's personalized model)
+/// as `file` in `out`, laid out as `layout` (one flat `params` tensor when `None`), with
+/// `metadata` in the safetensors header; the number of tensors.
+pub fn write_derived(
+    out: &Path,
+    file: &str,
+    params: &[f32],
+    layout: Option<&[(String, Vec<i64>)]>,
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<usize, Error> {
+    let path = out.join(file);
+    let bad = |reason: String| Error::Write {
+        path: path.clone(),
+        source: reason.into(),
+    };
+    let flat = [("params".to_owned(), vec![params.len() as i64])];
+    let layout = layout.unwrap_or(&flat);
+    let mut shapes = Vec::with_capacity(layout.len());
+    for (name, shape) in layout {
+        let dims: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad(format!("tensor {name} has a negative dimension")))?;
+        shapes.push((name.as_str(), dims));
+    }
+    let expected: usize = shapes
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum();
+    if expected != params.len() {
+        return Err(bad(format!(
+            "{} parameters, the model spec lays out {expected}",
+            params.len()
+        )));
+    }
+    let bytes: Vec<u8> = params.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let tensors = shapes.len();
+    write_tensors(&path, &bytes, shapes, metadata).map_err(|e| match e {
+        TensorError::Shape(reason) => bad(reason),
+        TensorError::Write(e) => e,
+    })?;
+    Ok(tensors)
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {

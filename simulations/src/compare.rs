@@ -461,6 +461,11 @@ pub struct Outcome {
     pub wall_seconds: f64,
     /// Mean honest accuracy per round, mean over seeds.
     pub curve: Vec<(f64, f64)>,
+    /// For a survival model: the final mean C-index over honest peers, mean over seeds
+    /// (`summary.json`'s `mean_c_index`); `None` for a classifier.
+    pub mean_c_index: Option<f64>,
+    /// Its sample standard deviation over seeds.
+    pub std_c_index: Option<f64>,
 }
 
 /// Sample standard deviation (n − 1) of `values`; `None` for fewer than two.
@@ -573,6 +578,21 @@ pub fn run_with(
             axis.unwrap_or(scenario.output.accuracy_axis),
         )?;
         let outcome = outcome(c, &dir, &summary, &rounds, out);
+        if let Some(c_index) = outcome.mean_c_index {
+            progress(&format!(
+                "[{}/{total}] {}: final mean C-index {}, consensus distance {:.2e}, {:.0} \
+                 rejections, {:.1} s",
+                c.index + 1,
+                outcome.label,
+                plus_minus(c_index, outcome.std_c_index),
+                outcome.consensus_distance,
+                outcome.rejections,
+                outcome.wall_seconds
+            ));
+            outcomes.push(outcome);
+            write_tables(out, &base_name, grid, &names, &fixed, &outcomes)?;
+            continue;
+        }
         progress(&format!(
             "[{}/{total}] {}: final mean accuracy {}, last-5 {}, worst peer {:.3}, consensus \
              distance {:.2e}, {:.0} rejections, {:.1} s",
@@ -647,6 +667,15 @@ fn outcome(
         rejections: finals.iter().map(|r| r.rejections as f64).sum::<f64>() / n,
         wall_seconds: summary.wall_seconds,
         curve: plot::mean_over_seeds(rounds, |r| r.mean_accuracy),
+        mean_c_index: summary.mean_c_index,
+        std_c_index: sample_std(
+            &summary
+                .final_c_index
+                .iter()
+                .copied()
+                .flatten()
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -660,7 +689,7 @@ fn plus_minus(mean: f64, std: Option<f64>) -> String {
 
 /// The `compare.csv` columns after the axes, each named for what it holds (see
 /// [`COLUMN_MEANINGS`]).
-pub const METRIC_COLUMNS: [&str; 9] = [
+pub const METRIC_COLUMNS: [&str; 11] = [
     "final_accuracy_mean",
     "final_accuracy_std",
     "last5_accuracy_mean",
@@ -670,6 +699,8 @@ pub const METRIC_COLUMNS: [&str; 9] = [
     "consensus_distance",
     "rejections",
     "wall_seconds",
+    "final_c_index_mean",
+    "final_c_index_std",
 ];
 
 /// What each column of `compare.md` holds, written under its table.
@@ -685,6 +716,9 @@ rounds, mean ± standard deviation over seeds (`last5_accuracy_mean`, `last5_acc
 (`final_accuracy_worst_peer`).
 - **consensus distance**: the final mean distance of honest models to their average, mean over \
 seeds; **rejections**: messages refused per run, mean over seeds; **wall time**: all seeds.
+- **C-index** (survival models only): the final round's mean Harrell's C-index over honest \
+peers, mean ± standard deviation over seeds (`final_c_index_mean`, `final_c_index_std`; empty \
+for a classifier, whose accuracy columns a survival run leaves empty).
 ";
 
 /// (Re)writes `compare.csv` and `compare.md` with the outcomes so far.
@@ -719,6 +753,8 @@ fn write_tables(
             o.consensus_distance.to_string(),
             o.rejections.to_string(),
             format!("{:.3}", o.wall_seconds),
+            optional(o.mean_c_index),
+            optional(o.std_c_index),
             o.run.clone(),
         ]);
         csv.write_record(&record)?;
@@ -749,7 +785,7 @@ fn write_tables(
     )?;
     writeln!(
         md,
-        "| # | {} | final accuracy | last-5 accuracy | worst seed | worst peer | consensus distance | rejections | wall time (s) |",
+        "| # | {} | final accuracy | last-5 accuracy | worst seed | worst peer | consensus distance | rejections | wall time (s) | C-index |",
         names
             .iter()
             .map(|n| cell(n))
@@ -758,13 +794,13 @@ fn write_tables(
     )?;
     writeln!(
         md,
-        "|---:|{}---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|",
         "---|".repeat(names.len())
     )?;
     for (i, o) in outcomes.iter().enumerate() {
         writeln!(
             md,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.2e} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.2e} | {:.0} | {:.1} | {} |",
             i + 1,
             o.choices
                 .iter()
@@ -777,7 +813,9 @@ fn write_tables(
             o.worst_peer_accuracy,
             o.consensus_distance,
             o.rejections,
-            o.wall_seconds
+            o.wall_seconds,
+            o.mean_c_index
+                .map_or("-".to_owned(), |c| plus_minus(c, o.std_c_index))
         )?;
     }
     writeln!(md, "\n{COLUMN_MEANINGS}")?;

@@ -62,6 +62,8 @@ pub fn run(options: &Options, out: &mut impl Write) -> anyhow::Result<Summary> {
         max_rounds: Some(options.rounds),
         round_timeout: Duration::from_secs(10),
         fetch_timeout: Duration::from_secs(5),
+        // Plain averaging: consensus is what is measured.
+        outer: None,
         ..Config::default()
     };
     let mut sim = Sim::new(

@@ -161,6 +161,7 @@ pub fn score(params: &[f32], table: &Table) -> Score {
             accuracy: 0.0,
             loss: None,
             auc: None,
+            c_index: None,
         };
     }
     let logits: Vec<f32> = (0..table.rows)
@@ -179,6 +180,7 @@ pub fn score(params: &[f32], table: &Table) -> Score {
         accuracy,
         loss: scored.map(|b| b.log_loss),
         auc: scored.and_then(|b| b.auc),
+        c_index: None,
     }
 }
 
@@ -195,6 +197,7 @@ impl Evaluate for Logistic {
                 accuracy: 0.0,
                 loss: None,
                 auc: None,
+                c_index: None,
             },
             |local| score(params, &local.test),
         )

@@ -64,6 +64,7 @@ pub trait Evaluate {
             accuracy: self.accuracy(peer, params),
             loss: None,
             auc: None,
+            c_index: None,
         }
     }
 }
@@ -71,7 +72,8 @@ pub trait Evaluate {
 /// What a model scores on one peer's test rows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Score {
-    /// Accuracy at threshold 0.5 (NaN where nothing is scored: averaging-only runs).
+    /// Accuracy at threshold 0.5 (NaN where nothing is scored: averaging-only runs, and
+    /// survival models, which [`Score::c_index`] scores instead).
     pub accuracy: f64,
     /// Mean binary cross-entropy in nats (`medmesh_learning::metrics::binary`'s `log_loss`,
     /// probabilities clamped to [1e-7, 1 − 1e-7]); `None` if the learner cannot tell or the
@@ -80,6 +82,10 @@ pub struct Score {
     /// ROC AUC (`medmesh_learning::metrics::auc`); `None` when the test rows hold one class
     /// only, the outputs are not finite, or the learner cannot tell.
     pub auc: Option<f64>,
+    /// Harrell's C-index of a survival model's risk scores
+    /// (`medmesh_learning::metrics::concordance_index`); `None` for a classifier, or when the
+    /// test rows have no comparable pair or the outputs are not finite.
+    pub c_index: Option<f64>,
 }
 
 /// No training at all: peers only average, which isolates consensus behaviour.

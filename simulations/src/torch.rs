@@ -1,7 +1,8 @@
 //! The node's libtorch trainer inside the simulator: one `TchLearner` per peer, any model the node
-//! trains (logistic, MLP, a TorchScript module for a binary task), so a scenario can study the
-//! very model a mesh will train. Each peer costs a libtorch model and optimizer (tens of peers;
-//! the native learner is the one for thousands).
+//! trains (logistic, MLP, linear Cox, a TorchScript module), so a scenario can study the very
+//! model a mesh will train, scored as the node scores it: accuracy, log-loss and AUC for a binary
+//! task, Harrell's C-index for survival. Each peer costs a libtorch model and optimizer (tens of
+//! peers; the native learner is the one for thousands).
 //!
 //! With DP-SGD the simulator always sets [`DpConfig::seeded_noise`]: a simulation has no patients
 //! to protect, and its runs must repeat from their seed. (A node refuses that setting.)
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use medmesh_learning::data::{Table, Task};
 use medmesh_learning::learner::{Learner as _, ModelSpec, Optimizer, TrainConfig};
+use medmesh_learning::metrics::Evaluation;
 use medmesh_learning::privacy::DpConfig;
 use medmesh_trainer::learner::TchLearner;
 
@@ -19,6 +21,8 @@ use crate::{Evaluate, Learner, Score};
 
 /// One libtorch learner per peer, with the peer's test rows.
 pub struct Torch {
+    /// What the model's outputs mean, and so how it is scored.
+    task: Task,
     peers: Vec<(RefCell<TchLearner>, Arc<Table>)>,
     init: Vec<f32>,
     local_steps: usize,
@@ -36,36 +40,27 @@ impl std::fmt::Debug for Torch {
 }
 
 impl Torch {
-    /// A learner of `spec` per peer on its `(train, test)` rows: plain SGD with `lr`,
-    /// `batch_size` and `local_steps` per round (DP-SGD with `dp`), batch order (and DP noise)
-    /// seeded by `seed` and the peer's index. Every peer starts from the parameters libtorch
-    /// initializes for `seed`.
+    /// A learner of `spec` per peer on its `(train, test)` rows, trained as `training` says
+    /// (plain SGD with its `lr`, `batch_size` and `local_steps` per round, its `init`, DP-SGD
+    /// with its `dp`), batch order (and DP noise, always seeded here) seeded by `seed` and the
+    /// peer's index. Every peer starts from the same parameters (`init` from `seed`).
     pub fn new(
         spec: &ModelSpec,
         data: Vec<(Table, Arc<Table>)>,
-        lr: f64,
-        batch_size: usize,
-        local_steps: usize,
+        training: &TrainConfig,
         seed: u64,
-        dp: Option<DpConfig>,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            spec.task() == Task::Binary,
-            "the simulator evaluates binary classifiers by accuracy; {spec:?} is not one"
-        );
         let mut peers = Vec::with_capacity(data.len());
         for (i, (train, test)) in data.into_iter().enumerate() {
             let config = TrainConfig {
                 optimizer: Optimizer::Sgd { momentum: 0.0 },
-                lr,
-                batch_size,
-                local_steps,
                 seed: seed.wrapping_add(i as u64),
                 threads: 1,
-                dp: dp.map(|dp| DpConfig {
+                dp: training.dp.map(|dp| DpConfig {
                     seeded_noise: true,
                     ..dp
                 }),
+                ..training.clone()
             };
             let learner = TchLearner::new(spec.clone(), config, seed, &train)
                 .map_err(|e| anyhow::anyhow!("peer {i}: {e}"))?;
@@ -76,9 +71,10 @@ impl Torch {
             .map(|(l, _)| l.borrow().params())
             .unwrap_or_default();
         Ok(Self {
+            task: spec.task(),
             peers,
             init,
-            local_steps,
+            local_steps: training.local_steps,
             failure: None,
         })
     }
@@ -123,25 +119,25 @@ impl Learner for Torch {
 }
 
 impl Evaluate for Torch {
+    /// Accuracy of a binary model (0 if evaluation fails); NaN for a survival model, which has
+    /// none.
     fn accuracy(&self, peer: usize, params: &[f32]) -> f64 {
-        let Some((learner, test)) = self.peers.get(peer) else {
-            return 0.0;
-        };
-        let mut learner = learner.borrow_mut();
-        learner
-            .load(params)
-            .and_then(|()| learner.evaluate(test))
-            .map_or(0.0, |m| m.accuracy)
+        self.score(peer, params).accuracy
     }
 
-    /// The node's own evaluation (`medmesh_learning::metrics::binary` of the model's
-    /// probabilities): accuracy, `log_loss` and AUC; all three of a failed evaluation are 0 /
-    /// `None`.
+    /// The node's own evaluation (`medmesh_learning::metrics::Evaluation` of the model's
+    /// outputs): accuracy, `log_loss` and AUC of a binary model (0 / `None` when evaluation
+    /// fails), the C-index of a survival model (accuracy NaN, and no C-index when evaluation
+    /// fails).
     fn score(&self, peer: usize, params: &[f32]) -> Score {
         let failed = Score {
-            accuracy: 0.0,
+            accuracy: match self.task {
+                Task::Binary => 0.0,
+                Task::Survival => f64::NAN,
+            },
             loss: None,
             auc: None,
+            c_index: None,
         };
         let Some((learner, test)) = self.peers.get(peer) else {
             return failed;
@@ -150,10 +146,17 @@ impl Evaluate for Torch {
         learner
             .load(params)
             .and_then(|()| learner.evaluate(test))
-            .map_or(failed, |m| Score {
-                accuracy: m.accuracy,
-                loss: Some(m.log_loss),
-                auc: m.auc,
+            .map_or(failed, |m| match m {
+                Evaluation::Binary(b) => Score {
+                    accuracy: b.accuracy,
+                    loss: Some(b.log_loss),
+                    auc: b.auc,
+                    c_index: None,
+                },
+                Evaluation::Survival(s) => Score {
+                    c_index: s.c_index,
+                    ..failed
+                },
             })
     }
 }
@@ -192,8 +195,19 @@ mod tests {
     /// Two rounds of every peer; the parameters and metrics of each.
     fn run(seed: u64) -> Vec<(Vec<f32>, BTreeMap<String, f64>)> {
         let spec = ModelSpec::Logistic { inputs: 3 };
-        let mut torch =
-            Torch::new(&spec, data(), 0.1, 6, 5, seed, Some(DpConfig::default())).expect("builds");
+        let mut torch = Torch::new(
+            &spec,
+            data(),
+            &TrainConfig {
+                lr: 0.1,
+                batch_size: 6,
+                local_steps: 5,
+                dp: Some(DpConfig::default()),
+                ..TrainConfig::default()
+            },
+            seed,
+        )
+        .expect("builds");
         let mut out = Vec::new();
         for peer in 0..2 {
             let mut params = torch.init().to_vec();

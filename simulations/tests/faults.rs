@@ -29,6 +29,8 @@ fn averaging(network: Network, rounds: u64) -> Sim<AveragingOnly> {
         max_rounds: Some(rounds),
         round_timeout: Duration::from_secs(5),
         fetch_timeout: Duration::from_secs(2),
+        // Plain averaging: consensus is what is measured.
+        outer: None,
         ..Config::default()
     };
     Sim::new(

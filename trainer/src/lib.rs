@@ -3,7 +3,7 @@
 //! Local training for medmesh with libtorch, through `tch`: the learner for the node's model
 //! specs ([`learner::TchLearner`]), the `medmesh-train` worker process the peer drives
 //! ([`worker::serve`]; its frames are `medmesh_learning::frame`, the peer's side is `medmesh_node::worker`), and the
-//! non-federated baselines ([`baseline`]).
+//! non-federated baselines ([`baseline`]) and the personalization search ([`personalize`]).
 //!
 //! This is the only crate of the peer that links libtorch. Keeping it out of `medmesh-node`
 //! keeps the long-running peer small (libtorch alone is ~110 MB resident once loaded) and turns a
@@ -11,4 +11,5 @@
 
 pub mod baseline;
 pub mod learner;
+pub mod personalize;
 pub mod worker;

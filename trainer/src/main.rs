@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use medmesh_learning::data::Dataset;
 use medmesh_learning::learner::TrainConfig;
 use medmesh_trainer::{baseline, worker};
 
@@ -31,15 +32,16 @@ enum Command {
         /// Seeds, one run each.
         #[arg(long, value_delimiter = ',', default_value = "42,43,44,45,46")]
         seeds: Vec<u64>,
-        /// Epochs over each training set.
-        #[arg(long, default_value_t = 50)]
-        epochs: usize,
-        /// Learning rate (Adam).
-        #[arg(long, default_value_t = 0.001)]
-        lr: f64,
-        /// Batch size.
-        #[arg(long, default_value_t = 4)]
-        batch_size: usize,
+        /// Epochs over each training set [default: FLamby's for the dataset's task: 50 for a
+        /// binary task, 30 for survival].
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Learning rate (Adam) [default: 0.001 for a binary task, 0.1 for survival].
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Batch size [default: 4 for a binary task, 8 for survival].
+        #[arg(long)]
+        batch_size: Option<usize>,
         /// Also write the table as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -83,16 +85,21 @@ fn main() -> anyhow::Result<()> {
             batch_size,
             json,
         } => {
+            let data = medmesh_learning::data::find_shipped(&data).map_err(anyhow::Error::msg)?;
+            // The model, metric and FLamby's settings follow the dataset's task.
+            let task = Dataset::load(&data)
+                .with_context(|| format!("cannot load {}", data.display()))?
+                .task;
+            let defaults = baseline::Settings::for_task(task);
             let settings = baseline::Settings {
                 seeds,
-                epochs,
+                epochs: epochs.unwrap_or(defaults.epochs),
                 train: TrainConfig {
-                    lr,
-                    batch_size,
-                    ..TrainConfig::default()
+                    lr: lr.unwrap_or(defaults.train.lr),
+                    batch_size: batch_size.unwrap_or(defaults.train.batch_size),
+                    ..defaults.train
                 },
             };
-            let data = medmesh_learning::data::find_shipped(&data).map_err(anyhow::Error::msg)?;
             let report = baseline::run(&data, &settings, |line| eprintln!("{line}"))
                 .with_context(|| format!("baseline on {}", data.display()))?;
             print!("{}", report.to_text());

@@ -12,12 +12,13 @@ use medmesh_learning::frame::{
 use medmesh_learning::learner::{Error, Learner};
 
 use crate::learner::TchLearner;
+use crate::personalize::personalize;
 
 /// Serves requests from `input` until it ends, answering on `output`. Refusals of the learner
 /// are [`Response::Failed`] answers; an error is returned only when the streams fail (a
 /// malformed frame, a closed output), after which the peer cannot be answered any more.
 pub fn serve(input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
-    let mut learner: Option<TchLearner> = None;
+    let mut learner: Option<(TchLearner, Setup)> = None;
     let mut scratch = Vec::new();
     while let Some(request) = read_frame_with::<Request<'static>>(input, &mut scratch)? {
         let response = answer(&mut learner, request);
@@ -26,7 +27,7 @@ pub fn serve(input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-fn answer(learner: &mut Option<TchLearner>, request: Request<'static>) -> Response {
+fn answer(learner: &mut Option<(TchLearner, Setup)>, request: Request<'static>) -> Response {
     let result = match request {
         Request::Hello { .. } => {
             return Response::Hello {
@@ -55,24 +56,46 @@ fn answer(learner: &mut Option<TchLearner>, request: Request<'static>) -> Respon
             l.load(&params)?;
             Ok(Response::Predicted(l.predict(&table)?))
         }),
+        Request::Personalize { params, search } => match learner.as_ref() {
+            Some((_, setup)) => personalize(
+                &setup.spec,
+                &setup.training,
+                setup.init_seed,
+                &setup.data,
+                &params,
+                search,
+            )
+            .map(Response::Personalized),
+            None => Err(no_learner()),
+        },
     };
     result.unwrap_or_else(|e| Response::Failed(e.to_string()))
 }
 
-fn build(slot: &mut Option<TchLearner>, setup: Setup) -> Result<Built, Error> {
+fn build(slot: &mut Option<(TchLearner, Setup)>, setup: Setup) -> Result<Built, Error> {
     *slot = None;
-    let learner = TchLearner::new(setup.spec, setup.training, setup.init_seed, &setup.data)?;
+    let learner = TchLearner::new(
+        setup.spec.clone(),
+        setup.training.clone(),
+        setup.init_seed,
+        &setup.data,
+    )?;
     let built = Built {
         dim: learner.dim(),
         samples: learner.samples(),
         init: learner.params(),
         layout: learner.layout(),
     };
-    *slot = Some(learner);
+    *slot = Some((learner, setup));
     Ok(built)
 }
 
-fn built(slot: &mut Option<TchLearner>) -> Result<&mut TchLearner, Error> {
+fn built(slot: &mut Option<(TchLearner, Setup)>) -> Result<&mut TchLearner, Error> {
     slot.as_mut()
-        .ok_or_else(|| Error::Config("no learner yet: the first request must build one".into()))
+        .map(|(learner, _)| learner)
+        .ok_or_else(no_learner)
+}
+
+fn no_learner() -> Error {
+    Error::Config("no learner yet: the first request must build one".into())
 }

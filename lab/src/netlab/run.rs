@@ -34,7 +34,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use medmesh_learning::data::Dataset;
+use medmesh_learning::data::{Dataset, Task};
 use medmesh_learning::learner::{ModelSpec, Optimizer, TrainConfig};
 use medmesh_node::admin;
 use medmesh_node::config::{DataConfig, NodeConfig, Shard};
@@ -174,8 +174,8 @@ pub struct Check {
 /// against flat averaging.
 pub const MIN_WAN_RATIO: f64 = 2.5;
 
-/// The largest difference in mean hospital accuracy allowed between two-level and flat
-/// averaging (a fraction: 0.02 is two points). Flat with every hospital pulling every other
+/// The most two-level averaging's mean hospital accuracy may fall below flat averaging's (a
+/// fraction: 0.02 is two points; above flat's is no failure). Flat with every hospital pulling every other
 /// ends on one model, the same from run to run; two-level's rounds across centres pull a
 /// member of each other centre that timing picks, so its accuracy varies from run to run
 /// (0.737 to 0.759 against flat's 0.754 in four runs of the MLP; within 0.003 of flat's in two
@@ -285,7 +285,7 @@ impl Comparison {
     }
 
     /// Its checks: both runs complete, flat's final models agree, two-level cuts the WAN bytes
-    /// by [`MIN_WAN_RATIO`] at an accuracy within [`MAX_ACCURACY_GAP`] of flat's.
+    /// by [`MIN_WAN_RATIO`] at an accuracy at most [`MAX_ACCURACY_GAP`] below flat's.
     fn checks(&self) -> Vec<Check> {
         let (flat, two) = (&self.flat, &self.two_level);
         let complete = flat.complete() && two.complete();
@@ -323,8 +323,8 @@ impl Comparison {
                 ),
             },
             Check {
-                name: format!("two-level mean accuracy within {MAX_ACCURACY_GAP} of flat's"),
-                passed: complete && gap.abs() <= MAX_ACCURACY_GAP,
+                name: format!("two-level mean accuracy at most {MAX_ACCURACY_GAP} below flat's"),
+                passed: complete && gap >= -MAX_ACCURACY_GAP,
                 detail: format!(
                     "flat {:.3}, two-level {:.3} ({gap:+.3}){incomplete}",
                     flat.mean_accuracy, two.mean_accuracy
@@ -834,7 +834,7 @@ fn run_once(
                 round_timeout: Duration::from_secs(10),
                 fetch_timeout: Duration::from_secs(20),
                 seed: 100 + index as u64,
-                certification: Some(mesh::demo_policy()),
+                certification: Some(mesh::demo_policy(Task::Binary)),
                 ..peer::Config::default()
             },
             network: NetworkConfig {
@@ -1010,7 +1010,9 @@ fn run_once(
             {
                 progress(&format!(
                     "{} finished round {}: test accuracy {:.3}",
-                    node.local.name, outcome.rounds, outcome.test.accuracy
+                    node.local.name,
+                    outcome.rounds,
+                    outcome.test.accuracy().unwrap_or(f64::NAN)
                 ));
                 outcomes[k] = Some(outcome);
             }
@@ -1077,7 +1079,7 @@ fn run_once(
         .count();
     let mean_accuracy = hospital_outcomes
         .iter()
-        .map(|o| o.test.accuracy)
+        .map(|o| o.test.accuracy().unwrap_or(f64::NAN))
         .sum::<f64>()
         / hospital_outcomes.len().max(1) as f64;
     let distance = mesh::max_relative_distance(&hospital_outcomes);
@@ -1244,7 +1246,7 @@ fn run_once(
             accuracy: outcome
                 .as_ref()
                 .filter(|_| node.role == Role::Hospital)
-                .map(|o| o.test.accuracy),
+                .and_then(|o| o.test.accuracy()),
             validated: outcome.as_ref().map_or(0, |o| o.validated.len()),
         })
         .collect();

@@ -8,6 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use medmesh_lab::mesh::{self, Children, LocalNode, MeshSpec, Options};
+use medmesh_learning::data::Task;
+use medmesh_learning::learner::ModelSpec;
 use medmesh_node::config::{DataConfig, NodeConfig, Shard};
 use medmesh_node::node::write_roster;
 
@@ -40,10 +42,11 @@ pub(crate) fn options(dir: &Path, rounds: u64) -> Options {
     Options {
         data: schema(),
         dir: dir.to_owned(),
-        rounds,
-        steps: 100,
-        lr: 0.01,
+        rounds: Some(rounds),
+        steps: Some(100),
+        lr: Some(0.01),
         seed: 42,
+        seeds: Vec::new(),
         round_timeout: 8,
         timeout: 600,
         json: None,
@@ -103,7 +106,8 @@ pub(crate) fn genesis(dir: &Path, nodes: &[&LocalNode]) -> PathBuf {
 pub(crate) fn spec<'a>(options: &'a Options, genesis: &'a Path) -> MeshSpec<'a> {
     MeshSpec {
         options,
-        inputs: 13,
+        model: ModelSpec::Logistic { inputs: 13 },
+        budget: options.budget(Task::Binary),
         experiment: "heart-disease",
         genesis,
     }

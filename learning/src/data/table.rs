@@ -83,21 +83,7 @@ impl Table {
     pub fn every(&self, start: usize, step: usize) -> Table {
         assert!(step > 0, "Table::every: step 0");
         let picked: Vec<usize> = (start..self.rows).step_by(step).collect();
-        let take = |v: &[f32]| -> Vec<f32> {
-            if v.is_empty() {
-                Vec::new()
-            } else {
-                picked.iter().map(|&i| v[i]).collect()
-            }
-        };
-        Table {
-            x: picked.iter().flat_map(|&i| self.row(i)).copied().collect(),
-            rows: picked.len(),
-            cols: self.cols,
-            y: take(&self.y),
-            time: take(&self.time),
-            event: take(&self.event),
-        }
+        self.select(&picked)
     }
 
     /// Whether the table has no rows.
@@ -110,8 +96,11 @@ impl Table {
         self.y.iter().filter(|&&v| v > 0.5).count()
     }
 
-    /// The rows `indices` of `self`, in that order.
-    pub(super) fn select(&self, indices: &[usize]) -> Table {
+    /// The rows `indices` of `self`, in that order (a row may repeat).
+    ///
+    /// # Panics
+    /// If an index is `>= self.rows`, as slice indexing does.
+    pub fn select(&self, indices: &[usize]) -> Table {
         let mut out = Table {
             cols: self.cols,
             rows: indices.len(),

@@ -74,8 +74,13 @@ pub struct Metrics {
     pub train_seconds: Histogram,
     /// Training loss of the last round (`medmesh_last_train_loss`).
     pub last_train_loss: Gauge<f64, AtomicU64>,
-    /// Accuracy of the final model on the local test split (`medmesh_local_test_accuracy`).
+    /// Accuracy of the final model on the local test split (`medmesh_local_test_accuracy`);
+    /// a binary task's only.
     pub local_test_accuracy: Gauge<f64, AtomicU64>,
+    /// Harrell's C-index of the final model on the local test split
+    /// (`medmesh_local_test_c_index`); a survival task's only, when the split has a comparable
+    /// pair.
+    pub local_test_c_index: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -148,9 +153,24 @@ impl Metrics {
             local_test_accuracy: add(
                 r,
                 "local_test_accuracy",
-                "Accuracy of the final model on the local test split",
+                "Accuracy of the final model on the local test split (binary task)",
+            ),
+            local_test_c_index: add(
+                r,
+                "local_test_c_index",
+                "Harrell's C-index of the final model on the local test split (survival task)",
             ),
             registry,
+        }
+    }
+
+    /// Sets the gauges of the final model's test: the task's own figures, the others untouched.
+    pub fn record_test(&self, test: &crate::admin::Test) {
+        if let Some(accuracy) = test.accuracy {
+            self.local_test_accuracy.set(accuracy);
+        }
+        if let Some(c_index) = test.c_index {
+            self.local_test_c_index.set(c_index);
         }
     }
 

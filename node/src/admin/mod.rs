@@ -42,7 +42,8 @@ pub use self::client::{Endpoint, block, fetch_status, get, post, publish_roster,
 pub use self::metrics::{Metrics, gauge};
 pub use self::server::{Command, Reporter, Server};
 pub use self::status::{
-    HISTORY, MemberView, Peers, Phase, RoundPoint, RoundSummary, Status, Test, Training,
+    HISTORY, MemberView, Peers, Personalized, Phase, RoundPoint, RoundSummary, Status, Test,
+    Training,
 };
 
 /// The client gives up on the whole exchange after this long (here rather than in `client`

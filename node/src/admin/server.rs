@@ -785,6 +785,7 @@ mod tests {
                 metrics: BTreeMap::from([("loss".to_owned(), 0.5)]),
             }),
             test: None,
+            personalized: None,
             rejections: BTreeMap::from([("duplicate".to_owned(), 4)]),
             rounds_timed_out: 1,
             certified: Vec::new(),
@@ -861,13 +862,22 @@ mod tests {
         // A later snapshot is what the next request sees.
         status.phase = Phase::Finished;
         status.finished = true;
-        status.test = Some(Test {
+        let test = Test {
             samples: 60,
-            accuracy: 0.75,
+            accuracy: Some(0.75),
             auc: Some(0.8),
-        });
+            c_index: None,
+        };
+        status.test = Some(test);
         reporter.publish(&status);
-        m.local_test_accuracy.set(0.75);
+        m.record_test(&test);
+        // A survival model's test sets the C-index gauge and leaves the accuracy's alone.
+        m.record_test(&Test {
+            samples: 63,
+            accuracy: None,
+            auc: None,
+            c_index: Some(0.71),
+        });
         let (got, _) = fetch_status(&endpoint).await.expect("status");
         assert_eq!(got.phase, Phase::Finished);
         let text = got.to_text();
@@ -876,7 +886,23 @@ mod tests {
             text.contains("accuracy 0.750, AUC 0.800 (60 rows)"),
             "{text}"
         );
-        assert_eq!(got.test.map(|t| t.accuracy), Some(0.75));
+        assert_eq!(got.test.and_then(|t| t.accuracy), Some(0.75));
+        let survival = Status {
+            test: Some(Test {
+                samples: 63,
+                c_index: Some(0.71),
+                ..Test::default()
+            }),
+            ..got.clone()
+        };
+        let text = survival.to_text();
+        assert!(
+            text.contains("final model on the local test split: C-index 0.710 (63 rows)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&survival).expect("json");
+        assert_eq!(json["test"]["c_index"], 0.71);
+        assert!(json["test"]["accuracy"].is_null());
 
         let metrics =
             String::from_utf8(get(&endpoint, "/metrics").await.expect("metrics").to_vec())
@@ -902,6 +928,7 @@ mod tests {
             "medmesh_train_seconds_sum 0.25",
             "medmesh_last_train_loss 0.5",
             "medmesh_local_test_accuracy 0.75",
+            "medmesh_local_test_c_index 0.71",
         ] {
             assert!(
                 metrics.lines().any(|l| l == line),

@@ -61,15 +61,39 @@ pub struct Training {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// The final model on this hospital's own test split.
+/// The final model on this hospital's own test split: a binary task's accuracy and AUC, or a
+/// survival task's C-index (the other task's fields `null`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Test {
     /// Test rows.
     pub samples: usize,
-    /// Accuracy at threshold 0.5.
-    pub accuracy: f64,
-    /// Area under the ROC curve, when both classes are present.
+    /// Accuracy at threshold 0.5 (a binary task).
+    pub accuracy: Option<f64>,
+    /// Area under the ROC curve, when both classes are present (a binary task).
     pub auc: Option<f64>,
+    /// Harrell's C-index, when the split has a comparable pair (a survival task).
+    #[serde(default)]
+    pub c_index: Option<f64>,
+}
+
+/// The hospital's personalized model (fine-tuned locally from the shared final model).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Personalized {
+    /// Fine-tuning steps from the shared model that cross-validation picked (0: none helped).
+    pub steps: usize,
+    /// The personalized model on the local test split.
+    pub test: Test,
+}
+
+impl From<&medmesh_learning::metrics::Evaluation> for Test {
+    fn from(evaluation: &medmesh_learning::metrics::Evaluation) -> Self {
+        Self {
+            samples: evaluation.samples(),
+            accuracy: evaluation.accuracy(),
+            auc: evaluation.auc(),
+            c_index: evaluation.c_index(),
+        }
+    }
 }
 
 /// A member of the roster, as the dashboard lists it.
@@ -158,6 +182,9 @@ pub struct Status {
     pub training: Option<Training>,
     /// The final model on the local test split, once finished.
     pub test: Option<Test>,
+    /// This hospital's personalized model on the local test split, once derived.
+    #[serde(default)]
+    pub personalized: Option<Personalized>,
     /// Refused messages by reason (`Reason::label`).
     pub rejections: BTreeMap<String, u64>,
     /// Rounds that closed on their timeout.
@@ -267,14 +294,43 @@ impl Status {
             );
         }
         if let Some(test) = &self.test {
-            let auc = test
-                .auc
-                .map(|a| format!(", AUC {a:.3}"))
-                .unwrap_or_default();
+            let figures: Vec<String> = [
+                ("accuracy", test.accuracy),
+                ("AUC", test.auc),
+                ("C-index", test.c_index),
+            ]
+            .iter()
+            .filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")))
+            .collect();
             let _ = writeln!(
                 out,
-                "final model on the local test split: accuracy {:.3}{auc} ({} rows)",
-                test.accuracy, test.samples
+                "final model on the local test split: {} ({} rows)",
+                if figures.is_empty() {
+                    "no defined metric (a C-index needs a comparable pair)".to_owned()
+                } else {
+                    figures.join(", ")
+                },
+                test.samples
+            );
+        }
+        if let Some(p) = &self.personalized {
+            let figures: Vec<String> = [
+                ("accuracy", p.test.accuracy),
+                ("AUC", p.test.auc),
+                ("C-index", p.test.c_index),
+            ]
+            .iter()
+            .filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")))
+            .collect();
+            let _ = writeln!(
+                out,
+                "personalized model (the shared one fine-tuned {} steps here): {}",
+                p.steps,
+                if figures.is_empty() {
+                    "no defined metric".to_owned()
+                } else {
+                    figures.join(", ")
+                }
             );
         }
         for verdict in &self.verdicts {

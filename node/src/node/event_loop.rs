@@ -41,7 +41,8 @@ use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
 use super::limiter::Limiter;
-use super::outcome::{Outcome, params_digest, write_outcome};
+use super::outcome::{Outcome, Personalized, params_digest, write_outcome};
+use super::personal::{self, Personal};
 use super::retention::Retention;
 use super::validation::{self, Certifier, Prepared, Validation};
 use super::{admission, members};
@@ -93,6 +94,8 @@ pub(super) enum Read {
 pub(super) struct Local {
     /// The dataset's name.
     pub(super) dataset: String,
+    /// This node's training rows (for its personalized model).
+    pub(super) train: Table,
     /// This site's test rows.
     pub(super) test: Table,
 }
@@ -181,8 +184,14 @@ pub(super) struct EventLoop {
     final_version: Option<ContentId>,
     validated: Vec<ContentId>,
     validated_authors: HashSet<MemberId>,
-    last_validation: Option<metrics::Binary>,
+    last_validation: Option<metrics::Evaluation>,
     outcome: Option<Outcome>,
+    /// The personalized model being derived (at most one task).
+    personalizing: JoinSet<anyhow::Result<Personal>>,
+    /// Whether personalization has ended (derived, failed or off).
+    personalized: bool,
+    /// The personalized model's summary, for the outcome.
+    personal: Option<Personalized>,
 }
 
 impl EventLoop {
@@ -273,6 +282,9 @@ impl EventLoop {
             validated_authors: HashSet::new(),
             last_validation: None,
             outcome: None,
+            personalizing: JoinSet::new(),
+            personalized: false,
+            personal: None,
         }
     }
 
@@ -286,9 +298,12 @@ impl EventLoop {
         self.follow_group();
         loop {
             self.turn().await?;
+            // The linger counts from the last round; a personalized model still being derived
+            // (and the outcome that waits for it) is waited for.
             if self
                 .finished_at
                 .is_some_and(|t| t.elapsed() >= self.config.linger())
+                && self.personalizing.is_empty()
             {
                 break;
             }
@@ -303,6 +318,7 @@ impl EventLoop {
                 Some(read) = self.reads.join_next() => {
                     self.handle_read(read.context("a store read panicked")?);
                 }
+                Some(done) = self.personalizing.join_next() => self.handle_personalized(done),
                 progress = self.storage.changed() => self.handle_durable(progress)?,
                 _ = reconnect.tick() => self.handle_reconnect(),
                 () = sleep_until(wake.into()) => self.handle_timeout(),
@@ -905,7 +921,7 @@ impl EventLoop {
                     tracing::info!("{line}");
                     self.validated.push(model);
                     self.validated_authors.insert(version.author);
-                    self.last_validation = Some(found.binary);
+                    self.last_validation = Some(found.evaluation);
                     Ok(line)
                 }
                 Err(e) => Err(format!("{e:#}")),
@@ -961,8 +977,30 @@ impl EventLoop {
         if !(self.peer.is_finished() || validated_all) || self.outcome.is_some() {
             return Ok(());
         }
+        if self.peer.is_finished() && !self.personalized {
+            if !(self.trains && self.config.personalization.enabled) {
+                self.personalized = true;
+            } else {
+                // The outcome waits for the personalized model (seconds, in a worker).
+                if self.personalizing.is_empty() {
+                    tracing::info!("deriving this hospital's personalized model");
+                    self.personalizing.spawn_blocking({
+                        let job = personal::Job {
+                            config: self.config.clone(),
+                            member: self.me,
+                            base: self.final_version,
+                            shared: self.peer.params().to_vec(),
+                            train: self.local.train.clone(),
+                            test: self.local.test.clone(),
+                        };
+                        move || personal::derive(job)
+                    });
+                }
+                return Ok(());
+            }
+        }
         let test = match (&self.last_validation, self.trains) {
-            (Some(binary), false) => *binary,
+            (Some(evaluation), false) => *evaluation,
             _ => validation::evaluate(
                 &mut self.evaluator,
                 &self.config,
@@ -990,15 +1028,18 @@ impl EventLoop {
             seconds: self.started.elapsed().as_secs_f64(),
             final_version: self.final_version,
             validated: self.validated.clone(),
+            personalized: self.personal.take(),
             certifications: self.certifier.verdicts(),
         };
-        tracing::info!(accuracy = result.test.accuracy, auc = ?result.test.auc, "final model on the local test split");
-        self.status.test = Some(admin::Test {
-            samples: result.test.samples,
-            accuracy: result.test.accuracy,
-            auc: result.test.auc,
-        });
-        self.telemetry.local_test_accuracy.set(result.test.accuracy);
+        tracing::info!(
+            accuracy = ?result.test.accuracy(),
+            auc = ?result.test.auc(),
+            c_index = ?result.test.c_index(),
+            "final model on the local test split"
+        );
+        let test = admin::Test::from(&result.test);
+        self.telemetry.record_test(&test);
+        self.status.test = Some(test);
         write_outcome(&self.config, &result)?;
         self.outcome = Some(result);
         // Let the workers (and libtorch's memory) go: no more rounds once finished, and a later
@@ -1008,6 +1049,40 @@ impl EventLoop {
         }
         self.evaluator.release_idle(Duration::ZERO);
         Ok(())
+    }
+
+    /// The personalized model derived (or why not): into the status, and into the outcome
+    /// written next.
+    fn handle_personalized(
+        &mut self,
+        done: Result<anyhow::Result<Personal>, tokio::task::JoinError>,
+    ) {
+        self.personalized = true;
+        match done {
+            Ok(Ok(personal)) => {
+                tracing::info!(
+                    steps = personal.steps,
+                    accuracy = ?personal.test.accuracy(),
+                    c_index = ?personal.test.c_index(),
+                    file = %personal::path(&self.config).display(),
+                    "personalized model on the local test split"
+                );
+                self.status.personalized = Some(admin::Personalized {
+                    steps: personal.steps,
+                    test: admin::Test::from(&personal.test),
+                });
+                self.personal = Some(Personalized {
+                    base: personal.base,
+                    steps: personal.steps,
+                    test: personal.test,
+                });
+            }
+            Ok(Err(error)) => tracing::warn!(
+                error = format!("{error:#}"),
+                "no personalized model; the shared model stands"
+            ),
+            Err(error) => tracing::warn!(%error, "the personalization task failed"),
+        }
     }
 
     fn publish_status(&mut self) {

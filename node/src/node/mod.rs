@@ -13,6 +13,7 @@ mod event_loop;
 mod limiter;
 mod members;
 mod outcome;
+pub mod personal;
 mod retention;
 mod validation;
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libp2p::PeerId;
-use medmesh_learning::data::{Dataset, Site};
+use medmesh_learning::data::{Dataset, Site, Table};
 use medmesh_learning::privacy::{Accountant, AccountantState};
 use medmesh_protocol::identity::{ContentId, MemberId, Verified};
 use medmesh_protocol::peer::{Checkpoint, Item, Peer};
@@ -32,7 +33,7 @@ use medmesh_record::store::Store;
 
 use self::event_loop::{EventLoop, Local, Parts};
 pub use self::members::find as find_member;
-pub use self::outcome::Outcome;
+pub use self::outcome::{Outcome, Personalized};
 use self::validation::Certifier;
 use crate::config::NodeConfig;
 use crate::storage::Storage;
@@ -218,6 +219,7 @@ pub async fn run_with_store(
     let parts = Parts {
         local: Local {
             dataset: dataset.name.clone(),
+            train: train_rows(&config, &site),
             test: site.test.clone(),
         },
         config,
@@ -373,6 +375,14 @@ fn read_privacy(config: &NodeConfig, store: &Store) -> anyhow::Result<Option<Acc
 
 /// The trainer of a member whose role trains, on its site's training rows (or its shard),
 /// continuing the privacy ledger `privacy`.
+/// The training rows of this node: its site's, or its shard's.
+fn train_rows(config: &NodeConfig, site: &Site) -> Table {
+    match config.data.shard {
+        Some(shard) => site.train.every(shard.index, shard.count),
+        None => site.train.clone(),
+    }
+}
+
 fn start_trainer(
     config: &NodeConfig,
     chain: &Chain,
@@ -388,10 +398,7 @@ fn start_trainer(
         tracing::info!("this member does not train (its roster role); validating only");
         return Ok(None);
     }
-    let train_rows = match config.data.shard {
-        Some(shard) => site.train.every(shard.index, shard.count),
-        None => site.train.clone(),
-    };
+    let train_rows = train_rows(config, site);
     anyhow::ensure!(
         !train_rows.is_empty(),
         "site {:?} has no training rows{}",

@@ -22,8 +22,9 @@ pub struct Outcome {
     pub site: String,
     /// Last round completed.
     pub rounds: u64,
-    /// The final model evaluated on this hospital's own test split.
-    pub test: metrics::Binary,
+    /// The final model evaluated on this hospital's own test split, for the model's task
+    /// (`test.task` says which: `binary` with `accuracy`, `auc`, …; `survival` with `c_index`).
+    pub test: metrics::Evaluation,
     /// The final parameters.
     pub params: Vec<f32>,
     /// Digest of the final parameters (to compare peers at a glance).
@@ -43,10 +44,25 @@ pub struct Outcome {
     /// Versions this member validated and reported on.
     #[serde(default)]
     pub validated: Vec<ContentId>,
+    /// This hospital's personalized model (fine-tuned locally from `final_version`), once
+    /// derived; its parameters are in `<store>.personal.json`.
+    #[serde(default)]
+    pub personalized: Option<Personalized>,
     /// The certification policy's verdict on every model version with reports, as this member
     /// judged it from the signed reports it holds (updated as reports arrive).
     #[serde(default)]
     pub certifications: Vec<Certification>,
+}
+
+/// A personalized model, as the outcome reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Personalized {
+    /// The shared version it was fine-tuned from.
+    pub base: Option<ContentId>,
+    /// Fine-tuning steps (0: the shared model as it is).
+    pub steps: usize,
+    /// On this hospital's own test split.
+    pub test: metrics::Evaluation,
 }
 
 /// Writes the outcome to the config's results file, if it names one.

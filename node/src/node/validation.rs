@@ -129,21 +129,25 @@ pub(super) fn evaluate_version(
     )
 }
 
-/// The model `params` on `test`, run by `evaluator`'s worker.
+/// The model `params` on `test`, run by `evaluator`'s worker, scored for the model's task.
 pub(super) fn evaluate(
     evaluator: &mut Evaluator,
     config: &NodeConfig,
     params: &[f32],
     test: &Table,
-) -> anyhow::Result<metrics::Binary> {
-    let probs = evaluator.predict(
+) -> anyhow::Result<metrics::Evaluation> {
+    let predictions = evaluator.predict(
         &config.model,
         &config.training,
         config.init_seed,
         params,
         test,
     )?;
-    Ok(metrics::binary(&probs, &test.y, 0.5)?)
+    Ok(metrics::Evaluation::of(
+        config.model.task(),
+        &predictions,
+        test,
+    )?)
 }
 
 /// The signed reports this node holds, by model, and the certification verdict on each.
