@@ -83,7 +83,7 @@ fn sixteen_hospitals_behind_nat_and_a_partner_abroad_train_through_one_relay() {
     }
     // Flat against two-level averaging, without faults: every hospital finishes both runs, and
     // two-level moves at most 1/2.5 of flat's bytes through the centre routers' WAN sides at a
-    // mean accuracy within 0.02 of flat's (MAX_ACCURACY_GAP). Flat ends on one model; two-level's
+    // mean accuracy at most 0.03 below flat's (MAX_ACCURACY_GAP). Flat ends on one model; two-level's
     // spread is only reported (hospitals pull different members of the other centres in the
     // last round).
     let comparison = &report["comparison"];
@@ -125,7 +125,7 @@ fn sixteen_hospitals_behind_nat_and_a_partner_abroad_train_through_one_relay() {
     let ratio = comparison["wan_ratio"].as_f64().expect("wan_ratio");
     assert!(ratio >= 2.5, "WAN ratio {ratio}");
     assert!(
-        (mean_accuracy[0] - mean_accuracy[1]).abs() <= medmesh_lab::netlab::run::MAX_ACCURACY_GAP,
+        mean_accuracy[0] - mean_accuracy[1] <= medmesh_lab::netlab::run::MAX_ACCURACY_GAP,
         "mean accuracy: flat {}, two-level {}",
         mean_accuracy[0],
         mean_accuracy[1]

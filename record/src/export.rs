@@ -185,20 +185,7 @@ pub fn export(
         .map_err(|e| bad(e.to_string()))?;
 
     let flat = [("params".to_owned(), vec![params.len() as i64])];
-    let layout = layout.unwrap_or(&flat);
-    let mut shapes = Vec::with_capacity(layout.len());
-    for (name, shape) in layout {
-        let dims: Vec<usize> = shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad(format!("tensor {name} has a negative dimension")))?;
-        shapes.push((name.as_str(), dims));
-    }
-    let expected: usize = shapes
-        .iter()
-        .map(|(_, d)| d.iter().product::<usize>())
-        .sum();
+    let (shapes, expected) = shapes(layout.unwrap_or(&flat)).map_err(bad)?;
     if expected != params.len() {
         return Err(Error::Layout {
             store: where_(),
@@ -244,6 +231,28 @@ pub fn export(
     })
 }
 
+/// Tensors by name with their dimensions.
+type Shapes<'a> = Vec<(&'a str, Vec<usize>)>;
+
+/// The tensors of `layout` with their dimensions, and how many values they hold; an error
+/// names a tensor with a negative dimension.
+fn shapes(layout: &[(String, Vec<i64>)]) -> Result<(Shapes<'_>, usize), String> {
+    let mut shapes = Vec::with_capacity(layout.len());
+    for (name, shape) in layout {
+        let dims: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("tensor {name} has a negative dimension"))?;
+        shapes.push((name.as_str(), dims));
+    }
+    let values = shapes
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum();
+    Ok((shapes, values))
+}
+
 /// Why [`write_tensors`] failed.
 enum TensorError {
     /// A shape does not fit the bytes.
@@ -257,7 +266,7 @@ enum TensorError {
 fn write_tensors(
     path: &Path,
     bytes: &[u8],
-    shapes: Vec<(&str, Vec<usize>)>,
+    shapes: Shapes<'_>,
     info: std::collections::HashMap<String, String>,
 ) -> Result<(), TensorError> {
     let mut views = Vec::with_capacity(shapes.len());
@@ -296,20 +305,7 @@ pub fn write_derived(
         source: reason.into(),
     };
     let flat = [("params".to_owned(), vec![params.len() as i64])];
-    let layout = layout.unwrap_or(&flat);
-    let mut shapes = Vec::with_capacity(layout.len());
-    for (name, shape) in layout {
-        let dims: Vec<usize> = shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad(format!("tensor {name} has a negative dimension")))?;
-        shapes.push((name.as_str(), dims));
-    }
-    let expected: usize = shapes
-        .iter()
-        .map(|(_, d)| d.iter().product::<usize>())
-        .sum();
+    let (shapes, expected) = shapes(layout.unwrap_or(&flat)).map_err(bad)?;
     if expected != params.len() {
         return Err(bad(format!(
             "{} parameters, the model spec lays out {expected}",

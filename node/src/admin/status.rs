@@ -85,6 +85,21 @@ pub struct Personalized {
     pub test: Test,
 }
 
+impl Test {
+    /// Its defined figures as text ("accuracy 0.750, AUC 0.933"); `None` if none is defined.
+    pub fn figures(&self) -> Option<String> {
+        let figures: Vec<String> = [
+            ("accuracy", self.accuracy),
+            ("AUC", self.auc),
+            ("C-index", self.c_index),
+        ]
+        .iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")))
+        .collect();
+        (!figures.is_empty()).then(|| figures.join(", "))
+    }
+}
+
 impl From<&medmesh_learning::metrics::Evaluation> for Test {
     fn from(evaluation: &medmesh_learning::metrics::Evaluation) -> Self {
         Self {
@@ -294,43 +309,20 @@ impl Status {
             );
         }
         if let Some(test) = &self.test {
-            let figures: Vec<String> = [
-                ("accuracy", test.accuracy),
-                ("AUC", test.auc),
-                ("C-index", test.c_index),
-            ]
-            .iter()
-            .filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")))
-            .collect();
             let _ = writeln!(
                 out,
                 "final model on the local test split: {} ({} rows)",
-                if figures.is_empty() {
-                    "no defined metric (a C-index needs a comparable pair)".to_owned()
-                } else {
-                    figures.join(", ")
-                },
+                test.figures()
+                    .unwrap_or("no defined metric (a C-index needs a comparable pair)".to_owned()),
                 test.samples
             );
         }
         if let Some(p) = &self.personalized {
-            let figures: Vec<String> = [
-                ("accuracy", p.test.accuracy),
-                ("AUC", p.test.auc),
-                ("C-index", p.test.c_index),
-            ]
-            .iter()
-            .filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")))
-            .collect();
             let _ = writeln!(
                 out,
                 "personalized model (the shared one fine-tuned {} steps here): {}",
                 p.steps,
-                if figures.is_empty() {
-                    "no defined metric".to_owned()
-                } else {
-                    figures.join(", ")
-                }
+                p.test.figures().unwrap_or("no defined metric".to_owned())
             );
         }
         for verdict in &self.verdicts {
