@@ -83,7 +83,7 @@ fn sixteen_hospitals_behind_nat_and_a_partner_abroad_train_through_one_relay() {
     }
     // Flat against two-level averaging, without faults: every hospital finishes both runs, and
     // two-level moves at most 1/2.5 of flat's bytes through the centre routers' WAN sides at a
-    // mean accuracy at most 0.03 below flat's (MAX_ACCURACY_GAP). Flat ends on one model; two-level's
+    // mean accuracy at most 0.02 below flat's (MAX_ACCURACY_GAP), both averaging plainly. Flat ends on one model; two-level's
     // spread is only reported (hospitals pull different members of the other centres in the
     // last round).
     let comparison = &report["comparison"];

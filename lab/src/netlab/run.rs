@@ -23,8 +23,9 @@
 //! 4. the same training under two-level averaging (`two_level = { across = "every", rounds =
 //!    5 }`, `fanout` = the other hospitals of the own centre), both for the WAN bytes the centre
 //!    routers count from just before the nodes start until the last hospital wrote its final
-//!    model. Two-level must move at most 1/2.5 of flat's bytes at a mean accuracy within 0.02
-//!    of flat's; flat's final models must agree within 1e-3. Two-level hospitals end on different
+//!    model, both averaging plainly (`outer = "none"`: the topologies alone are compared).
+//!    Two-level must move at most 1/2.5 of flat's bytes at a mean accuracy at most
+//!    [`MAX_ACCURACY_GAP`] below flat's; flat's final models must agree within 1e-3. Two-level hospitals end on different
 //!    models (each pulls other representatives of the other centres in the last round): their
 //!    spread is reported, not checked. `--two-level-every 0` skips runs 3 and 4.
 
@@ -174,15 +175,13 @@ pub struct Check {
 /// against flat averaging.
 pub const MIN_WAN_RATIO: f64 = 2.5;
 
-/// The most two-level averaging's mean hospital accuracy may fall below flat averaging's (a
-/// fraction: 0.03 is three points; above flat's is no failure). Flat with every hospital
-/// pulling every other ends on one model, the same from run to run; two-level's rounds across
-/// centres pull a member of each other centre that timing picks, so its accuracy varies from
-/// run to run. With plain averaging the logistic regression ended within 0.003 of flat's in
-/// three runs; with the node's default outer optimizer (decentralized FedAdam), which lifts
-/// flat's to 0.748, two-level ended at 0.738 and 0.727 in two runs — no worse than two-level
-/// with plain averaging (0.724), but up to 2.1 points below flat.
-pub const MAX_ACCURACY_GAP: f64 = 0.03;
+/// The most two-level averaging's mean hospital accuracy may fall below flat averaging's in the
+/// comparison runs (a fraction: 0.02 is two points; above flat's is no failure). Both average
+/// plainly there. Flat with every hospital pulling every other ends on one model, the same from
+/// run to run; two-level's rounds across centres pull a member of each other centre that timing
+/// picks, so its accuracy varies from run to run (the logistic regression within 0.003 of
+/// flat's in three runs; an MLP from 0.737 to 0.759 against flat's 0.754).
+pub const MAX_ACCURACY_GAP: f64 = 0.02;
 
 /// One training run of the flat against two-level comparison: no faults, fresh keys and stores,
 /// the same data and seeds as the other.
@@ -837,6 +836,15 @@ fn run_once(
                 fetch_timeout: Duration::from_secs(20),
                 seed: 100 + index as u64,
                 certification: Some(mesh::demo_policy(Task::Binary)),
+                // The pilot runs (1, 2) train with the node's default outer optimizer. The
+                // flat/two-level comparison (3, 4) averages plainly, to compare the topologies
+                // alone: with decentralized FedAdam two-level's accuracy varied more (0.738,
+                // 0.727 and 0.718 against flat's 0.748 in three runs), as its rounds inside a
+                // centre step the group's model towards that centre's data.
+                outer: match purpose {
+                    Purpose::Training(_) => None,
+                    _ => peer::Config::default().outer,
+                },
                 ..peer::Config::default()
             },
             network: NetworkConfig {
