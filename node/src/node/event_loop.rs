@@ -1031,12 +1031,18 @@ impl EventLoop {
             personalized: self.personal.take(),
             certifications: self.certifier.verdicts(),
         };
-        tracing::info!(
-            accuracy = ?result.test.accuracy(),
-            auc = ?result.test.auc(),
-            c_index = ?result.test.c_index(),
-            "final model on the local test split"
-        );
+        match &result.test {
+            metrics::Evaluation::Binary(b) => tracing::info!(
+                accuracy = b.accuracy,
+                auc = ?b.auc,
+                "final model on the local test split"
+            ),
+            metrics::Evaluation::Survival(s) => tracing::info!(
+                c_index = ?s.c_index,
+                events = s.events,
+                "final model on the local test split"
+            ),
+        }
         let test = admin::Test::from(&result.test);
         self.telemetry.record_test(&test);
         self.status.test = Some(test);
@@ -1062,8 +1068,8 @@ impl EventLoop {
             Ok(Ok(personal)) => {
                 tracing::info!(
                     steps = personal.steps,
-                    accuracy = ?personal.test.accuracy(),
-                    c_index = ?personal.test.c_index(),
+                    accuracy = personal.test.accuracy().unwrap_or(f64::NAN),
+                    c_index = personal.test.c_index().unwrap_or(f64::NAN),
                     file = %personal::path(&self.config).display(),
                     "personalized model on the local test split"
                 );
