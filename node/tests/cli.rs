@@ -150,7 +150,7 @@ fn keys_rosters_and_configs_from_the_command_line() {
         "lr = 0.1",
         "batch_size = 8",
         "max_rounds = 5",
-        "outer = \"none\"",
+        "outer = { optimizer = \"adam\", lr = 0.4,",
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }
