@@ -1,9 +1,9 @@
 //! What README's learning-quality tables state, on the real four-process mesh over seeds 42–46
 //! (`medmesh-lab mesh --seeds 42,43,44,45,46`) with FLamby's budget and the node's defaults:
 //! the shared model's mean accuracy reaches 0.74 and beats every hospital's model trained alone
-//! on how it does across all hospitals; each hospital's personalized model does about as well as
-//! training alone on its own patients, and better than the shared model where the hospital's
-//! patients differ; the simulator (`heart-disease-node.toml`) reproduces every seed's mean
+//! on how it does across all hospitals; each hospital's personalized model does at least as well
+//! as training alone on its own patients (within a point, mean over the seeds), and better than
+//! the shared model where the hospital's patients differ; the simulator (`heart-disease-node.toml`) reproduces every seed's mean
 //! within a point. And Fed-TCGA-BRCA's six regions reach a mean C-index of 0.80.
 
 use std::path::Path;
@@ -61,10 +61,10 @@ fn heart_disease_shared_personalized_and_simulated() {
             shared > everywhere,
             "{site}: shared {shared}, alone everywhere {everywhere}"
         );
-        // Personalized within two patients of training alone on the hospital's own split (on
-        // 45 and 89 patients a point is less than one patient; README gives the figures).
+        // Personalized at least as good as training alone on the hospital's own split, within
+        // a point (mean over the seeds).
         assert!(
-            personalized >= alone - 2.0 / rows,
+            personalized >= alone - 0.01,
             "{site}: personalized {personalized}, alone {alone} on {rows} patients"
         );
         if personalized > mean(&h["shared"]) + 0.05 {

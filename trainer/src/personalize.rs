@@ -41,10 +41,8 @@ pub fn personalize(
         ..training.clone()
     };
     let checkpoints = search.max_steps / search.every;
-    // Sum of held-out scores per checkpoint and the weight they carry, over every repeat's
-    // folds.
-    let mut sums = vec![0.0f64; checkpoints + 1];
-    let mut weights = vec![0.0f64; checkpoints + 1];
+    // Each fold's held-out score and weight (its rows) per checkpoint, over every repeat.
+    let mut held_scores: Vec<Vec<(f64, f64)>> = vec![Vec::new(); checkpoints + 1];
     let mut used_folds = 0;
     for repeat in 0..search.repeats.max(1) as u64 {
         let folds = folds(
@@ -75,32 +73,23 @@ pub fn personalize(
                 &fit,
             )?;
             learner.load(shared)?;
-            for c in 0..=checkpoints {
+            for (c, scores) in held_scores.iter_mut().enumerate() {
                 if c > 0 {
                     learner.train(search.every)?;
                 }
-                if let Some((score, weight)) = held_out(task, &learner.predict(&held)?, &held)? {
-                    sums[c] += score * weight;
-                    weights[c] += weight;
+                if let Some(score) = held_out(task, &learner.predict(&held)?, &held)? {
+                    scores.push(score);
                 }
             }
         }
     }
-    let scores: Vec<(usize, f64)> = sums
+    let summaries: Vec<(usize, Summary)> = held_scores
         .iter()
-        .zip(&weights)
         .enumerate()
-        .filter(|(_, (_, w))| **w > 0.0)
-        .map(|(c, (s, w))| (c * search.every, s / w))
+        .filter_map(|(c, folds)| Summary::of(folds).map(|s| (c * search.every, s)))
         .collect();
-    // Ties (within rounding) go to fewer steps.
-    let steps = scores
-        .iter()
-        .fold(None::<(usize, f64)>, |best, &(steps, score)| match best {
-            Some((_, b)) if score >= b - 1e-9 => best,
-            _ => Some((steps, score)),
-        })
-        .map_or(0, |(steps, _)| steps);
+    let steps = one_standard_error(&summaries);
+    let scores = summaries.iter().map(|(k, s)| (*k, s.mean)).collect();
     let mut learner = TchLearner::new(spec.clone(), config, init_seed, train)?;
     learner.load(shared)?;
     if steps > 0 {
@@ -113,6 +102,61 @@ pub fn personalize(
         scores,
         folds: used_folds,
     })
+}
+
+/// The held-out scores of one step count over the cross-validation's folds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Summary {
+    /// Mean score, each fold weighted by its rows.
+    mean: f64,
+    /// Standard error of the mean: the folds' standard deviation over the square root of
+    /// their number.
+    standard_error: f64,
+}
+
+impl Summary {
+    /// The summary of `(score, weight)` per fold; `None` without a fold.
+    fn of(folds: &[(f64, f64)]) -> Option<Self> {
+        let weight: f64 = folds.iter().map(|(_, w)| w).sum();
+        if folds.is_empty() || weight <= 0.0 {
+            return None;
+        }
+        let mean = folds.iter().map(|(s, w)| s * w).sum::<f64>() / weight;
+        let n = folds.len() as f64;
+        let unweighted = folds.iter().map(|(s, _)| s).sum::<f64>() / n;
+        let variance = if folds.len() > 1 {
+            folds
+                .iter()
+                .map(|(s, _)| (s - unweighted).powi(2))
+                .sum::<f64>()
+                / (n - 1.0)
+        } else {
+            0.0
+        };
+        Some(Self {
+            mean,
+            standard_error: (variance / n).sqrt(),
+        })
+    }
+}
+
+/// The one-standard-error rule (Breiman et al., *Classification and Regression Trees*, 1984;
+/// Hastie, Tibshirani and Friedman, *The Elements of Statistical Learning*, §7.10): the fewest
+/// steps whose mean held-out score is within one standard error of the best mean. Fewer steps
+/// keep more of the shared model, which many hospitals' rows back, so on a flat curve the rule
+/// prefers it to the minimum that a few dozen rows happen to favour. 0 without a score.
+fn one_standard_error(summaries: &[(usize, Summary)]) -> usize {
+    let Some((_, best)) = summaries
+        .iter()
+        .min_by(|(_, a), (_, b)| a.mean.total_cmp(&b.mean))
+    else {
+        return 0;
+    };
+    let bound = best.mean + best.standard_error + 1e-9;
+    summaries
+        .iter()
+        .find(|(_, s)| s.mean <= bound)
+        .map_or(0, |(steps, _)| *steps)
 }
 
 /// A held-out score (lower is better) and its weight (the rows): the log loss of a classifier's
@@ -273,6 +317,41 @@ mod tests {
             kept_acc >= shared_acc - 0.02,
             "{kept_acc} against {shared_acc}"
         );
+    }
+
+    #[test]
+    fn the_one_standard_error_rule_takes_the_fewest_steps_near_the_best() {
+        // Folds' scores per step count: the mean falls from 1.0 to a minimum of 0.5 at 300 steps;
+        // the spread over folds gives a standard error of 0.1 there.
+        let folds = |mean: f64| {
+            [
+                (mean - 0.1 * 3f64.sqrt(), 1.0),
+                (mean, 1.0),
+                (mean + 0.1 * 3f64.sqrt(), 1.0),
+            ]
+        };
+        let curve: Vec<(usize, Summary)> = [1.0, 0.7, 0.58, 0.5, 0.55]
+            .iter()
+            .enumerate()
+            .map(|(c, &m)| (c * 100, Summary::of(&folds(m)).expect("folds")))
+            .collect();
+        assert!((curve[3].1.standard_error - 0.1).abs() < 1e-9, "{curve:?}");
+        assert!((curve[3].1.mean - 0.5).abs() < 1e-9);
+        // 0.58 is within 0.5 + 0.1; 0.7 is not.
+        assert_eq!(one_standard_error(&curve), 200);
+        // Without spread the rule is the plain minimum.
+        let exact: Vec<(usize, Summary)> = [1.0, 0.7, 0.58, 0.5, 0.55]
+            .iter()
+            .enumerate()
+            .map(|(c, &m)| (c * 100, Summary::of(&[(m, 2.0), (m, 1.0)]).expect("folds")))
+            .collect();
+        assert_eq!(one_standard_error(&exact), 300);
+        // Weights weigh the mean, not the spread.
+        let weighted = Summary::of(&[(1.0, 3.0), (0.0, 1.0)]).expect("folds");
+        assert!((weighted.mean - 0.75).abs() < 1e-12);
+        assert!((weighted.standard_error - 0.5).abs() < 1e-12);
+        assert_eq!(Summary::of(&[]), None);
+        assert_eq!(one_standard_error(&[]), 0);
     }
 
     #[test]
