@@ -1750,9 +1750,11 @@ mod tests {
             summary.final_accuracy.iter().all(|a| a.is_nan()),
             "no accuracy"
         );
-        // Mean per-region test C-index per seed: 0.789, 0.784, 0.453, 0.808, 0.813; mean 0.729.
-        // FLamby's FedAvg over the same seeds: 0.732 ± 0.181, one bad seed (0.41) and four at
-        // 0.80–0.82. Seed 42 is the six-process mesh's 0.789 (`medmesh-lab mesh`).
+        // Mean per-region test C-index per seed, with the node's survival outer optimizer
+        // (decentralized FedAdam, outer lr 0.4, as the scenario sets): 0.843, 0.845, 0.813,
+        // 0.828, 0.835; mean 0.833, the six-process mesh's over the same seeds
+        // (`medmesh-lab mesh --seeds 42,43,44,45,46`), whose seed 42 is 0.843. FLamby's
+        // FedAdam/FedYogi: 0.815 ± 0.026; its FedAvg 0.732 ± 0.181.
         let seeds: Vec<f64> = summary.final_c_index.iter().flatten().copied().collect();
         assert_eq!(
             seeds.len(),
@@ -1760,12 +1762,12 @@ mod tests {
             "a C-index per seed: {:?}",
             summary.final_c_index
         );
-        assert!((seeds[0] - 0.789).abs() < 0.001, "seed 42: {seeds:?}");
-        assert_eq!(seeds.iter().filter(|&&c| c > 0.78).count(), 4, "{seeds:?}");
+        assert!((seeds[0] - 0.843).abs() < 0.001, "seed 42: {seeds:?}");
+        assert!(seeds.iter().all(|&c| c > 0.80), "{seeds:?}");
         let mean = summary.mean_c_index.expect("C-index");
         assert!(
-            (mean - 0.732).abs() < 0.01,
-            "mean C-index {mean} against FLamby's 0.732"
+            (mean - 0.833).abs() < 0.01,
+            "mean C-index {mean} against the mesh's 0.833"
         );
         let csv = std::fs::read_to_string(dir.path().join("rounds.csv")).expect("csv");
         let header = csv.lines().next().expect("header");

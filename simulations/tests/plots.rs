@@ -472,8 +472,14 @@ fn a_small_grid_runs_into_a_table_a_csv_and_a_chart() {
         rows[0],
         "combination,rule,fraction,final_accuracy_mean,final_accuracy_std,last5_accuracy_mean,\
          last5_accuracy_std,final_accuracy_worst_seed,final_accuracy_worst_peer,\
-         consensus_distance,rejections,wall_seconds,run"
+         consensus_distance,rejections,wall_seconds,final_c_index_mean,final_c_index_std,run"
     );
+    // A classifier's grid leaves the C-index columns empty.
+    for row in &rows[1..] {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), 15, "{row}");
+        assert_eq!((fields[12], fields[13]), ("", ""), "{row}");
+    }
     assert!(rows[1].starts_with("1,mean,0.0,"), "{csv}");
     assert!(rows[4].starts_with("4,median,0.25,"), "{csv}");
 
