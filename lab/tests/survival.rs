@@ -68,16 +68,19 @@ fn a_survival_report_carries_the_c_index_and_certification_judges_it() {
     let roster = Roster::genesis("tcga-brca-mesh", 1, vec![validator.clone()]).expect("roster");
     let model = ContentId([9; 32]);
     let mut evaluator = Evaluator::default();
-    let found = validate::evaluate(
-        &mut evaluator,
-        &config,
-        model,
-        &validator,
-        ("tcga-brca", "northeast"),
-        &params,
-        &northeast.test,
-    )
-    .expect("validates");
+    let mut validate_northeast = || {
+        validate::evaluate(
+            &mut evaluator,
+            &config,
+            model,
+            &validator,
+            ("tcga-brca", "northeast"),
+            &params,
+            &northeast.test,
+        )
+        .expect("validates")
+    };
+    let found = validate_northeast();
     let Evaluation::Survival(survival) = found.evaluation else {
         panic!(
             "a Cox model is evaluated as survival: {:?}",
@@ -109,16 +112,7 @@ fn a_survival_report_carries_the_c_index_and_certification_judges_it() {
         report.dataset.description
     );
     // The interval is seeded from the model id: the same validation, the same report.
-    let again = validate::evaluate(
-        &mut evaluator,
-        &config,
-        model,
-        &validator,
-        ("tcga-brca", "northeast"),
-        &params,
-        &northeast.test,
-    )
-    .expect("validates");
+    let again = validate_northeast();
     assert_eq!(again.report.metrics, report.metrics);
 
     // Certification by C-index: the demo's bar (0.60 on 60 patients) certifies it; a higher bar,

@@ -238,6 +238,13 @@ fn auc_checked(scores: &[f32], labels: &[f32]) -> Option<f64> {
 /// non-finite risk, then the first non-finite time ([`Error::NotFinite`]), then the first bad event
 /// indicator ([`Error::NotBinary`]).
 pub fn concordance_index(risk: &[f32], time: &[f32], event: &[f32]) -> Result<Option<f64>, Error> {
+    check_survival(risk, time, event)?;
+    Ok(concordance_checked(risk, time, event))
+}
+
+/// Checks survival inputs in the order [`concordance_index`] documents: lengths, emptiness, finite
+/// risks, finite times, binary events.
+fn check_survival(risk: &[f32], time: &[f32], event: &[f32]) -> Result<(), Error> {
     check_len(risk.len(), time.len(), "time")?;
     check_len(risk.len(), event.len(), "event")?;
     if risk.is_empty() {
@@ -245,8 +252,7 @@ pub fn concordance_index(risk: &[f32], time: &[f32], event: &[f32]) -> Result<Op
     }
     check_finite(risk)?;
     check_finite(time)?;
-    check_binary(event)?;
-    Ok(concordance_checked(risk, time, event))
+    check_binary(event)
 }
 
 /// [`concordance_index`] on inputs already validated.
@@ -475,14 +481,7 @@ pub fn bootstrap_survival(
     seed: u64,
     metric: impl Fn(&[f32], &[f32], &[f32]) -> Option<f64>,
 ) -> Result<Interval, Error> {
-    check_len(risk.len(), time.len(), "time")?;
-    check_len(risk.len(), event.len(), "event")?;
-    if risk.is_empty() {
-        return Err(Error::Empty);
-    }
-    check_finite(risk)?;
-    check_finite(time)?;
-    check_binary(event)?;
+    check_survival(risk, time, event)?;
     let value = metric(risk, time, event)
         .filter(|v| v.is_finite())
         .ok_or(Error::Undefined)?;

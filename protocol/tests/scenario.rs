@@ -349,12 +349,7 @@ fn a_peer_behind_joins_the_round_of_those_ahead_and_ends_with_them() {
     ahead
         .handle_trained(Duration::ZERO, vec![1.0; 4], Default::default())
         .expect("trained");
-    let announce = std::iter::from_fn(|| ahead.poll_action())
-        .find_map(|a| match a {
-            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
-            _ => None,
-        })
-        .expect("announces");
+    let announce = announcement(&mut ahead);
     // ... the other starts at round 1, merges that round-3 version and so reaches the end.
     let mut behind = Peer::new(
         config(Rule::Mean, 1, 3, 1),
@@ -368,18 +363,7 @@ fn a_peer_behind_joins_the_round_of_those_ahead_and_ends_with_them() {
         behind.poll_action(),
         Some(Action::Train { round: 1, .. })
     ));
-    behind
-        .handle_trained(Duration::ZERO, vec![0.0; 4], Default::default())
-        .expect("trained");
-    while behind.poll_action().is_some() {}
-    behind.handle_message(Duration::ZERO, k[0].id(), &announce.to_bytes());
-    let (from, id) = std::iter::from_fn(|| behind.poll_action())
-        .find_map(|a| match a {
-            Action::Fetch { from, id } => Some((from, id)),
-            _ => None,
-        })
-        .expect("pulls the newer version");
-    behind.handle_payload(Duration::ZERO, from, id, ahead.payload(&id));
+    pull_announced(&mut behind, &ahead, k[0].id(), &announce);
     // It joins round 3, where the other is gathering, rather than skipping past it ...
     let actions: Vec<Action> = std::iter::from_fn(|| behind.poll_action()).collect();
     assert!(
@@ -574,7 +558,6 @@ fn fast_honest_rounds_are_never_rate_limited() {
 fn a_peer_catching_up_adopts_the_merge_without_an_outer_step() {
     use medmesh_protocol::peer::{Action, Checkpoint, Outer};
     use medmesh_protocol::roster::Role;
-    use medmesh_protocol::wire::Message;
 
     let k = keys(2);
     let chain = common::chain(&[Role::Hospital; 2]);
@@ -598,26 +581,10 @@ fn a_peer_catching_up_adopts_the_merge_without_an_outer_step() {
     ahead
         .handle_trained(Duration::ZERO, vec![1.0; 4], Default::default())
         .expect("trained");
-    let announce = std::iter::from_fn(|| ahead.poll_action())
-        .find_map(|a| match a {
-            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
-            _ => None,
-        })
-        .expect("announces");
+    let announce = announcement(&mut ahead);
     let mut behind = Peer::new(with_outer(1), k[1].clone(), chain, vec![0.0; 4], 10).expect("peer");
     while behind.poll_action().is_some() {}
-    behind
-        .handle_trained(Duration::ZERO, vec![0.0; 4], Default::default())
-        .expect("trained");
-    while behind.poll_action().is_some() {}
-    behind.handle_message(Duration::ZERO, k[0].id(), &announce.to_bytes());
-    let (from, id) = std::iter::from_fn(|| behind.poll_action())
-        .find_map(|a| match a {
-            Action::Fetch { from, id } => Some((from, id)),
-            _ => None,
-        })
-        .expect("pulls the newer version");
-    behind.handle_payload(Duration::ZERO, from, id, ahead.payload(&id));
+    pull_announced(&mut behind, &ahead, k[0].id(), &announce);
     let start = std::iter::from_fn(|| behind.poll_action())
         .find_map(|a| match a {
             Action::Train { round: 3, params } => Some(params),
@@ -627,4 +594,39 @@ fn a_peer_catching_up_adopts_the_merge_without_an_outer_step() {
     // The plain sample-weighted mean of 0 and 1: FedAdam's first step from 0 would move each
     // coordinate by about its learning rate (0.02) instead.
     assert_eq!(start, vec![0.5; 4]);
+}
+
+/// The announcement `peer` broadcasts once it has trained.
+fn announcement(peer: &mut Peer) -> medmesh_protocol::wire::Message {
+    use medmesh_protocol::peer::Action;
+    use medmesh_protocol::wire::Message;
+    std::iter::from_fn(|| peer.poll_action())
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("announces")
+}
+
+/// `behind` trains its round (on zeros), then hears `author`'s `announce` and pulls that version
+/// from `ahead`.
+fn pull_announced(
+    behind: &mut Peer,
+    ahead: &Peer,
+    author: MemberId,
+    announce: &medmesh_protocol::wire::Message,
+) {
+    use medmesh_protocol::peer::Action;
+    behind
+        .handle_trained(Duration::ZERO, vec![0.0; 4], Default::default())
+        .expect("trained");
+    while behind.poll_action().is_some() {}
+    behind.handle_message(Duration::ZERO, author, &announce.to_bytes());
+    let (from, id) = std::iter::from_fn(|| behind.poll_action())
+        .find_map(|a| match a {
+            Action::Fetch { from, id } => Some((from, id)),
+            _ => None,
+        })
+        .expect("pulls the newer version");
+    behind.handle_payload(Duration::ZERO, from, id, ahead.payload(&id));
 }
