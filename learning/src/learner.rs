@@ -358,12 +358,17 @@ impl Default for TrainConfig {
     }
 }
 
+/// The largest local learning rate a [`TrainConfig`] accepts (far above any that trains).
+pub const MAX_LR: f64 = 1000.0;
+
 impl TrainConfig {
     /// Checks the rules spanning fields.
     pub fn check(&self) -> Result<(), Error> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
+        // libtorch's optimizers compute in floats: Adam's first step divides the rate by
+        // 1 − β₁, and a rate near the float's limit makes the step fail inside libtorch.
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= MAX_LR) {
             return Err(Error::Config(format!(
-                "lr must be positive, not {}",
+                "lr must be positive and at most {MAX_LR}, not {}",
                 self.lr
             )));
         }
@@ -400,4 +405,33 @@ pub trait Learner {
     /// Trains `steps` optimizer steps from the current parameters; returns training metrics
     /// (the published ones: under DP-SGD no figure computed from the private batches but ε).
     fn train(&mut self, steps: usize) -> Result<BTreeMap<String, f64>, Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learning_rate_libtorch_cannot_take_is_refused() {
+        let with = |lr| TrainConfig {
+            lr,
+            ..TrainConfig::default()
+        };
+        assert!(with(0.01).check().is_ok());
+        assert!(with(MAX_LR).check().is_ok());
+        for lr in [
+            0.0,
+            -0.1,
+            f64::NAN,
+            f64::INFINITY,
+            1e300,
+            f64::from(f32::MAX),
+        ] {
+            let err = with(lr).check().expect_err("refused").to_string();
+            assert!(
+                err.contains("lr must be positive and at most"),
+                "{lr}: {err}"
+            );
+        }
+    }
 }

@@ -43,6 +43,8 @@ pub fn personalize(
     let checkpoints = search.max_steps / search.every;
     // Each fold's held-out score and weight (its rows) per checkpoint, over every repeat.
     let mut held_scores: Vec<Vec<(f64, f64)>> = vec![Vec::new(); checkpoints + 1];
+    // The first checkpoint at which some fold's fine-tuning diverged (non-finite predictions).
+    let mut diverged_from = checkpoints + 1;
     let mut used_folds = 0;
     for repeat in 0..search.repeats.max(1) as u64 {
         let folds = folds(
@@ -77,7 +79,14 @@ pub fn personalize(
                 if c > 0 {
                     learner.train(search.every)?;
                 }
-                if let Some(score) = held_out(task, &learner.predict(&held)?, &held)? {
+                let predictions = learner.predict(&held)?;
+                if predictions.iter().any(|p| !p.is_finite()) {
+                    // Fine-tuning diverged on this fold: no step count from here on is a
+                    // candidate.
+                    diverged_from = diverged_from.min(c);
+                    break;
+                }
+                if let Some(score) = held_out(task, &predictions, &held)? {
                     scores.push(score);
                 }
             }
@@ -85,8 +94,10 @@ pub fn personalize(
     }
     let summaries: Vec<(usize, Summary)> = held_scores
         .iter()
+        .take(diverged_from)
         .enumerate()
         .filter_map(|(c, folds)| Summary::of(folds).map(|s| (c * search.every, s)))
+        .filter(|(_, s)| s.mean.is_finite() && s.standard_error.is_finite())
         .collect();
     let steps = one_standard_error(&summaries);
     let scores = summaries.iter().map(|(k, s)| (*k, s.mean)).collect();
@@ -110,12 +121,14 @@ struct Summary {
     /// Mean score, each fold weighted by its rows.
     mean: f64,
     /// Standard error of the mean: the folds' standard deviation over the square root of
-    /// their number.
+    /// their number, every repeat's folds counted (as caret's `oneSE` counts the resamples of a
+    /// repeated cross-validation; the repeats share rows, so this understates the error a
+    /// little and the rule is that much less conservative).
     standard_error: f64,
 }
 
 impl Summary {
-    /// The summary of `(score, weight)` per fold; `None` without a fold.
+    /// The summary of `(score, weight)` per fold; `None` without a fold or without weight.
     fn of(folds: &[(f64, f64)]) -> Option<Self> {
         let weight: f64 = folds.iter().map(|(_, w)| w).sum();
         if folds.is_empty() || weight <= 0.0 {
@@ -352,6 +365,46 @@ mod tests {
         assert!((weighted.standard_error - 0.5).abs() < 1e-12);
         assert_eq!(Summary::of(&[]), None);
         assert_eq!(one_standard_error(&[]), 0);
+    }
+
+    #[test]
+    fn non_finite_predictions_are_no_candidate_and_no_error() {
+        use rand::Rng;
+        // A survival site and a Cox model whose log-risk scores overflow on its rows (weights
+        // near the float's limit, features of 2 to 3): every fold's held-out predictions are
+        // infinite from the start, so no step count is a candidate and the shared model stays.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let rows = 30;
+        let x: Vec<f32> = (0..rows * 2).map(|_| rng.random_range(2.0..3.0)).collect();
+        let time: Vec<f32> = (0..rows).map(|_| rng.random_range(1.0..100.0)).collect();
+        let event: Vec<f32> = (0..rows).map(|i| f32::from(i % 3 != 0)).collect();
+        let train = Table {
+            x,
+            rows,
+            cols: 2,
+            time,
+            event,
+            ..Table::default()
+        };
+        let spec = ModelSpec::Cox { inputs: 2 };
+        let shared = vec![1e38, 1e38];
+        let p = personalize(
+            &spec,
+            &config(),
+            1,
+            &train,
+            &shared,
+            Search {
+                folds: 3,
+                repeats: 1,
+                max_steps: 100,
+                every: 50,
+            },
+        )
+        .expect("overflowing candidates are dropped, not an error");
+        assert_eq!(p.steps, 0, "{p:?}");
+        assert_eq!(p.params, shared);
+        assert!(p.scores.is_empty(), "{p:?}");
     }
 
     #[test]

@@ -1115,7 +1115,12 @@ fn run_once(
             metrics::Evaluation::Survival(_) => None,
         })
         .fold((0.0, 0), |(c, n), (ci, ni)| (c + ci, n + ni));
-    let patient_accuracy = correct / patients.max(1) as f64;
+    // NaN without a binary test (then the accuracy check fails rather than compare 0 with 0).
+    let patient_accuracy = if patients == 0 {
+        f64::NAN
+    } else {
+        correct / patients as f64
+    };
     let distance = mesh::max_relative_distance(&hospital_outcomes);
     let partner_outcome = outcomes[hospitals.len()].clone();
     let validated = partner_outcome.as_ref().map_or(0, |o| o.validated.len());
