@@ -273,6 +273,14 @@ mod tests {
         }
     }
 
+    /// A quick search: 3 folds, once, up to 100 steps in two checkpoints.
+    const SMALL: Search = Search {
+        folds: 3,
+        repeats: 1,
+        max_steps: 100,
+        every: 50,
+    };
+
     fn config() -> TrainConfig {
         TrainConfig {
             init: Init::Zeros,
@@ -388,20 +396,8 @@ mod tests {
         };
         let spec = ModelSpec::Cox { inputs: 2 };
         let shared = vec![1e38, 1e38];
-        let p = personalize(
-            &spec,
-            &config(),
-            1,
-            &train,
-            &shared,
-            Search {
-                folds: 3,
-                repeats: 1,
-                max_steps: 100,
-                every: 50,
-            },
-        )
-        .expect("overflowing candidates are dropped, not an error");
+        let p = personalize(&spec, &config(), 1, &train, &shared, SMALL)
+            .expect("overflowing candidates are dropped, not an error");
         assert_eq!(p.steps, 0, "{p:?}");
         assert_eq!(p.params, shared);
         assert!(p.scores.is_empty(), "{p:?}");
@@ -473,20 +469,7 @@ mod tests {
         let shared = learner.params();
         // DP with an ε budget of 0.001 would refuse any step; personalization trains anyway,
         // since the personalized model is never published.
-        let p = personalize(
-            &spec,
-            &c,
-            1,
-            &train,
-            &shared,
-            Search {
-                folds: 3,
-                repeats: 1,
-                max_steps: 100,
-                every: 50,
-            },
-        )
-        .expect("personalizes");
+        let p = personalize(&spec, &c, 1, &train, &shared, SMALL).expect("personalizes");
         assert_eq!(p.params.len(), shared.len());
     }
 }
